@@ -1,0 +1,214 @@
+"""Reading images safely and writing them atomically.
+
+Every image that enters facestudio (a face photo, a style or scene image, an upload to the server) goes
+through :func:`load_image`: it refuses what is not an image before decoding it, refuses decompression bombs
+from the header alone, applies the EXIF orientation and returns 8-bit RGB whatever the file's mode was.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from .errors import ImageError
+
+ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
+
+#: Largest image accepted by default, in pixels (100 megapixels, about 300 MB decoded as RGB).
+DEFAULT_MAX_PIXELS = 100_000_000
+
+#: Formats accepted. Others (EPS runs Ghostscript, for instance) are refused before any decoder runs.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")  # JPEG covers MPO (phone photos)
+
+#: Transparent pixels are composited onto this colour: a cut-out portrait reads as a studio photo.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+def load_image(
+    source: ImageSource,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = 1,
+    name: str | None = None,
+) -> Image.Image:
+    """Read an image as 8-bit RGB with its EXIF orientation applied.
+
+    Args:
+        source (`str`, `os.PathLike`, `bytes`, binary file or `PIL.Image.Image`):
+            A path, the encoded bytes, an open binary file, or an already decoded image.
+        max_pixels (`int`, defaults to `DEFAULT_MAX_PIXELS`):
+            Images with more pixels are refused from their header, before decoding.
+        min_side (`int`, defaults to 1):
+            Images whose width or height is smaller are refused.
+        name (`str`, *optional*):
+            How to call the image in error messages; defaults to the path, or `"image"`.
+
+    Returns:
+        `PIL.Image.Image` in mode `"RGB"`.
+
+    Raises:
+        ImageError: missing, empty, unreadable, truncated, unsupported, too large or too small.
+
+    Example:
+        ```py
+        >>> from facestudio.imaging import load_image
+        >>> image = load_image("examples/obama.jpg")
+        >>> image.mode, image.size
+        ('RGB', (910, 1137))
+        ```
+    """
+    if isinstance(source, Image.Image):
+        label = name or "image"
+        image = source
+    else:
+        label, image = _open(source, name, max_pixels)
+        _check_pixels(label, image.size, max_pixels)
+        image = _decode(label, image)
+    image = _apply_orientation(image)
+    if min(image.size) < min_side:
+        w, h = image.size
+        raise ImageError(f"{label}: image is {w}x{h} pixels; at least {min_side}x{min_side} is needed")
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB.
+
+    Alpha is composited onto `ALPHA_BACKGROUND`; 16- and 32-bit integer and float greyscale are scaled
+    to 0..255 instead of being clipped (PIL's own `convert` clips them to white).
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, ALPHA_BACKGROUND)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if mode.startswith("I") or mode == "F":
+        grey = _scale_to_uint8(np.asarray(image), mode)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return image.convert("RGB")
+
+
+def to_array(image: Image.Image) -> np.ndarray:
+    """An RGB PIL image as a contiguous `uint8` array of shape `[height, width, 3]`."""
+    return np.ascontiguousarray(np.asarray(to_rgb(image), dtype=np.uint8))
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write a PNG atomically, with `metadata` stored as JSON in its `facestudio` text chunk.
+
+    The file is written beside its destination and renamed into place, so a crash never leaves a
+    half-written image and an existing file is replaced whole or not at all.
+
+    Args:
+        image (`PIL.Image.Image`): The image to write.
+        path (`str` or `os.PathLike`): Destination; missing parent folders are created.
+        metadata (`dict`, *optional*): JSON-serialisable settings to embed.
+
+    Returns:
+        The destination as a `Path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    if metadata is not None:
+        info.add_itxt("facestudio", json.dumps(metadata, sort_keys=True))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_png_metadata(path: str | os.PathLike) -> dict | None:
+    """The JSON written by :func:`save_png`, or `None` when the file has none."""
+    with Image.open(path) as image:
+        text = image.info.get("facestudio")
+    return None if text is None else json.loads(text)
+
+
+def _open(source, name: str | None, max_pixels: int) -> tuple[str, Image.Image]:
+    """Open lazily (header only) and say clearly why not."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        label = name or str(source)
+        if not path.exists():
+            raise ImageError(f"{label}: no such file")
+        if not path.is_file():
+            raise ImageError(f"{label}: not a file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{label}: file is empty (0 bytes)")
+        fp = path
+    elif isinstance(source, bytes):
+        label = name or "image"
+        if not source:
+            raise ImageError(f"{label}: image data is empty (0 bytes)")
+        fp = io.BytesIO(source)
+    else:
+        label = name or getattr(source, "name", None) or "image"
+        fp = source
+    Image.init()  # register every plugin, so that `formats` can name WEBP and TIFF
+    try:
+        return label, Image.open(fp, formats=SUPPORTED_FORMATS)
+    except Image.DecompressionBombError as e:
+        # PIL refuses above twice its own limit before we can read the size: say it our way.
+        raise ImageError(f"{label}: image is too large to decode safely ({e}); the limit is "
+                         f"{max_pixels / 1e6:.0f} megapixels") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not a supported image file (expected one of "
+                         f"{', '.join(SUPPORTED_FORMATS)})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise ImageError(f"{label}: image file is truncated or corrupt ({e})") from None
+
+
+def _check_pixels(label: str, size: tuple[int, int], max_pixels: int) -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ImageError(f"{label}: image header says {w}x{h} pixels")
+    if w * h > max_pixels:
+        raise ImageError(f"{label}: image is {w}x{h} pixels ({w * h / 1e6:.1f} megapixels), above the "
+                         f"limit of {max_pixels / 1e6:.0f} megapixels; downscale it first")
+
+
+def _decode(label: str, image: Image.Image) -> Image.Image:
+    """Decode the first frame fully, turning decoder failures into one clear error."""
+    try:
+        image.seek(0)
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as e:
+        raise ImageError(f"{label}: image data is truncated or corrupt ({e})") from None
+    return image
+
+
+def _apply_orientation(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # A broken EXIF block must not cost the user the photo; keep it unrotated.
+        return image
+
+
+def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    values = values.astype(np.float64)
+    if mode == "F":
+        top = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0
+    elif mode.startswith("I;16") or values.max(initial=0) > 255:
+        top = 65535.0 if values.max(initial=0) <= 65535 else float(values.max())
+    else:
+        top = 255.0
+    return np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,35 @@
+"""Shared fixtures: the real test photos beside the project, and one face analyzer per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facestudio import FaceAnalyzer, load_image
+
+FACES_DIR = Path(os.environ.get("FACESTUDIO_TEST_FACES",
+                                Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"))
+PHOTOS = ["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "biden.jpg", "32bit.png"]
+OBAMA = ["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "32bit.png"]
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    missing = [p for p in PHOTOS if not (FACES_DIR / p).is_file()]
+    if missing:
+        pytest.fail(f"test photos missing from {FACES_DIR}: {missing}; set FACESTUDIO_TEST_FACES")
+    return FACES_DIR
+
+
+@pytest.fixture(scope="session")
+def analyzer() -> FaceAnalyzer:
+    return FaceAnalyzer()
+
+
+@pytest.fixture(scope="session")
+def photos(faces_dir) -> dict[str, np.ndarray]:
+    """Every bundled photo as an RGB array."""
+    return {name: np.asarray(load_image(faces_dir / name)) for name in PHOTOS}
