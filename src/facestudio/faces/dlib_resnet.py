@@ -767,6 +767,10 @@ class DlibFaceResNet(nn.Module):
         weights = read_dlib_resnet_dat(dlib_model_file(DAT_FILENAME) if path is None else path)
         return cls(weights).eval()
 
+    #: Residual blocks up to the end of alevel2: their output (128 channels, 8x8 for a 150 px chip) is the
+    #: spatial "detail" map that identity guidance uses beside the descriptor (FlashFace's face feature maps).
+    FEATURE_BLOCKS = 10
+
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
         """Compute dlib face descriptors.
 
@@ -778,11 +782,23 @@ class DlibFaceResNet(nn.Module):
         Returns:
             `torch.Tensor`: ``[B, 128]`` raw descriptors (not L2-normalised), as dlib returns them.
         """
+        return self.forward_with_features(chips)[0]
+
+    def forward_with_features(self, chips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Descriptors and the intermediate detail map, in one pass.
+
+        Args:
+            chips (`torch.Tensor`): as for `forward`.
+
+        Returns:
+            ``([B, 128]`` raw descriptors, ``[B, 128, 8, 8]`` feature map after the 128-channel level).
+        """
         if chips.ndim != 4 or chips.shape[1:] != (3, self.input_size, self.input_size):
             raise ValueError(
                 f"expected chips of shape [B, 3, {self.input_size}, {self.input_size}], got {list(chips.shape)}"
             )
         x = (chips.to(self.avg_rgb.dtype) - self.avg_rgb) / 256.0
-        x = self.blocks(self.stem(x))
+        features = self.blocks[: self.FEATURE_BLOCKS](self.stem(x))
+        x = self.blocks[self.FEATURE_BLOCKS :](features)
         # avg_pool_everything: mean over all spatial positions.
-        return self.fc(x.mean(dim=(2, 3)))
+        return self.fc(x.mean(dim=(2, 3))), features

@@ -116,9 +116,7 @@ class DlibRecognizer:
         return self._model
 
     def embed_crops(self, crops: np.ndarray) -> np.ndarray:
-        crops = np.asarray(crops, dtype=np.uint8)
-        if crops.ndim != 4 or crops.shape[1:] != (150, 150, 3):
-            raise ValueError(f"dlib recogniser needs crops of shape [N, 150, 150, 3], got {list(crops.shape)}")
+        crops = self._check(crops)
         model = self._load()
         if self.backend == "dlib":
             raw = np.array(model.compute_face_descriptor(list(crops)), dtype=np.float32).reshape(len(crops), -1)
@@ -129,3 +127,23 @@ class DlibRecognizer:
                 batch = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float()
                 raw = model(batch).cpu().numpy()
         return l2_normalize(raw)
+
+    def embed_crops_with_features(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised embeddings `[N, 128]` and detail maps `[N, 128, 8, 8]` (torch backend only)."""
+        if self.backend != "torch":
+            raise ValueError("feature maps need the torch backend of the dlib recogniser")
+        crops = self._check(crops)
+        model = self._load()
+        import torch
+
+        with torch.inference_mode():
+            batch = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float()
+            raw, features = model.forward_with_features(batch)
+        return l2_normalize(raw.cpu().numpy()), features.float().cpu().numpy()
+
+    @staticmethod
+    def _check(crops: np.ndarray) -> np.ndarray:
+        crops = np.asarray(crops, dtype=np.uint8)
+        if crops.ndim != 4 or crops.shape[1:] != (150, 150, 3):
+            raise ValueError(f"dlib recogniser needs crops of shape [N, 150, 150, 3], got {list(crops.shape)}")
+        return crops

@@ -1,0 +1,236 @@
+"""Identity guidance: face photos -> `Identity` -> K identity tokens for the UNet's decoupled cross-attention.
+
+An `Identity` holds what the recogniser sees in a person's photos: the normalised embedding (who) and the
+spatial detail map of each aligned face (FlashFace's face feature maps: shape, marks, details). The projection
+is diffusers' `IPAdapterFaceIDPlusImageProjection`: the embedding becomes K tokens, and a perceiver lets them
+read the detail tokens. It is saved in the public FaceID-Plus layout, so stock diffusers loads it.
+
+Several photos of one person pool into one identity (embeddings averaged, detail tokens of every photo kept);
+several identities mix with weights (Σ βᵢ eᵢ renormalised, detail maps averaged with the same weights).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from diffusers.models.embeddings import IPAdapterFaceIDPlusImageProjection
+
+from ..errors import ModelFileError
+from ..faces.analysis import FaceAnalyzer, select_face
+from ..faces.detection import Face
+from .layout import init_ip_layers
+
+#: The FaceID-Plus layout diffusers loads has these fixed (`_convert_ip_adapter_image_proj_to_diffusers`).
+NUM_TOKENS, DEPTH, HEAD_DIM = 4, 4, 64
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One person, as the recogniser sees them.
+
+    Attributes:
+        embedding (`np.ndarray`): `[D]` float32, unit length (zeros for the "no reference" identity).
+        detail (`np.ndarray`): `[L, C]` float32 detail tokens, the detail maps of every photo flattened.
+        recognizer (`str`): which recogniser made them.
+        name (`str`): a label for metadata and messages.
+    """
+
+    embedding: np.ndarray = field(repr=False)
+    detail: np.ndarray = field(repr=False)
+    recognizer: str
+    name: str = ""
+
+    @property
+    def num_photos(self) -> int:
+        return max(1, self.detail.shape[0] // TOKENS_PER_PHOTO.get(self.recognizer, self.detail.shape[0]))
+
+
+#: Detail tokens per photo for each recogniser (dlib: its 8x8 map of 128 channels).
+TOKENS_PER_PHOTO = {"dlib": 64}
+
+
+def encode_photos(analyzer: FaceAnalyzer, photos: Sequence[np.ndarray], faces: Sequence[Face | None] | None = None,
+                  name: str = "") -> Identity:
+    """An `Identity` from one or more photos of one person.
+
+    Args:
+        analyzer (`FaceAnalyzer`): detector and a recogniser that gives feature maps (dlib, torch backend).
+        photos (`Sequence[np.ndarray]`): RGB `uint8` arrays.
+        faces (`Sequence[Face | None]`, *optional*): the face to use in each photo; None picks the one clear
+            face (`select_face`), asking when there are several of similar size.
+        name (`str`): label used in errors and metadata.
+    """
+    if not photos:
+        raise ValueError("an identity needs at least one photo")
+    faces = list(faces) if faces is not None else [None] * len(photos)
+    recognizer = analyzer.recognizer
+    crops = []
+    for i, (photo, face) in enumerate(zip(photos, faces)):
+        if face is None:
+            face = select_face(analyzer.detect(photo), source=f"{name or 'identity'} photo {i + 1}")
+        crops.append(analyzer.align(photo, face, recognizer.template, recognizer.input_size).image)
+    embeddings, maps = recognizer.embed_crops_with_features(np.stack(crops))
+    return pool([
+        Identity(e, m.reshape(m.shape[0], -1).T.copy(), recognizer.name, name) for e, m in zip(embeddings, maps)
+    ], name=name)
+
+
+def pool(identities: Sequence[Identity], name: str | None = None) -> Identity:
+    """Several photos of one person as one identity: embeddings averaged and renormalised, detail tokens kept."""
+    _same_recognizer(identities)
+    embedding = _normalised(np.mean([i.embedding for i in identities], axis=0))
+    detail = np.concatenate([i.detail for i in identities], axis=0)
+    return Identity(embedding, detail, identities[0].recognizer, identities[0].name if name is None else name)
+
+
+def mix(identities: Sequence[Identity], weights: Sequence[float], name: str = "mix") -> Identity:
+    """A blend of several people (FaceStudio sec. 3.4): `Σ βᵢ eᵢ` renormalised, detail maps blended alike.
+
+    Each identity's detail is first averaged over its photos: the maps are of aligned faces, so position p
+    is the same part of every face and a weighted average per position is meaningful.
+    """
+    _same_recognizer(identities)
+    if len(weights) != len(identities):
+        raise ValueError(f"{len(identities)} identities but {len(weights)} mix weights")
+    w = np.asarray(weights, dtype=np.float64)
+    if np.any(w < 0) or not np.isclose(w.sum(), 1.0, atol=1e-6):
+        raise ValueError(f"mix weights must be non-negative and sum to 1, got {list(weights)}")
+    per_photo = TOKENS_PER_PHOTO.get(identities[0].recognizer)
+    maps = [i.detail.reshape(-1, per_photo or i.detail.shape[0], i.detail.shape[1]).mean(0) for i in identities]
+    embedding = _normalised(sum(wi * i.embedding.astype(np.float64) for wi, i in zip(w, identities)))
+    detail = sum(wi * m.astype(np.float64) for wi, m in zip(w, maps))
+    return Identity(embedding.astype(np.float32), detail.astype(np.float32), identities[0].recognizer, name)
+
+
+def _normalised(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v
+
+
+def _same_recognizer(identities: Sequence[Identity]) -> None:
+    if not identities:
+        raise ValueError("no identities given")
+    names = {i.recognizer for i in identities}
+    if len(names) > 1:
+        raise ValueError(f"identities from different recognisers cannot be combined: {sorted(names)}")
+
+
+@dataclass(frozen=True)
+class IdentityAdapterConfig:
+    """What `facestudio_adapter.json` records for an identity adapter."""
+
+    recognizer: str = "dlib"
+    id_embedding_dim: int = 128
+    detail_dim: int = 128
+    cross_attention_dim: int = 768
+    shortcut: bool = True  # FaceID-PlusV2 style: tokens = id tokens + shortcut_scale * perceiver output
+    shortcut_scale: float = 1.0
+    kind: str = "identity"
+    projection: str = "faceid-plus"
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "adapter config") -> "IdentityAdapterConfig":
+        if data.get("kind") != "identity":
+            raise ModelFileError(f"{source}: not an identity adapter (kind {data.get('kind')!r})")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ModelFileError(f"{source}: unknown adapter settings {sorted(unknown)}")
+        return cls(**data)
+
+    def null_identity(self) -> Identity:
+        """The "no reference" input the adapter is trained with when identity is dropped: zeros."""
+        tokens = TOKENS_PER_PHOTO.get(self.recognizer, 1)
+        return Identity(np.zeros(self.id_embedding_dim, np.float32),
+                        np.zeros((tokens, self.detail_dim), np.float32), self.recognizer, "no reference")
+
+
+def new_projection(config: IdentityAdapterConfig) -> IPAdapterFaceIDPlusImageProjection:
+    """A freshly initialised projection with the geometry diffusers' FaceID-Plus loader expects."""
+    dim = config.cross_attention_dim
+    if dim % HEAD_DIM:
+        raise ValueError(f"cross_attention_dim {dim} is not a multiple of the head size {HEAD_DIM}")
+    return IPAdapterFaceIDPlusImageProjection(
+        embed_dims=dim, output_dims=dim, hidden_dims=config.detail_dim, id_embeddings_dim=config.id_embedding_dim,
+        depth=DEPTH, dim_head=HEAD_DIM, heads=dim // HEAD_DIM, num_tokens=NUM_TOKENS,
+    )
+
+
+def new_identity_adapter(unet, config: IdentityAdapterConfig, seed: int = 0) -> dict:
+    """An untrained identity adapter for `unet`, as the checkpoint dict `load_ip_adapter` takes.
+
+    The projection is randomly initialised (seeded); the key/value projections start from the UNet's own.
+    """
+    if config.cross_attention_dim != unet.config.cross_attention_dim:
+        raise ValueError(f"adapter cross_attention_dim {config.cross_attention_dim} does not match the UNet's "
+                         f"{unet.config.cross_attention_dim}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        projection = new_projection(config)
+    return {"image_proj": projection_to_checkpoint(projection), "ip_adapter": init_ip_layers(unet)}
+
+
+def projection_to_checkpoint(projection: IPAdapterFaceIDPlusImageProjection) -> dict[str, torch.Tensor]:
+    """The projection's weights in the original FaceID-Plus key names (the inverse of diffusers' conversion)."""
+    out = {}
+    for key, value in projection.state_dict().items():
+        value = value.detach().float().cpu()
+        if key.startswith("proj.net.0.proj."):
+            out["proj.0." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("proj.net.2."):
+            out["proj.2." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("norm."):
+            out[key] = value
+        elif key.startswith(("proj_in.", "proj_out.", "norm_out.")):
+            out["perceiver_resampler." + key] = value
+        else:  # layers.{l}.<part>
+            _, layer, part = key.split(".", 2)
+            prefix = f"perceiver_resampler.layers.{layer}."
+            renamed = {
+                "ln0.weight": "0.norm1.weight", "ln0.bias": "0.norm1.bias",
+                "ln1.weight": "0.norm2.weight", "ln1.bias": "0.norm2.bias",
+                "attn.to_q.weight": "0.to_q.weight", "attn.to_out.0.weight": "0.to_out.weight",
+                "ff.0.weight": "1.0.weight", "ff.0.bias": "1.0.bias",
+                "ff.1.net.0.proj.weight": "1.1.weight", "ff.1.net.2.weight": "1.3.weight",
+            }
+            if part == "attn.to_k.weight":  # the original stores keys and values as one matrix
+                value_weight = projection.state_dict()[f"layers.{layer}.attn.to_v.weight"].detach().float().cpu()
+                out[prefix + "0.to_kv.weight"] = torch.cat([value, value_weight])
+            elif part == "attn.to_v.weight":
+                continue
+            elif part in renamed:
+                out[prefix + renamed[part]] = value
+            else:
+                raise ValueError(f"unexpected projection weight {key!r}")
+    return out
+
+
+#: FaceID-Plus projections read `clip_embeds` / `shortcut` from module attributes; set and use them under a
+#: lock, restored at once, so that concurrent calls never see each other's values.
+_PROJECTION_LOCK = threading.Lock()
+
+
+def identity_tokens(projection: IPAdapterFaceIDPlusImageProjection, identity: Identity,
+                    config: IdentityAdapterConfig) -> torch.Tensor:
+    """The `[NUM_TOKENS, D]` tokens of one identity."""
+    if identity.recognizer != config.recognizer:
+        raise ValueError(f"identity {identity.name!r} was encoded with the {identity.recognizer!r} recogniser; "
+                         f"the adapter needs {config.recognizer!r}")
+    param = next(projection.parameters())
+    embedding = torch.from_numpy(np.asarray(identity.embedding, np.float32))[None].to(param.device, param.dtype)
+    detail = torch.from_numpy(np.asarray(identity.detail, np.float32))[None, None].to(param.device, param.dtype)
+    with _PROJECTION_LOCK:
+        saved = projection.clip_embeds, projection.shortcut, projection.shortcut_scale
+        try:
+            projection.clip_embeds, projection.shortcut = detail, config.shortcut
+            projection.shortcut_scale = config.shortcut_scale
+            return projection(embedding)[0]
+        finally:
+            projection.clip_embeds, projection.shortcut, projection.shortcut_scale = saved

@@ -1,0 +1,116 @@
+"""The public IP-Adapter checkpoint layout, written and read by facestudio.
+
+A checkpoint is `{"image_proj": {...}, "ip_adapter": {...}}` in the original (tencent-ailab) key names, stored
+as one flat safetensors file with `image_proj.` / `ip_adapter.` prefixes: the format diffusers'
+`load_ip_adapter` reads. `ip_adapter` holds `"{i}.to_k_ip.weight"` / `"{i}.to_v_ip.weight"` for the k-th
+cross-attention layer with `i = 2k + 1` (diffusers' `_convert_ip_adapter_attn_to_diffusers` numbering, which is
+the layer's position in the full processor list of a UNet whose blocks pair self- and cross-attention).
+Beside it, `facestudio_adapter.json` says what the adapter is and which face recogniser it was built for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import ModelFileError
+
+WEIGHTS_NAME = "ip-adapter.safetensors"
+CONFIG_NAME = "facestudio_adapter.json"
+
+
+@dataclass(frozen=True)
+class CrossAttentionLayer:
+    """One cross-attention layer of a UNet, as its IP-Adapter processor sees it."""
+
+    key: int  # the number in the checkpoint's keys: 2k + 1 for the k-th cross-attention layer
+    name: str  # the processor's name, e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor"
+    hidden_size: int
+    cross_attention_dim: int
+
+
+def cross_attention_layers(unet) -> list[CrossAttentionLayer]:
+    """The UNet's cross-attention layers, read from its `Attention` modules (no block-name parsing)."""
+    layers = []
+    for name in unet.attn_processors:
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        if attn.is_cross_attention:
+            key = 2 * len(layers) + 1
+            layers.append(CrossAttentionLayer(key, name, attn.to_k.out_features, attn.to_k.in_features))
+    return layers
+
+
+def init_ip_layers(unet) -> dict[str, torch.Tensor]:
+    """`ip_adapter` weights whose key/value projections start as copies of the UNet's own `to_k` / `to_v`.
+
+    IP-Adapter (Ye et al. 2023, sec. 3.2) initialises the decoupled projections this way so that training
+    starts from attention the UNet already understands.
+    """
+    state = {}
+    for layer in cross_attention_layers(unet):
+        attn = unet.get_submodule(layer.name.removesuffix(".processor"))
+        state[f"{layer.key}.to_k_ip.weight"] = attn.to_k.weight.detach().clone().float()
+        state[f"{layer.key}.to_v_ip.weight"] = attn.to_v.weight.detach().clone().float()
+    return state
+
+
+def ip_layers_from_unet(unet, adapter: int = 0) -> dict[str, torch.Tensor]:
+    """The `ip_adapter` weights of loaded adapter number `adapter`, back in checkpoint key names."""
+    state = {}
+    processors = unet.attn_processors
+    for layer in cross_attention_layers(unet):
+        proc = processors[layer.name]
+        if not hasattr(proc, "to_k_ip"):
+            raise ValueError(f"{layer.name} has no IP-Adapter processor: load an adapter first")
+        state[f"{layer.key}.to_k_ip.weight"] = proc.to_k_ip[adapter].weight.detach().float().cpu()
+        state[f"{layer.key}.to_v_ip.weight"] = proc.to_v_ip[adapter].weight.detach().float().cpu()
+    return state
+
+
+def save_checkpoint(folder: str | os.PathLike, image_proj: dict, ip_adapter: dict, config: dict) -> Path:
+    """Write `ip-adapter.safetensors` (flat, prefixed) and `facestudio_adapter.json` into `folder`, atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    flat = {f"image_proj.{k}": v.detach().contiguous().cpu() for k, v in image_proj.items()}
+    flat.update({f"ip_adapter.{k}": v.detach().contiguous().cpu() for k, v in ip_adapter.items()})
+    tmp = folder / f".{WEIGHTS_NAME}.tmp"
+    save_file(flat, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, folder / WEIGHTS_NAME)
+    tmp = folder / f".{CONFIG_NAME}.tmp"
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, folder / CONFIG_NAME)
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    """`facestudio_adapter.json` of an adapter folder, with a clear error when it is missing or broken."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise ModelFileError(f"{folder}: not a facestudio adapter folder (no {CONFIG_NAME})")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{path}: unreadable adapter config ({e})") from None
+
+
+def read_checkpoint(folder: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
+    """The nested `{"image_proj", "ip_adapter"}` state of an adapter folder."""
+    path = Path(folder) / WEIGHTS_NAME
+    if not path.is_file():
+        raise ModelFileError(f"{folder}: no {WEIGHTS_NAME} in the adapter folder")
+    try:
+        flat = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise ModelFileError(f"{path}: unreadable safetensors file ({e})") from None
+    nested: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+    for key, value in flat.items():
+        part, _, rest = key.partition(".")
+        if part not in nested:
+            raise ModelFileError(f"{path}: unexpected key {key!r} (expected image_proj.* and ip_adapter.*)")
+        nested[part][rest] = value
+    return nested

@@ -1,0 +1,120 @@
+"""Style guidance: a style or scene image -> M style tokens (FaceStudio's hybrid guidance, sec. 3.2).
+
+The image goes through a CLIP vision model (loaded like the base model: a local folder or a hub id; a tiny
+one built in code for tests) and diffusers' `ImageProjection` (the public IP-Adapter layout, 4 tokens). It is
+loaded as a second adapter beside the identity adapter, with its own strength.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.models.embeddings import ImageProjection
+from PIL import Image
+
+from ..errors import ModelFileError
+from .layout import init_ip_layers
+
+#: diffusers' loader gives the plain IP-Adapter layout ("proj.weight") exactly 4 tokens.
+NUM_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class StyleAdapterConfig:
+    """What `facestudio_adapter.json` records for a style adapter."""
+
+    image_encoder: str = "tiny"
+    image_embed_dim: int = 1024
+    cross_attention_dim: int = 768
+    kind: str = "style"
+    projection: str = "ip-adapter"
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "adapter config") -> "StyleAdapterConfig":
+        if data.get("kind") != "style":
+            raise ModelFileError(f"{source}: not a style adapter (kind {data.get('kind')!r})")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ModelFileError(f"{source}: unknown adapter settings {sorted(unknown)}")
+        return cls(**data)
+
+
+def new_style_adapter(unet, config: StyleAdapterConfig, seed: int = 0) -> dict:
+    """An untrained style adapter for `unet` as the checkpoint dict `load_ip_adapter` takes."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        projection = ImageProjection(config.image_embed_dim, config.cross_attention_dim, NUM_TOKENS)
+    state = projection.state_dict()
+    image_proj = {  # diffusers' `image_embeds` Linear is the original `proj`
+        "proj.weight": state["image_embeds.weight"], "proj.bias": state["image_embeds.bias"],
+        "norm.weight": state["norm.weight"], "norm.bias": state["norm.bias"],
+    }
+    return {"image_proj": {k: v.detach().float() for k, v in image_proj.items()}, "ip_adapter": init_ip_layers(unet)}
+
+
+def projection_to_checkpoint(projection: ImageProjection) -> dict[str, torch.Tensor]:
+    state = projection.state_dict()
+    return {"proj.weight": state["image_embeds.weight"], "proj.bias": state["image_embeds.bias"],
+            "norm.weight": state["norm.weight"], "norm.bias": state["norm.bias"]}
+
+
+class StyleEncoder:
+    """A CLIP vision model and its image processor: image -> projected image embedding.
+
+    Args:
+        model (`transformers.CLIPVisionModelWithProjection`): the encoder.
+        processor (`transformers.CLIPImageProcessor`): resizing and normalisation for it.
+    """
+
+    def __init__(self, model, processor):
+        self.model = model
+        self.processor = processor
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.config.projection_dim
+
+    @torch.no_grad()
+    def encode(self, image: Image.Image) -> torch.Tensor:
+        """`[projection_dim]` embedding of one RGB image."""
+        param = next(self.model.parameters())
+        pixels = self.processor(images=image, return_tensors="pt").pixel_values.to(param.device, param.dtype)
+        return self.model(pixels).image_embeds[0]
+
+
+def tiny_style_encoder(seed: int = 0) -> StyleEncoder:
+    """A CLIP vision model with a tiny config, built in code (tests and offline smoke runs)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPVisionModelWithProjection(config).eval()
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return StyleEncoder(model, processor)
+
+
+def load_style_encoder(name: str, *, local_files_only: bool | None = None) -> StyleEncoder:
+    """`"tiny"`, a local folder or a hub id with a CLIP vision model (this may download)."""
+    if name == "tiny":
+        return tiny_style_encoder()
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    try:
+        model = CLIPVisionModelWithProjection.from_pretrained(name, local_files_only=local_files_only).eval()
+        processor = CLIPImageProcessor.from_pretrained(name, local_files_only=local_files_only)
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"image encoder {name!r}: could not be loaded ({str(e).splitlines()[0]}); pass a "
+                             "local folder with a CLIP vision model or check the name and your connection") from None
+    return StyleEncoder(model, processor)
+
+
+def style_tokens(projection: ImageProjection, embedding: torch.Tensor) -> torch.Tensor:
+    """The `[NUM_TOKENS, D]` tokens of one image embedding (zeros give the "no style" tokens)."""
+    param = next(projection.parameters())
+    return projection(embedding.reshape(1, -1).to(param.device, param.dtype))[0]

@@ -1,0 +1,503 @@
+"""`FaceStudioPipeline`: identity-preserving generation on Stable Diffusion 1.x / 2.x.
+
+Built on `StableDiffusionPipeline` and diffusers' IP-Adapter machinery: adapters load through
+`load_ip_adapter`, identities act through `IPAdapterAttnProcessor2_0` with per-identity masks (facestudio's
+`RegionIPAdapterAttnProcessor` only picks each layer's mask), and guidance has separate text and reference
+scales. Everything a call needs travels in its arguments and locals: two calls may run at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .attention import LayerMasks, RegionMasks, TokenPassthrough, install_region_processors
+from .errors import FaceStudioError, ModelFileError, NoFaceError
+from .faces.analysis import FaceAnalyzer
+from .faces.regions import Region
+from .guidance import identity as idg
+from .guidance import style as sty
+from .guidance.cfg import combine_guidance, combine_two_way
+from .guidance.layout import WEIGHTS_NAME, ip_layers_from_unet, read_config, save_checkpoint
+from .imaging import load_image
+
+logger = logging.getLogger(__name__)
+
+#: Largest output side accepted.
+MAX_SIDE = 4096
+
+
+@dataclass(frozen=True)
+class IdentityInput:
+    """One person to put in the image.
+
+    Attributes:
+        photos (`tuple`): photos of the person (PIL images, RGB arrays or paths); pooled into one identity.
+        identity (`Identity`, *optional*): an already encoded identity, instead of photos.
+        region: where the person goes: a box `(x0, y0, x1, y1)` in output pixels, or a mask (PIL image or
+            array, any size, resized to the output). None: the whole image for one identity, else an
+            automatic left-to-right split (or the matched face of the scene image).
+        strength (`float`): how strongly the identity acts (0 turns it off).
+        face (`int`, *optional*): which face of each photo to use (0 is the largest).
+        name (`str`): a label for metadata and messages.
+    """
+
+    photos: tuple = ()
+    identity: idg.Identity | None = None
+    region: Any = None
+    strength: float = 1.0
+    face: int | None = None
+    name: str = ""
+
+
+@dataclass
+class FaceStudioPipelineOutput(BaseOutput):
+    """Images and the settings that made them (for metadata)."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Adapter:
+    """A loaded adapter: its kind, config and position among the pipeline's IP-Adapters."""
+
+    kind: str
+    config: Any
+    index: int
+
+
+class FaceStudioPipeline(StableDiffusionPipeline):
+    """Stable Diffusion with identity and style adapters, per-identity regions and text/reference guidance.
+
+    Build it from a base model with `facestudio.models.load_base_pipeline(name, FaceStudioPipeline)`, then
+    `load_adapters(identity=..., style=...)`.
+
+    Example:
+        ```py
+        >>> from facestudio.models import load_base_pipeline
+        >>> from facestudio.pipeline import FaceStudioPipeline, IdentityInput
+        >>> pipe = load_base_pipeline("tiny", FaceStudioPipeline)
+        >>> pipe.load_adapters(identity="path/to/adapter")
+        >>> out = pipe("a portrait, oil painting", identities=[IdentityInput(photos=("me.jpg",))],
+        ...            num_inference_steps=25, generator=torch.Generator().manual_seed(0))
+        >>> out.images[0].save("me-painted.png")
+        ```
+    """
+
+    # ------------------------------------------------------------------ adapters
+
+    def load_adapters(self, identity=None, style=None, *, identity_config: idg.IdentityAdapterConfig | None = None,
+                      style_config: sty.StyleAdapterConfig | None = None, style_encoder: sty.StyleEncoder | None = None,
+                      face_analyzer: FaceAnalyzer | None = None) -> None:
+        """Load an identity adapter and/or a style adapter (folders written by `save_adapters`, or checkpoint dicts).
+
+        Both go through diffusers' `load_ip_adapter` in one call, so the UNet holds exactly these adapters.
+
+        Raises:
+            ModelFileError: a folder is not a facestudio adapter, or was built for another face recogniser
+                or another UNet.
+        """
+        self.face_analyzer = face_analyzer if face_analyzer is not None else getattr(self, "face_analyzer", None)
+        checkpoints, adapters = [], []
+        if identity is not None:
+            state, config = self._resolve(identity, identity_config, idg.IdentityAdapterConfig)
+            recognizer = self._analyzer().recognizer.name
+            if config.recognizer != recognizer:
+                raise ModelFileError(f"identity adapter {_label(identity)} was built for the {config.recognizer!r} "
+                                     f"face recogniser; this pipeline's recogniser is {recognizer!r}")
+            checkpoints.append(state)
+            adapters.append(_Adapter("identity", config, len(adapters)))
+        if style is not None:
+            state, config = self._resolve(style, style_config, sty.StyleAdapterConfig)
+            self.style_encoder = style_encoder or sty.load_style_encoder(config.image_encoder)
+            if self.style_encoder.embed_dim != config.image_embed_dim:
+                raise ModelFileError(f"style adapter {_label(style)} expects {config.image_embed_dim}-d image "
+                                     f"embeddings; the image encoder gives {self.style_encoder.embed_dim}")
+            checkpoints.append(state)
+            adapters.append(_Adapter("style", config, len(adapters)))
+        if not checkpoints:
+            raise ValueError("give an identity adapter, a style adapter or both")
+        for config in (a.config for a in adapters):
+            if config.cross_attention_dim != self.unet.config.cross_attention_dim:
+                raise ModelFileError(f"adapter made for a UNet with cross_attention_dim {config.cross_attention_dim}; "
+                                     f"this UNet has {self.unet.config.cross_attention_dim}")
+        if getattr(self, "facestudio_adapters", ()):
+            self.unload_adapters()
+        try:
+            self.load_ip_adapter(checkpoints, subfolder=None, weight_name=None, image_encoder_folder=None)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ModelFileError(f"adapter does not fit this UNet: {str(e).splitlines()[0]}") from None
+        self.unet.encoder_hid_proj = TokenPassthrough(self.unet.encoder_hid_proj)
+        install_region_processors(self.unet)
+        self.facestudio_adapters = tuple(adapters)
+
+    def unload_adapters(self) -> None:
+        """Remove the adapters: the UNet is the base model's again."""
+        self.unload_ip_adapter()
+        self.facestudio_adapters = ()
+
+    def save_adapters(self, folder: str | Path) -> list[Path]:
+        """Write each loaded adapter to `folder/<kind>/` in the public IP-Adapter layout plus its config."""
+        written = []
+        for adapter in getattr(self, "facestudio_adapters", ()):
+            projection = self._projection(adapter)
+            to_checkpoint = (idg.projection_to_checkpoint if adapter.kind == "identity"
+                             else sty.projection_to_checkpoint)
+            written.append(save_checkpoint(Path(folder) / adapter.kind, to_checkpoint(projection),
+                                           ip_layers_from_unet(self.unet, adapter.index), adapter.config.to_dict()))
+        return written
+
+    def _resolve(self, source, config, config_class):
+        if isinstance(source, dict):
+            if config is None:
+                raise ValueError("a checkpoint dict needs its config (identity_config= / style_config=)")
+            return source, config
+        folder = Path(source)
+        if not folder.is_dir():
+            raise ModelFileError(f"adapter {source}: no such folder")
+        config = config_class.from_dict(read_config(folder), source=str(folder))
+        from .guidance.layout import read_checkpoint
+
+        return read_checkpoint(folder), config
+
+    def _projection(self, adapter: _Adapter):
+        return self.unet.encoder_hid_proj.projection.image_projection_layers[adapter.index]
+
+    def _adapter(self, kind: str) -> _Adapter | None:
+        return next((a for a in getattr(self, "facestudio_adapters", ()) if a.kind == kind), None)
+
+    def _analyzer(self) -> FaceAnalyzer:
+        if getattr(self, "face_analyzer", None) is None:
+            self.face_analyzer = FaceAnalyzer()  # shipped models only; loads lazily
+        return self.face_analyzer
+
+    # ------------------------------------------------------------------ steps of a call
+
+    def check_call(self, prompt, identities: list[IdentityInput], mix, style_image, scene_image, height, width,
+                   num_inference_steps, text_guidance_scale, reference_guidance_scale, num_images_per_prompt,
+                   scene_faces) -> None:
+        """Reject every bad combination before any tensor work."""
+        if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt)):
+            raise FaceStudioError("prompt must be a string or a list of strings")
+        for name, side in (("height", height), ("width", width)):
+            if side % 8 or not 8 <= side <= MAX_SIDE:
+                raise FaceStudioError(f"{name} {side} must be a multiple of 8 between 8 and {MAX_SIDE}")
+        if num_inference_steps < 1:
+            raise FaceStudioError(f"steps must be at least 1, got {num_inference_steps}")
+        if num_images_per_prompt < 1:
+            raise FaceStudioError(f"number of images must be at least 1, got {num_images_per_prompt}")
+        for name, value in (("text guidance scale", text_guidance_scale),
+                            ("reference guidance scale", reference_guidance_scale)):
+            if not np.isfinite(value) or value < 0:
+                raise FaceStudioError(f"{name} must be a finite number >= 0, got {value}")
+        if identities and self._adapter("identity") is None:
+            raise FaceStudioError("identities given, but no identity adapter is loaded (load_adapters(identity=...))")
+        if style_image is not None and self._adapter("style") is None:
+            raise FaceStudioError("a style image given, but no style adapter is loaded (load_adapters(style=...))")
+        for i, person in enumerate(identities):
+            if person.identity is None and not person.photos:
+                raise FaceStudioError(f"identity {i + 1} has neither photos nor an encoded identity")
+            if not np.isfinite(person.strength) or person.strength < 0:
+                raise FaceStudioError(f"identity {i + 1}: strength must be >= 0, got {person.strength}")
+        if mix is not None:
+            if len(mix) != len(identities) or len(identities) < 2:
+                raise FaceStudioError(f"mix needs one weight per identity (at least two); got {len(mix)} weights "
+                                      f"for {len(identities)} identities")
+            if any(w < 0 for w in mix) or not np.isclose(sum(mix), 1.0, atol=1e-6):
+                raise FaceStudioError(f"mix weights must be >= 0 and sum to 1, got {list(mix)}")
+        if scene_image is not None:
+            if any(p.region is not None for p in identities):
+                raise FaceStudioError("with a scene image, regions come from the scene's faces; do not give regions")
+            if not identities:
+                raise FaceStudioError("a scene image needs at least one identity to put into it")
+        if scene_faces is not None and scene_image is None:
+            raise FaceStudioError("scene faces chosen, but no scene image given")
+
+    def encode_identities(self, identities: list[IdentityInput], mix) -> list[idg.Identity]:
+        """Photos -> identities (several photos pooled); mixed into one when `mix` is given."""
+        encoded = []
+        for i, person in enumerate(identities):
+            name = person.name or f"identity {i + 1}"
+            if person.identity is not None:
+                encoded.append(person.identity)
+                continue
+            photos = [np.asarray(load_image(p, min_side=32, name=f"{name} photo {j + 1}")) if not isinstance(p, np.ndarray)
+                      else p for j, p in enumerate(person.photos)]
+            faces = None
+            if person.face is not None:
+                faces = [self._pick_face(photo, person.face, f"{name} photo {j + 1}") for j, photo in enumerate(photos)]
+            encoded.append(idg.encode_photos(self._analyzer(), photos, faces, name=name))
+        if mix is not None:
+            encoded = [idg.mix(encoded, mix, name="mix of " + ", ".join(i.name for i in encoded))]
+        return encoded
+
+    def _pick_face(self, photo, index, source):
+        from .faces.analysis import select_face
+
+        return select_face(self._analyzer().detect(photo), index=index, source=source)
+
+    def identity_tokens(self, identities: list[idg.Identity], batch: int, three_way: bool) -> torch.Tensor:
+        """`[rows * batch, N, T, D]` tokens: "no reference" rows first, identities in the last."""
+        adapter = self._adapter("identity")
+        projection = self._projection(adapter)
+        null = idg.identity_tokens(projection, adapter.config.null_identity(), adapter.config)
+        real = torch.stack([idg.identity_tokens(projection, i, adapter.config) for i in identities]) if identities \
+            else null[None]
+        nulls = null[None].expand(real.shape[0], -1, -1)
+        rows = [nulls, nulls, real] if three_way else [nulls, real]
+        return torch.cat([r[None].expand(batch, -1, -1, -1) for r in rows])
+
+    def style_tokens(self, style_image, batch: int, three_way: bool) -> torch.Tensor:
+        """`[rows * batch, 1, T, D]` style tokens ("no style" = the projection of a zero embedding)."""
+        adapter = self._adapter("style")
+        projection = self._projection(adapter)
+        null = sty.style_tokens(projection, torch.zeros(adapter.config.image_embed_dim))
+        real = null if style_image is None else sty.style_tokens(projection, self.style_encoder.encode(style_image))
+        rows = [null, null, real] if three_way else [null, real]
+        return torch.cat([r[None, None].expand(batch, -1, -1, -1) for r in rows])
+
+    def region_masks(self, people: list[IdentityInput], count: int, height: int, width: int,
+                     scene_regions: list[np.ndarray] | None) -> torch.Tensor:
+        """`[count, height // 8, width // 8]` masks: given, from the scene's faces, or a left-to-right split."""
+        latent = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        masks = []
+        for i in range(count):
+            region = people[i].region if i < len(people) else None
+            if scene_regions is not None:
+                full = scene_regions[i]
+            elif region is not None:
+                full = _region_to_mask(region, height, width)
+            elif count == 1:
+                full = np.ones((height, width), np.float32)
+            else:  # automatic split into vertical strips, left to right
+                full = np.zeros((height, width), np.float32)
+                full[:, round(i * width / count): round((i + 1) * width / count)] = 1.0
+            masks.append(cv2.resize(full, (latent[1], latent[0]), interpolation=cv2.INTER_AREA))
+        return torch.from_numpy(np.clip(np.stack(masks), 0.0, 1.0))
+
+    def scene_faces(self, scene: np.ndarray, count: int, chosen: Sequence[int] | None):
+        """The scene's faces that the identities replace: chosen by index, else the `count` largest, left to right."""
+        faces = self._analyzer().detect(scene)
+        if not faces:
+            raise NoFaceError("scene image: no face found to put the identities into")
+        if chosen is not None:
+            if len(chosen) != count or any(not 0 <= c < len(faces) for c in chosen):
+                raise FaceStudioError(f"scene faces {list(chosen)}: need {count} indices among the scene's "
+                                      f"{len(faces)} faces (0 is the largest)")
+            return [faces[c] for c in chosen]
+        if len(faces) < count:
+            raise FaceStudioError(f"scene image has {len(faces)} face(s) but {count} identities were given")
+        return sorted(faces[:count], key=lambda f: f.center[0])
+
+    # ------------------------------------------------------------------ the call
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        identities: Sequence[IdentityInput] | None = None,
+        mix: Sequence[float] | None = None,
+        style_image: PIL.Image.Image | str | None = None,
+        style_strength: float = 1.0,
+        scene_image: PIL.Image.Image | str | None = None,
+        scene_faces: Sequence[int] | None = None,
+        text_guidance_scale: float = 7.5,
+        reference_guidance_scale: float | None = None,
+        num_inference_steps: int = 25,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_images_per_prompt: int = 1,
+        output_type: str = "pil",
+        callback_on_step_end: Callable | None = None,
+        return_dict: bool = True,
+    ):
+        """Generate images of the given people.
+
+        Args:
+            prompt (`str` or `list[str]`): what to draw.
+            negative_prompt (`str` or `list[str]`, *optional*): what to avoid.
+            identities (`Sequence[IdentityInput]`, *optional*): the people.
+            mix (`Sequence[float]`, *optional*): blend all identities into one face with these weights (sum 1).
+            style_image (*optional*): a style or scene look to follow (needs a style adapter).
+            style_strength (`float`, defaults to 1.0): how strongly the style image acts.
+            scene_image (*optional*): an image whose faces are replaced by the identities; the rest is kept.
+            scene_faces (`Sequence[int]`, *optional*): which scene faces (0 is the largest) get identity 1, 2, ...
+            text_guidance_scale (`float`, defaults to 7.5): `g_text` of `guidance.cfg.combine_guidance`.
+            reference_guidance_scale (`float`, *optional*): `g_ref`; defaults to `text_guidance_scale`.
+            num_inference_steps (`int`, defaults to 25), height, width (`int`, default 512 or the scene's size).
+            generator (`torch.Generator` or a list, one per image): for reproducible images.
+            num_images_per_prompt (`int`, defaults to 1).
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            callback_on_step_end (`Callable`, *optional*): `f(step, total)` called after every step; raising
+                from it stops the run (how the server cancels jobs).
+
+        Returns:
+            `FaceStudioPipelineOutput` with `images` and the `settings` used.
+        """
+        # 1. Check inputs
+        people = [p if isinstance(p, IdentityInput) else IdentityInput(photos=(p,)) for p in identities or ()]
+        reference_guidance_scale = text_guidance_scale if reference_guidance_scale is None else reference_guidance_scale
+        scene = None if scene_image is None else load_image(scene_image, min_side=32, name="scene image")
+        if scene is not None and height is None and width is None:
+            height, width = (min(MAX_SIDE, s - s % 8) for s in (scene.height, scene.width))
+        height, width = height or 512, width or 512
+        self.check_call(prompt, people, mix, style_image, scene, height, width, num_inference_steps,
+                        text_guidance_scale, reference_guidance_scale, num_images_per_prompt, scene_faces)
+        style = None if style_image is None else load_image(style_image, name="style image")
+        device = self._execution_device
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        batch = len(prompts) * num_images_per_prompt
+
+        # 2. Encode the prompt
+        positive, negative = self.encode_prompt(prompts, device, num_images_per_prompt, True, negative_prompt)
+
+        # 3. Faces: photos -> identities; the scene's faces -> regions
+        encoded = self.encode_identities(people, mix)
+        scene_array = None if scene is None else np.asarray(scene.resize((width, height), PIL.Image.LANCZOS))
+        scene_regions = paste_mask = None
+        if scene_array is not None:
+            targets = self.scene_faces(scene_array, len(encoded), scene_faces)
+            scene_regions = [_dilated_head(f, width, height) for f in targets]
+            paste_mask = _feathered(np.maximum.reduce(scene_regions), width)
+
+        # 4-6. Identity tokens, style tokens, region masks: computed once for the whole call
+        has_reference = bool(encoded) or style is not None
+        three_way = has_reference
+        tokens, region_masks = [], []
+        strengths = [p.strength for p in people] if mix is None else [people[0].strength if people else 1.0]
+        for adapter in getattr(self, "facestudio_adapters", ()):
+            if adapter.kind == "identity":
+                tokens.append(self.identity_tokens(encoded, batch, three_way))
+                count = max(len(encoded), 1)
+                masks = self.region_masks(people, count, height, width, scene_regions)
+                region_masks.append(RegionMasks(masks, tuple(strengths) if encoded else (0.0,)))
+            else:
+                tokens.append(self.style_tokens(style, batch, three_way))
+                region_masks.append(RegionMasks.full(1, style_strength if style is not None else 0.0))
+        tokens = [t.to(device=device, dtype=self.unet.dtype) for t in tokens]
+        latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        unet_kwargs = {}
+        if tokens:
+            unet_kwargs = {"added_cond_kwargs": {"image_embeds": tokens},
+                           "cross_attention_kwargs": {"ip_adapter_masks": LayerMasks(tuple(region_masks), latent_size)}}
+
+        # 7. Timesteps and latents (a scheduler of this call's own: schedulers keep step state)
+        scheduler = copy.deepcopy(self.scheduler)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        shape = (batch, self.unet.config.in_channels, *latent_size)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=positive.dtype)
+        latents = latents * scheduler.init_noise_sigma
+        blend = scene_latents = scene_noise = None
+        if scene_array is not None:
+            scene_latents, scene_noise, blend = self._scene_latents(scene_array, scene_regions, batch, generator,
+                                                                   latents.dtype, device)
+        text = torch.cat([negative, positive, positive] if three_way else [negative, positive])
+
+        # 8. Denoising loop
+        timesteps = scheduler.timesteps
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                model_input = scheduler.scale_model_input(torch.cat([latents] * (3 if three_way else 2)), t)
+                eps = self.unet(model_input, t, encoder_hidden_states=text, return_dict=False, **unet_kwargs)[0]
+                eps = combine_guidance(eps, text_guidance_scale, reference_guidance_scale) if three_way \
+                    else combine_two_way(eps, text_guidance_scale)
+                latents = scheduler.step(eps, t, latents, generator=generator, return_dict=False)[0]
+                if blend is not None:  # keep the scene outside the faces: it re-enters at the next noise level
+                    known = scene_latents if i + 1 == len(timesteps) else \
+                        scheduler.add_noise(scene_latents, scene_noise, timesteps[i + 1:i + 2])
+                    latents = blend * latents + (1 - blend) * known
+                progress.update()
+                if callback_on_step_end is not None:
+                    callback_on_step_end(i + 1, len(timesteps))
+
+        # 9. Decode, paste the scene's own pixels back outside the faces
+        settings = {
+            "prompt": prompts if len(prompts) > 1 else prompts[0], "negative_prompt": negative_prompt,
+            "identities": [i.name for i in encoded], "strengths": strengths, "mix": list(mix) if mix else None,
+            "style_image": style is not None, "style_strength": style_strength, "scene_image": scene is not None,
+            "text_guidance_scale": text_guidance_scale, "reference_guidance_scale": reference_guidance_scale,
+            "steps": num_inference_steps, "height": height, "width": width, "scheduler": type(scheduler).__name__,
+        }
+        if output_type == "latent":
+            return FaceStudioPipelineOutput(latents, settings) if return_dict else (latents,)
+        image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        image = self.image_processor.postprocess(image, output_type="np")
+        if paste_mask is not None:
+            image = _paste_scene(image, scene_array, paste_mask)
+        if output_type == "pil":
+            image = self.image_processor.numpy_to_pil(image)
+        elif output_type == "pt":
+            image = torch.from_numpy(image).permute(0, 3, 1, 2)
+        self.maybe_free_model_hooks()
+        return FaceStudioPipelineOutput(image, settings) if return_dict else (image,)
+
+    def _scene_latents(self, scene: np.ndarray, regions, batch, generator, dtype, device):
+        """The scene in latent space, the fixed noise used to re-noise it, and the latent blend mask."""
+        pixels = torch.from_numpy(scene.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+        posterior = self.vae.encode(pixels.to(device, self.vae.dtype)).latent_dist
+        scene_latents = (posterior.mode() * self.vae.config.scaling_factor).to(dtype).expand(batch, -1, -1, -1)
+        noise = randn_tensor(scene_latents.shape, generator=generator, device=device, dtype=dtype)
+        h, w = scene_latents.shape[-2:]
+        union = np.maximum.reduce(regions)
+        blend = (cv2.resize(union, (w, h), interpolation=cv2.INTER_AREA) > 0).astype(np.float32)
+        return scene_latents, noise, torch.from_numpy(blend).to(device, dtype)[None, None]
+
+
+def _label(source) -> str:
+    return "(checkpoint dict)" if isinstance(source, dict) else str(source)
+
+
+def _region_to_mask(region, height: int, width: int) -> np.ndarray:
+    """A box `(x0, y0, x1, y1)` in output pixels, or a mask image/array, as a `[height, width]` mask in [0, 1]."""
+    if isinstance(region, (tuple, list)) and len(region) == 4:
+        x0, y0, x1, y1 = (float(v) for v in region)
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise FaceStudioError(f"region box {tuple(region)} is not inside the {width}x{height} image")
+        mask = np.zeros((height, width), np.float32)
+        mask[round(y0):round(y1), round(x0):round(x1)] = 1.0
+        return mask
+    array = np.asarray(region.convert("L") if isinstance(region, PIL.Image.Image) else region, dtype=np.float32)
+    if array.ndim != 2:
+        raise FaceStudioError(f"a region mask must be a single-channel image, got shape {list(array.shape)}")
+    if array.max(initial=0) > 1:
+        array = array / 255.0
+    return np.clip(cv2.resize(array, (width, height), interpolation=cv2.INTER_AREA), 0.0, 1.0)
+
+
+def _dilated_head(face, width: int, height: int) -> np.ndarray:
+    """The head region of a scene face, grown by a fifth of the face size: the area that is regenerated."""
+    head = Region.from_face(face, (width, height)).mask(width, height, "head")
+    grow = max(1, round(0.2 * max(face.width, face.height)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+    return cv2.dilate((head > 0).astype(np.float32), kernel)
+
+
+def _feathered(mask: np.ndarray, width: int) -> np.ndarray:
+    """A soft-edged version of a binary mask that is exactly 0 wherever the mask is 0."""
+    sigma = max(1.0, width / 128)
+    soft = cv2.GaussianBlur(cv2.erode(mask, np.ones((3, 3), np.float32), iterations=max(1, round(2 * sigma))),
+                            (0, 0), sigma)
+    return np.where(mask > 0, soft, 0.0).astype(np.float32)
+
+
+def _paste_scene(images: np.ndarray, scene: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Generated images inside `alpha`, the scene's own pixels (exactly, after uint8 rounding) elsewhere."""
+    scene_f = scene.astype(np.float32) / 255.0
+    out = images * alpha[None, ..., None] + scene_f[None] * (1 - alpha[None, ..., None])
+    out = np.round(out * 255.0) / 255.0
+    out[:, alpha <= 0] = scene_f[alpha <= 0]
+    return out
