@@ -41,6 +41,13 @@ def test_low_resolution_masks_are_area_averages_of_high_resolution_ones():
     assert 0 < ((low > 0) & (low < 1)).sum()  # edges are soft, not a hard staircase
 
 
+def test_face_ellipse_is_inside_the_head():
+    region = Region.from_face(_face(200, 200, 100), (400, 400))
+    face, head = region.mask(400, 400, "face"), region.mask(400, 400, "head")
+    assert face[200, 200] == 1.0 and face.sum() < 0.6 * head.sum()
+    assert np.all(face <= head + 1e-6)
+
+
 def test_tilted_face_tilts_the_head():
     upright = Region.from_face(_face(200, 200, 100), (400, 400)).mask(400, 400, "head")
     tilted = Region.from_face(_face(200, 200, 100, tilt_deg=30), (400, 400)).mask(400, 400, "head")

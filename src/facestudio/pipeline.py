@@ -136,7 +136,8 @@ class FaceStudioPipeline(StableDiffusionPipeline):
         if getattr(self, "facestudio_adapters", ()):
             self.unload_adapters()
         try:
-            self.load_ip_adapter(checkpoints, subfolder=None, weight_name=None, image_encoder_folder=None)
+            none = [None] * len(checkpoints)
+            self.load_ip_adapter(checkpoints, subfolder=none, weight_name=none, image_encoder_folder=None)
         except (RuntimeError, KeyError, ValueError) as e:
             raise ModelFileError(f"adapter does not fit this UNet: {str(e).splitlines()[0]}") from None
         self.unet.encoder_hid_proj = TokenPassthrough(self.unet.encoder_hid_proj)
@@ -371,7 +372,7 @@ class FaceStudioPipeline(StableDiffusionPipeline):
         scene_regions = paste_mask = None
         if scene_array is not None:
             targets = self.scene_faces(scene_array, len(encoded), scene_faces)
-            scene_regions = [_dilated_head(f, width, height) for f in targets]
+            scene_regions = [_dilated_face(f, width, height) for f in targets]
             paste_mask = _feathered(np.maximum.reduce(scene_regions), width)
 
         # 4-6. Identity tokens, style tokens, region masks: computed once for the whole call
@@ -478,12 +479,12 @@ def _region_to_mask(region, height: int, width: int) -> np.ndarray:
     return np.clip(cv2.resize(array, (width, height), interpolation=cv2.INTER_AREA), 0.0, 1.0)
 
 
-def _dilated_head(face, width: int, height: int) -> np.ndarray:
-    """The head region of a scene face, grown by a fifth of the face size: the area that is regenerated."""
-    head = Region.from_face(face, (width, height)).mask(width, height, "head")
-    grow = max(1, round(0.2 * max(face.width, face.height)))
+def _dilated_face(face, width: int, height: int) -> np.ndarray:
+    """A scene face's ellipse grown by a tenth of the face size: the area that is regenerated."""
+    ellipse = Region.from_face(face, (width, height)).mask(width, height, "face")
+    grow = max(1, round(0.1 * max(face.width, face.height)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
-    return cv2.dilate((head > 0).astype(np.float32), kernel)
+    return cv2.dilate((ellipse > 0).astype(np.float32), kernel)
 
 
 def _feathered(mask: np.ndarray, width: int) -> np.ndarray:

@@ -26,19 +26,23 @@ _HEAD_RAISE = 0.15  # centre moved up by this x face height, for the skull and h
 _NECK_HALF_WIDTH = 0.45  # x face width, at the chin
 _SHOULDER_DROP = 0.9  # shoulders this many face heights below the chin
 _SHOULDER_HALF_WIDTH = 1.6  # x face width
+_FACE_HALF_WIDTH = 0.55  # the face alone (for face swaps): an ellipse just around the box
+_FACE_HALF_HEIGHT = 0.6
 _SUPERSAMPLE = 16  # masks are drawn up to this many times larger, then area-averaged: soft edges
 
 
 @dataclass(frozen=True)
 class Region:
-    """One person's head ellipse and body polygon in the pixel coordinates of a `width` x `height` image.
+    """One person's face and head ellipses and body polygon in the pixel coordinates of a `width` x `height` image.
 
     Attributes:
-        head (`tuple`): `((cx, cy), (half_width, half_height), angle_degrees)`.
+        face (`tuple`): `((cx, cy), (half_width, half_height), angle_degrees)`, just around the face box.
+        head (`tuple`): the same form, taking in the skull and hair.
         body (`tuple`): polygon vertices `((x, y), ...)`, clockwise from the left of the neck.
         image_size (`tuple[int, int]`): `(width, height)` of the image the coordinates refer to.
     """
 
+    face: tuple
     head: tuple
     body: tuple
     image_size: tuple[int, int]
@@ -53,6 +57,7 @@ class Region:
         side = np.array([-up[1], up[0]])
         cx, cy = np.array(face.center) + up * _HEAD_RAISE * h
         head = ((float(cx), float(cy)), (_HEAD_HALF_WIDTH * w, _HEAD_HALF_HEIGHT * h), angle)
+        face_ellipse = (tuple(float(v) for v in face.center), (_FACE_HALF_WIDTH * w, _FACE_HALF_HEIGHT * h), angle)
         chin = np.array(face.center) - up * 0.5 * h
         shoulders = chin - up * _SHOULDER_DROP * h
         # run the body down to the image's bottom edge (or further, if the face is tilted)
@@ -66,17 +71,18 @@ class Region:
             tuple(bottom - side * _SHOULDER_HALF_WIDTH * w),
             tuple(shoulders - side * _SHOULDER_HALF_WIDTH * w),
         )
-        return cls(head=head, body=tuple((float(x), float(y)) for x, y in body), image_size=tuple(image_size))
+        return cls(face=face_ellipse, head=head, body=tuple((float(x), float(y)) for x, y in body),
+                   image_size=tuple(image_size))
 
     def mask(self, width: int, height: int, part: str = "person") -> np.ndarray:
         """The region as a float32 `[height, width]` mask in [0, 1].
 
         Args:
             width (`int`), height (`int`): the mask's size; coordinates are scaled from `image_size`.
-            part (`str`, defaults to `"person"`): `"head"`, `"body"` or `"person"` (both).
+            part (`str`, defaults to `"person"`): `"face"`, `"head"`, `"body"` or `"person"` (head and body).
         """
-        if part not in ("head", "body", "person"):
-            raise ValueError(f"part must be 'head', 'body' or 'person', got {part!r}")
+        if part not in ("face", "head", "body", "person"):
+            raise ValueError(f"part must be 'face', 'head', 'body' or 'person', got {part!r}")
         if width < 1 or height < 1:
             raise ValueError(f"mask size must be at least 1x1, got {width}x{height}")
         s = max(1, min(_SUPERSAMPLE, 2048 // max(width, height)))  # bound the canvas for large masks
@@ -87,17 +93,22 @@ class Region:
         if part in ("body", "person"):
             poly = np.round((np.array(self.body) * [sx, sy] - 0.5) * 16).astype(np.int32)  # 4 fractional bits
             cv2.fillPoly(canvas, [poly], 255, lineType=cv2.LINE_8, shift=4)
-        if part in ("head", "person"):
-            (cx, cy), (ax, ay), angle = self.head
-            # an ellipse in a non-uniformly scaled frame is drawn as a polygon of the scaled outline
-            t = np.linspace(0, 2 * np.pi, 180, endpoint=False)
-            c, si = np.cos(np.radians(angle)), np.sin(np.radians(angle))
-            xs = cx + ax * np.cos(t) * c - ay * np.sin(t) * si
-            ys = cy + ax * np.cos(t) * si + ay * np.sin(t) * c
-            poly = np.round((np.stack([xs * sx, ys * sy], 1) - 0.5) * 16).astype(np.int32)
-            cv2.fillPoly(canvas, [poly], 255, lineType=cv2.LINE_8, shift=4)
+        for name, ellipse in (("head", self.head), ("face", self.face)):
+            if part == name or (part == "person" and name == "head"):
+                cv2.fillPoly(canvas, [_ellipse_polygon(ellipse, sx, sy)], 255, lineType=cv2.LINE_8, shift=4)
         small = cv2.resize(canvas.astype(np.float32) / 255.0, (width, height), interpolation=cv2.INTER_AREA)
         return np.clip(small, 0.0, 1.0)
+
+
+def _ellipse_polygon(ellipse: tuple, sx: float, sy: float) -> np.ndarray:
+    """A tilted ellipse as a fixed-point polygon in a frame scaled by (sx, sy); see `Region.mask` for the -0.5."""
+    (cx, cy), (ax, ay), angle = ellipse
+    # an ellipse in a non-uniformly scaled frame is drawn as a polygon of the scaled outline
+    t = np.linspace(0, 2 * np.pi, 180, endpoint=False)
+    c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+    xs = cx + ax * np.cos(t) * c - ay * np.sin(t) * s
+    ys = cy + ax * np.cos(t) * s + ay * np.sin(t) * c
+    return np.round((np.stack([xs * sx, ys * sy], 1) - 0.5) * 16).astype(np.int32)
 
 
 def person_regions(faces: list[Face], image_size: tuple[int, int]) -> list[Region]:

@@ -1,0 +1,230 @@
+"""FaceStudioPipeline on tiny models built in code: invariances that must hold whatever the weights."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from facestudio.errors import FaceStudioError, ModelFileError, NoFaceError
+from facestudio.guidance import identity as idg
+from facestudio.guidance import style as sty
+from facestudio.guidance.layout import CONFIG_NAME, WEIGHTS_NAME
+from facestudio.models import tiny_components
+from facestudio.pipeline import FaceStudioPipeline, IdentityInput
+
+SIZE = dict(height=64, width=64, num_inference_steps=3)
+
+
+def new_pipe(style=False) -> FaceStudioPipeline:
+    pipe = FaceStudioPipeline(**tiny_components())
+    pipe.set_progress_bar_config(disable=True)
+    cross = pipe.unet.config.cross_attention_dim
+    id_config = idg.IdentityAdapterConfig(cross_attention_dim=cross)
+    kwargs = dict(identity=idg.new_identity_adapter(pipe.unet, id_config, seed=1), identity_config=id_config)
+    if style:
+        encoder = sty.tiny_style_encoder()
+        st_config = sty.StyleAdapterConfig(image_embed_dim=encoder.embed_dim, cross_attention_dim=cross)
+        kwargs.update(style=sty.new_style_adapter(pipe.unet, st_config, seed=2), style_config=st_config,
+                      style_encoder=encoder)
+    pipe.load_adapters(**kwargs)
+    return pipe
+
+
+def seed(n=0):
+    return torch.Generator().manual_seed(n)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return new_pipe()
+
+
+@pytest.fixture(scope="module")
+def people(faces_dir, pipe):
+    """Obama and Biden encoded once for the module."""
+    a, b = pipe.encode_identities([IdentityInput(photos=(faces_dir / "obama.jpg",), name="obama"),
+                                   IdentityInput(photos=(faces_dir / "biden.jpg",), name="biden")], None)
+    return a, b
+
+
+def run(pipe, *identities, **kw):
+    args = {**SIZE, "generator": seed(kw.pop("seed", 0)), "output_type": "np", **kw}
+    return pipe("a portrait photo", identities=list(identities), **args).images
+
+
+def test_strength_zero_is_the_base_pipeline_and_strength_matters(pipe, people):
+    base = StableDiffusionPipeline(**{k: v for k, v in tiny_components().items() if k != "image_encoder"})
+    base.set_progress_bar_config(disable=True)
+    expected = base("a portrait photo", guidance_scale=7.5, generator=seed(), output_type="np", **SIZE).images
+    off = run(pipe, IdentityInput(identity=people[0], strength=0.0))
+    assert np.abs(off - expected).max() < 1e-4
+    on = run(pipe, IdentityInput(identity=people[0], strength=3.0))
+    assert np.abs(on - expected).max() > 1e-2
+
+
+def test_unloading_restores_the_base_unet_bit_for_bit():
+    pipe = FaceStudioPipeline(**tiny_components())
+    sample, text = torch.randn(1, 4, 8, 8), torch.randn(1, 77, pipe.unet.config.cross_attention_dim)
+    with torch.no_grad():
+        before = pipe.unet(sample, 10, text).sample
+        config = idg.IdentityAdapterConfig(cross_attention_dim=pipe.unet.config.cross_attention_dim)
+        pipe.load_adapters(identity=idg.new_identity_adapter(pipe.unet, config), identity_config=config)
+        pipe.unload_adapters()
+        after = pipe.unet(sample, 10, text).sample
+    assert torch.equal(before, after)
+
+
+def test_mixing(pipe, people):
+    a, b = people
+    alone = run(pipe, IdentityInput(identity=a))
+    assert np.abs(run(pipe, IdentityInput(identity=a), IdentityInput(identity=b), mix=[1.0, 0.0]) - alone).max() < 1e-5
+    ab = run(pipe, IdentityInput(identity=a), IdentityInput(identity=b), mix=[0.5, 0.5])
+    ba = run(pipe, IdentityInput(identity=b), IdentityInput(identity=a), mix=[0.5, 0.5])
+    assert np.abs(ab - ba).max() < 1e-5
+    assert np.abs(ab - alone).max() > 1e-3
+
+
+def test_reference_scale_zero_ignores_who_the_reference_is(pipe, people):
+    a, b = people
+    with_a = run(pipe, IdentityInput(identity=a, strength=2.0), reference_guidance_scale=0.0)
+    with_b = run(pipe, IdentityInput(identity=b, strength=2.0), reference_guidance_scale=0.0)
+    assert np.abs(with_a - with_b).max() < 1e-5
+    assert np.abs(run(pipe, IdentityInput(identity=a, strength=2.0)) - with_a).max() > 1e-3
+
+
+def test_same_seed_same_image_and_batch_equals_singles(pipe, people):
+    person = IdentityInput(identity=people[0])
+    assert np.array_equal(run(pipe, person), run(pipe, person))
+    batch = pipe("a portrait photo", identities=[person], num_images_per_prompt=2, generator=[seed(5), seed(6)],
+                 output_type="np", **SIZE).images
+    assert np.abs(batch[0] - run(pipe, person, seed=5)[0]).max() < 1e-5
+    assert np.abs(batch[1] - run(pipe, person, seed=6)[0]).max() < 1e-5
+
+
+def test_two_threads_with_different_settings_match_running_alone(pipe, people):
+    a, b = people
+    jobs = {
+        "a": dict(identities=[IdentityInput(identity=a, strength=1.5)], reference_guidance_scale=3.0, seed=1),
+        "ab": dict(identities=[IdentityInput(identity=a, region=(0, 0, 32, 64)),
+                               IdentityInput(identity=b, region=(32, 0, 64, 64), strength=0.5)], seed=2),
+    }
+    alone = {k: run(pipe, *v["identities"], **{x: y for x, y in v.items() if x != "identities"}) for k, v in jobs.items()}
+    together, errors = {}, []
+
+    def work(key):
+        try:
+            for _ in range(2):
+                v = jobs[key]
+                together[key] = run(pipe, *v["identities"], **{x: y for x, y in v.items() if x != "identities"})
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in jobs]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    for key in jobs:
+        assert np.abs(together[key] - alone[key]).max() < 1e-5
+
+
+def test_regions_keep_people_apart(pipe, people):
+    a, b = people
+    left_right = run(pipe, IdentityInput(identity=a, region=(0, 0, 32, 64)), IdentityInput(identity=b, region=(32, 0, 64, 64)))
+    auto = run(pipe, IdentityInput(identity=a), IdentityInput(identity=b))  # automatic split: the same halves
+    assert np.abs(left_right - auto).max() < 1e-5
+    swapped = run(pipe, IdentityInput(identity=b, region=(0, 0, 32, 64)), IdentityInput(identity=a, region=(32, 0, 64, 64)))
+    assert np.abs(left_right - swapped).max() > 1e-3
+
+
+def test_save_and_load_round_trip(pipe, people, tmp_path):
+    person = IdentityInput(identity=people[0], strength=2.0)
+    before = run(pipe, person)
+    (folder,) = pipe.save_adapters(tmp_path)
+    assert (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file()
+    fresh = FaceStudioPipeline(**tiny_components())
+    fresh.set_progress_bar_config(disable=True)
+    fresh.load_adapters(identity=folder)
+    ours, theirs = pipe.unet.state_dict(), fresh.unet.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # outputs agree to float noise: the same weights at other memory addresses take other CPU kernels (~1e-6)
+    assert np.abs(run(fresh, person) - before).max() < 1e-5
+
+
+def test_stock_diffusers_loads_a_facestudio_adapter(pipe, people, tmp_path):
+    """Our checkpoint through plain `load_ip_adapter` gives the same UNet output as facestudio's path."""
+    (folder,) = pipe.save_adapters(tmp_path)
+    stock = StableDiffusionPipeline(**{k: v for k, v in tiny_components().items() if k != "image_encoder"})
+    stock.load_ip_adapter(str(folder), subfolder="", weight_name=WEIGHTS_NAME, image_encoder_folder=None)
+    identity = people[0]
+    projection = stock.unet.encoder_hid_proj.image_projection_layers[0]
+    projection.clip_embeds = torch.from_numpy(identity.detail)[None, None]
+    projection.shortcut = True
+    sample, text = torch.randn(1, 4, 8, 8), torch.randn(1, 77, stock.unet.config.cross_attention_dim)
+    with torch.no_grad():
+        theirs = stock.unet(sample, 10, text, added_cond_kwargs={
+            "image_embeds": [torch.from_numpy(identity.embedding)[None, None]]}).sample
+        config = pipe.facestudio_adapters[0].config
+        tokens = idg.identity_tokens(pipe._projection(pipe.facestudio_adapters[0]), identity, config)
+        ours = pipe.unet(sample, 10, text, added_cond_kwargs={"image_embeds": [tokens[None, None]]}).sample
+    assert (ours - theirs).abs().max() < 1e-5
+
+
+def test_face_into_a_scene_keeps_everything_outside_the_faces(pipe, people, faces_dir):
+    scene = Image.open(faces_dir / "obama2.jpg").convert("RGB").resize((200, 384))
+    out = pipe("a portrait photo", identities=[IdentityInput(identity=people[1])], scene_image=scene,
+               num_inference_steps=3, generator=seed(), output_type="np")
+    image = np.round(out.images[0] * 255).astype(np.uint8)
+    assert image.shape == (384, 200, 3)
+    original = np.asarray(scene.resize((200, 384)))
+    face = pipe.face_analyzer.detect(original)[0]
+    from facestudio.pipeline import _dilated_face
+
+    outside = _dilated_face(face, 200, 384) == 0
+    assert outside.mean() > 0.5
+    assert np.array_equal(image[outside], original[outside])
+    assert np.abs(image[~outside].astype(int) - original[~outside]).mean() > 2  # the face was regenerated
+
+
+def test_style_adapter_beside_identity(people):
+    pipe = new_pipe(style=True)
+    person = IdentityInput(identity=people[0])
+    plain = run(pipe, person)
+    styled = run(pipe, person, style_image=Image.new("RGB", (64, 64), (200, 30, 30)), style_strength=3.0)
+    assert np.abs(styled - plain).max() > 1e-3
+    off = run(pipe, person, style_image=Image.new("RGB", (64, 64), (200, 30, 30)), style_strength=0.0)
+    assert np.abs(off - plain).max() < 1e-5
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(height=65), "multiple of 8"),
+    (dict(width=8192), "between 8 and 4096"),
+    (dict(num_inference_steps=0), "at least 1"),
+    (dict(mix=[0.5, 0.6]), "mix"),
+    (dict(style_image=Image.new("RGB", (8, 8))), "no style adapter"),
+    (dict(text_guidance_scale=float("nan")), "finite"),
+])
+def test_bad_calls_fail_before_any_work(pipe, people, kwargs, message):
+    with pytest.raises(FaceStudioError, match=message):
+        pipe("x", identities=[IdentityInput(identity=people[0]), IdentityInput(identity=people[1])],
+             **{"num_inference_steps": 2, **kwargs})
+
+
+def test_photo_problems_are_named(pipe, tmp_path):
+    noise = tmp_path / "noise.png"
+    Image.fromarray((np.random.default_rng(0).random((128, 128, 3)) * 255).astype(np.uint8)).save(noise)
+    with pytest.raises(NoFaceError, match="me photo 1: no face"):
+        pipe("x", identities=[IdentityInput(photos=(noise,), name="me")], **SIZE)
+
+
+def test_adapter_for_another_recogniser_is_refused(pipe, tmp_path):
+    (folder,) = pipe.save_adapters(tmp_path)
+    config = folder / CONFIG_NAME
+    config.write_text(config.read_text().replace('"dlib"', '"arcface"'))
+    fresh = FaceStudioPipeline(**tiny_components())
+    with pytest.raises(ModelFileError, match="built for the 'arcface' face recogniser"):
+        fresh.load_adapters(identity=folder)
+    with pytest.raises(ModelFileError, match="no such folder"):
+        fresh.load_adapters(identity=tmp_path / "nope")
