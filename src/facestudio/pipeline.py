@@ -24,12 +24,12 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .attention import LayerMasks, RegionMasks, TokenPassthrough, install_region_processors
 from .errors import FaceStudioError, ModelFileError, NoFaceError
-from .faces.analysis import FaceAnalyzer
+from .faces.analysis import FaceAnalyzer, select_face
 from .faces.regions import Region
 from .guidance import identity as idg
 from .guidance import style as sty
 from .guidance.cfg import combine_guidance, combine_two_way
-from .guidance.layout import WEIGHTS_NAME, ip_layers_from_unet, read_config, save_checkpoint
+from .guidance.layout import ip_layers_from_unet, read_checkpoint, read_config, save_checkpoint
 from .imaging import load_image
 
 logger = logging.getLogger(__name__)
@@ -169,8 +169,6 @@ class FaceStudioPipeline(StableDiffusionPipeline):
         if not folder.is_dir():
             raise ModelFileError(f"adapter {source}: no such folder")
         config = config_class.from_dict(read_config(folder), source=str(folder))
-        from .guidance.layout import read_checkpoint
-
         return read_checkpoint(folder), config
 
     def _projection(self, adapter: _Adapter):
@@ -245,8 +243,6 @@ class FaceStudioPipeline(StableDiffusionPipeline):
         return encoded
 
     def _pick_face(self, photo, index, source):
-        from .faces.analysis import select_face
-
         return select_face(self._analyzer().detect(photo), index=index, source=source)
 
     def identity_tokens(self, identities: list[idg.Identity], batch: int, three_way: bool) -> torch.Tensor:

@@ -19,10 +19,9 @@ import numpy as np
 import torch
 from diffusers.models.embeddings import IPAdapterFaceIDPlusImageProjection
 
-from ..errors import ModelFileError
 from ..faces.analysis import FaceAnalyzer, select_face
 from ..faces.detection import Face
-from .layout import init_ip_layers
+from .layout import AdapterConfig, init_ip_layers
 
 #: The FaceID-Plus layout diffusers loads has these fixed (`_convert_ip_adapter_image_proj_to_diffusers`).
 NUM_TOKENS, DEPTH, HEAD_DIM = 4, 4, 64
@@ -121,7 +120,7 @@ def _same_recognizer(identities: Sequence[Identity]) -> None:
 
 
 @dataclass(frozen=True)
-class IdentityAdapterConfig:
+class IdentityAdapterConfig(AdapterConfig):
     """What `facestudio_adapter.json` records for an identity adapter."""
 
     recognizer: str = "dlib"
@@ -132,18 +131,6 @@ class IdentityAdapterConfig:
     shortcut_scale: float = 1.0
     kind: str = "identity"
     projection: str = "faceid-plus"
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "adapter config") -> "IdentityAdapterConfig":
-        if data.get("kind") != "identity":
-            raise ModelFileError(f"{source}: not an identity adapter (kind {data.get('kind')!r})")
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ModelFileError(f"{source}: unknown adapter settings {sorted(unknown)}")
-        return cls(**data)
 
     def null_identity(self) -> Identity:
         """The "no reference" input the adapter is trained with when identity is dropped: zeros."""

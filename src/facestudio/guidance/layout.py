@@ -10,6 +10,7 @@ Beside it, `facestudio_adapter.json` says what the adapter is and which face rec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -32,6 +33,27 @@ class CrossAttentionLayer:
     name: str  # the processor's name, e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor"
     hidden_size: int
     cross_attention_dim: int
+
+
+class AdapterConfig:
+    """JSON round trip for the frozen dataclasses that describe an adapter (`facestudio_adapter.json`).
+
+    Subclasses have a `kind` field whose default names the adapter kind; `from_dict` refuses another kind
+    and unknown settings, so a wrong folder fails at load time.
+    """
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "adapter config"):
+        kind = cls.__dataclass_fields__["kind"].default
+        if data.get("kind") != kind:
+            raise ModelFileError(f"{source}: not a {kind} adapter (kind {data.get('kind')!r})")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ModelFileError(f"{source}: unknown adapter settings {sorted(unknown)}")
+        return cls(**data)
 
 
 def cross_attention_layers(unet) -> list[CrossAttentionLayer]:

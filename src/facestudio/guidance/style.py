@@ -14,14 +14,14 @@ from diffusers.models.embeddings import ImageProjection
 from PIL import Image
 
 from ..errors import ModelFileError
-from .layout import init_ip_layers
+from .layout import AdapterConfig, init_ip_layers
 
 #: diffusers' loader gives the plain IP-Adapter layout ("proj.weight") exactly 4 tokens.
 NUM_TOKENS = 4
 
 
 @dataclass(frozen=True)
-class StyleAdapterConfig:
+class StyleAdapterConfig(AdapterConfig):
     """What `facestudio_adapter.json` records for a style adapter."""
 
     image_encoder: str = "tiny"
@@ -29,18 +29,6 @@ class StyleAdapterConfig:
     cross_attention_dim: int = 768
     kind: str = "style"
     projection: str = "ip-adapter"
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "adapter config") -> "StyleAdapterConfig":
-        if data.get("kind") != "style":
-            raise ModelFileError(f"{source}: not a style adapter (kind {data.get('kind')!r})")
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ModelFileError(f"{source}: unknown adapter settings {sorted(unknown)}")
-        return cls(**data)
 
 
 def new_style_adapter(unet, config: StyleAdapterConfig, seed: int = 0) -> dict:
