@@ -49,7 +49,8 @@ class AdapterConfig:
     def from_dict(cls, data: dict, source: str = "adapter config"):
         kind = cls.__dataclass_fields__["kind"].default
         if data.get("kind") != kind:
-            raise ModelFileError(f"{source}: not a {kind} adapter (kind {data.get('kind')!r})")
+            raise ModelFileError(f"{source}: not a{'n' if kind[0] in 'aeiou' else ''} {kind} adapter "
+                                 f"(kind {data.get('kind')!r})")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ModelFileError(f"{source}: unknown adapter settings {sorted(unknown)}")
