@@ -25,7 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .attention import LayerMasks, RegionMasks, TokenPassthrough, install_region_processors
 from .errors import FaceStudioError, ModelFileError, NoFaceError
 from .faces.analysis import FaceAnalyzer, select_face
-from .faces.regions import Region
+from .faces.regions import Region, person_masks, person_regions
 from .guidance import identity as idg
 from .guidance import style as sty
 from .guidance.cfg import combine_guidance, combine_two_way
@@ -266,14 +266,15 @@ class FaceStudioPipeline(StableDiffusionPipeline):
         return torch.cat([r[None, None].expand(batch, -1, -1, -1) for r in rows])
 
     def region_masks(self, people: list[IdentityInput], count: int, height: int, width: int,
-                     scene_regions: list[np.ndarray] | None) -> torch.Tensor:
-        """`[count, height // 8, width // 8]` masks: given, from the scene's faces, or a left-to-right split."""
+                     face_regions: list[np.ndarray] | None) -> torch.Tensor:
+        """`[count, height // 8, width // 8]` masks: from the faces of a scene or style image, given by the
+        user, or a left-to-right split."""
         latent = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         masks = []
         for i in range(count):
             region = people[i].region if i < len(people) else None
-            if scene_regions is not None:
-                full = scene_regions[i]
+            if face_regions is not None:
+                full = face_regions[i]
             elif region is not None:
                 full = _region_to_mask(region, height, width)
             elif count == 1:
@@ -283,6 +284,22 @@ class FaceStudioPipeline(StableDiffusionPipeline):
                 full[:, round(i * width / count): round((i + 1) * width / count)] = 1.0
             masks.append(cv2.resize(full, (latent[1], latent[0]), interpolation=cv2.INTER_AREA))
         return torch.from_numpy(np.clip(np.stack(masks), 0.0, 1.0))
+
+    def layout_from_style(self, style: PIL.Image.Image, count: int, height: int, width: int) -> list[np.ndarray] | None:
+        """With several people and a style image showing as many, each person takes a person's place in it.
+
+        FaceStudio (sec. 3.3) takes the layout for multi-identity images from the style image this way. The
+        people's regions (head and body, estimated from their faces) are made disjoint. None when the style
+        image shows fewer people.
+        """
+        array = np.asarray(style.resize((width, height), PIL.Image.LANCZOS))
+        faces = self._analyzer().detect(array)
+        if len(faces) < count:
+            logger.info("style image shows %d face(s) for %d identities: regions split left to right",
+                        len(faces), count)
+            return None
+        chosen = sorted(faces[:count], key=lambda f: f.center[0])
+        return list(person_masks(person_regions(chosen, (width, height)), width, height))
 
     def scene_faces(self, scene: np.ndarray, count: int, chosen: Sequence[int] | None):
         """The scene's faces that the identities replace: chosen by index, else the `count` largest, left to right."""
@@ -365,11 +382,13 @@ class FaceStudioPipeline(StableDiffusionPipeline):
         # 3. Faces: photos -> identities; the scene's faces -> regions
         encoded = self.encode_identities(people, mix)
         scene_array = None if scene is None else np.asarray(scene.resize((width, height), PIL.Image.LANCZOS))
-        scene_regions = paste_mask = None
+        face_regions = scene_regions = paste_mask = None
         if scene_array is not None:
             targets = self.scene_faces(scene_array, len(encoded), scene_faces)
-            scene_regions = [_dilated_face(f, width, height) for f in targets]
+            face_regions = scene_regions = [_dilated_face(f, width, height) for f in targets]
             paste_mask = _feathered(np.maximum.reduce(scene_regions), width)
+        elif style is not None and len(encoded) > 1 and all(p.region is None for p in people):
+            face_regions = self.layout_from_style(style, len(encoded), height, width)
 
         # 4-6. Identity tokens, style tokens, region masks: computed once for the whole call
         has_reference = bool(encoded) or style is not None
@@ -380,7 +399,7 @@ class FaceStudioPipeline(StableDiffusionPipeline):
             if adapter.kind == "identity":
                 tokens.append(self.identity_tokens(encoded, batch, three_way))
                 count = max(len(encoded), 1)
-                masks = self.region_masks(people, count, height, width, scene_regions)
+                masks = self.region_masks(people, count, height, width, face_regions)
                 region_masks.append(RegionMasks(masks, tuple(strengths) if encoded else (0.0,)))
             else:
                 tokens.append(self.style_tokens(style, batch, three_way))
