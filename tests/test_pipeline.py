@@ -239,3 +239,20 @@ def test_layout_comes_from_the_people_in_the_style_image(people, faces_dir):
     left, right = (np.nonzero(r.sum(0))[0].mean() for r in regions)
     assert left < 64 < right  # person 1 takes the left person's place
     assert pipe.layout_from_style(Image.new("RGB", (64, 64)), 2, 128, 128) is None
+
+
+def test_gradients_reach_every_adapter_weight_and_no_base_weight(people):
+    """Training (a later stage) needs this: the base frozen, every new module trainable."""
+    pipe = new_pipe()
+    unet = pipe.unet
+    adapter_params = {n for n, _ in unet.named_parameters() if "_ip." in n or "encoder_hid_proj" in n}
+    for name, p in unet.named_parameters():
+        p.requires_grad_(name in adapter_params)
+    adapter = pipe.facestudio_adapters[0]
+    tokens = idg.identity_tokens(pipe._projection(adapter), people[0], adapter.config)
+    out = unet(torch.randn(1, 4, 8, 8), 10, torch.randn(1, 77, unet.config.cross_attention_dim),
+               added_cond_kwargs={"image_embeds": [tokens[None, None]]}).sample
+    out.square().mean().backward()
+    grads = {n: p.grad for n, p in unet.named_parameters()}
+    assert adapter_params and all(grads[n] is not None and grads[n].abs().sum() > 0 for n in adapter_params)
+    assert all(g is None for n, g in grads.items() if n not in adapter_params)
