@@ -143,3 +143,26 @@ def test_crash_while_writing_leaves_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert read_png_metadata(path) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_no_overwrite_mode_permissions_and_ai_label(tmp_path):
+    import os
+
+    path = tmp_path / "a.png"
+    save_png(Image.new("RGB", (4, 4)), path, {"ai_generated": True, "seed": 1})
+    assert Image.open(path).text["AI-generated"] == "true"
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+    with pytest.raises(FileExistsError):
+        save_png(Image.new("RGB", (4, 4)), path, {"seed": 2}, overwrite=False)
+    assert read_png_metadata(path)["seed"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["a.png"]
+    save_png(Image.new("RGB", (4, 4)), tmp_path / "b.png", {"seed": 3}, overwrite=False)
+    assert "AI-generated" not in Image.open(tmp_path / "b.png").text
+
+
+def _current_umask():
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -5,7 +5,6 @@ Nothing here downloads: the hub is only asked with `local_files_only=True` or `H
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time

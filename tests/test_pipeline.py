@@ -175,7 +175,7 @@ def test_stock_diffusers_loads_a_facestudio_adapter(pipe, people, tmp_path):
 def test_face_into_a_scene_keeps_everything_outside_the_faces(pipe, people, faces_dir):
     scene = Image.open(faces_dir / "obama2.jpg").convert("RGB").resize((200, 384))
     out = pipe("a portrait photo", identities=[IdentityInput(identity=people[1])], scene_image=scene,
-               num_inference_steps=3, generator=seed(), output_type="np")
+               height=384, width=200, num_inference_steps=3, generator=seed(), output_type="np")
     image = np.round(out.images[0] * 255).astype(np.uint8)
     assert image.shape == (384, 200, 3)
     original = np.asarray(scene.resize((200, 384)))
@@ -186,6 +186,12 @@ def test_face_into_a_scene_keeps_everything_outside_the_faces(pipe, people, face
     assert outside.mean() > 0.5
     assert np.array_equal(image[outside], original[outside])
     assert np.abs(image[~outside].astype(int) - original[~outside]).mean() > 2  # the face was regenerated
+
+
+def test_negative_prompt_and_scene_default_size(pipe, people, faces_dir):
+    out = pipe("a portrait photo", negative_prompt="blurry", identities=[IdentityInput(identity=people[0])],
+               scene_image=faces_dir / "obama2.jpg", num_inference_steps=1, generator=seed(), output_type="np")
+    assert out.images.shape == (1, 512, 264, 3)  # the scene's 626x1200 shape, longest side 512
 
 
 def test_style_adapter_beside_identity(people):

@@ -104,16 +104,21 @@ def to_array(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(to_rgb(image), dtype=np.uint8))
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict | None = None, *,
+             overwrite: bool = True) -> Path:
     """Write a PNG atomically, with `metadata` stored as JSON in its `facestudio` text chunk.
 
-    The file is written beside its destination and renamed into place, so a crash never leaves a
-    half-written image and an existing file is replaced whole or not at all.
+    The file is written beside its destination and moved into place, so a crash never leaves a
+    half-written image and an existing file is replaced whole or not at all. If the metadata says
+    `"ai_generated": true` (see `ai_generated_metadata`), a plain `AI-generated` text chunk is written too, for
+    tools that read PNG text but not JSON.
 
     Args:
         image (`PIL.Image.Image`): The image to write.
         path (`str` or `os.PathLike`): Destination; missing parent folders are created.
         metadata (`dict`, *optional*): JSON-serialisable settings to embed.
+        overwrite (`bool`, defaults to `True`): with False, an existing `path` is never replaced, even one
+            that appears while writing: `FileExistsError` instead.
 
     Returns:
         The destination as a `Path`.
@@ -123,17 +128,37 @@ def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict | None 
     info = PngImagePlugin.PngInfo()
     if metadata is not None:
         info.add_itxt("facestudio", json.dumps(metadata, sort_keys=True))
+        if metadata.get("ai_generated") is True:
+            info.add_text("AI-generated", "true")
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: exists")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; an image is not
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails, instead of replacing, if the name was taken meanwhile
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where possible (os.umask sets it process-wide)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_png_metadata(path: str | os.PathLike) -> dict | None:
@@ -212,3 +237,81 @@ def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     else:
         top = 255.0
     return np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+
+
+#: IPTC NewsCodes digital source type of an image made by a generative model trained on sampled content.
+TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+
+
+def ai_generated_metadata(settings: dict) -> dict:
+    """`settings` plus the machine-readable label every generated file carries.
+
+    Adds `"ai_generated": True`, the IPTC digital source type `TRAINED_ALGORITHMIC_MEDIA` and
+    `"software": "facestudio <version>"`; the settings' own keys win for anything else, never for these.
+
+    Args:
+        settings (`dict`): JSON-serialisable settings that made the image (prompt, seed, models, ...).
+
+    Returns:
+        A new `dict`, ready for `save_png(..., metadata=...)`.
+
+    Example:
+        ```py
+        >>> from facestudio.imaging import ai_generated_metadata
+        >>> ai_generated_metadata({"prompt": "an astronaut", "seed": 3})["ai_generated"]
+        True
+        ```
+    """
+    from . import __version__
+
+    return {**settings, "ai_generated": True, "digital_source_type": TRAINED_ALGORITHMIC_MEDIA,
+            "software": f"facestudio {__version__}"}
+
+
+def contact_sheet(images: list[Image.Image], labels: list[str] | None = None,
+                  columns: int | None = None) -> Image.Image:
+    """A grid of images, each with an optional caption underneath, on a white background.
+
+    Args:
+        images (`list[PIL.Image.Image]`): The images, placed row by row; sizes may differ (each cell is as
+            large as the largest image, images are centred in their cell).
+        labels (`list[str]`, *optional*): One caption per image, e.g. `"seed 3"`.
+        columns (`int`, *optional*): Images per row; defaults to a near-square grid.
+
+    Returns:
+        `PIL.Image.Image` in mode `"RGB"`.
+
+    Example:
+        ```py
+        >>> from PIL import Image
+        >>> from facestudio.imaging import contact_sheet
+        >>> sheet = contact_sheet([Image.new("RGB", (64, 64))] * 3, labels=["seed 0", "seed 1", "seed 2"])
+        >>> sheet.size
+        (140, 168)
+        ```
+    """
+    from PIL import ImageDraw
+
+    if not images:
+        raise ValueError("a contact sheet needs at least one image")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    count = len(images)
+    columns = max(1, min(count, columns if columns else int(np.ceil(np.sqrt(count)))))
+    rows = -(-count // columns)
+    cell_w = max(im.width for im in images)
+    cell_h = max(im.height for im in images)
+    gap = max(4, cell_w // 32)
+    font_size = max(10, min(32, cell_w // 12))
+    caption = 0 if labels is None else font_size + gap
+    sheet = Image.new("RGB", (gap + columns * (cell_w + gap), gap + rows * (cell_h + caption + gap)),
+                      ALPHA_BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    for i, image in enumerate(images):
+        x = gap + (i % columns) * (cell_w + gap)
+        y = gap + (i // columns) * (cell_h + caption + gap)
+        sheet.paste(to_rgb(image), (x + (cell_w - image.width) // 2, y + (cell_h - image.height) // 2))
+        if labels is not None:
+            draw.text((x + cell_w // 2, y + cell_h + gap // 2), labels[i], fill=(0, 0, 0), anchor="mt",
+                      font_size=font_size)
+    return sheet

@@ -552,11 +552,7 @@ def _check_pipeline_folder(path: Path, given: dict[str, Any]) -> None:
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """`from_pretrained`'s dtype argument: `dtype` where diffusers has it (0.42 deprecates `torch_dtype`)."""
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (only there with `dtype`)
-    except ImportError:
-        return {"torch_dtype": dtype}
+    """`from_pretrained`'s dtype argument: diffusers 0.42 (pinned) takes `dtype` and deprecates `torch_dtype`."""
     return {"dtype": dtype}
 
 

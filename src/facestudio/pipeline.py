@@ -24,7 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .attention import LayerMasks, RegionMasks, TokenPassthrough, install_region_processors
 from .errors import FaceStudioError, ModelFileError, NoFaceError
-from .faces.analysis import FaceAnalyzer, select_face
+from .faces.analysis import FaceAnalyzer
 from .faces.regions import Region, person_masks, person_regions
 from .guidance import identity as idg
 from .guidance import style as sty
@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: Largest output side accepted.
 MAX_SIDE = 4096
+#: Output side when none is given (SD 1.x's training size); with a scene image, its longest side.
+DEFAULT_SIDE = 512
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,7 @@ class FaceStudioPipeline(StableDiffusionPipeline):
         checkpoints, adapters = [], []
         if identity is not None:
             state, config = self._resolve(identity, identity_config, idg.IdentityAdapterConfig)
-            recognizer = self._analyzer().recognizer.name
-            if config.recognizer != recognizer:
-                raise ModelFileError(f"identity adapter {_label(identity)} was built for the {config.recognizer!r} "
-                                     f"face recogniser; this pipeline's recogniser is {recognizer!r}")
+            config.check_recognizer(self._analyzer().recognizer.name, _label(identity))
             checkpoints.append(state)
             adapters.append(_Adapter("identity", config, len(adapters)))
         if style is not None:
@@ -226,24 +225,12 @@ class FaceStudioPipeline(StableDiffusionPipeline):
 
     def encode_identities(self, identities: list[IdentityInput], mix) -> list[idg.Identity]:
         """Photos -> identities (several photos pooled); mixed into one when `mix` is given."""
-        encoded = []
-        for i, person in enumerate(identities):
-            name = person.name or f"identity {i + 1}"
-            if person.identity is not None:
-                encoded.append(person.identity)
-                continue
-            photos = [np.asarray(load_image(p, min_side=32, name=f"{name} photo {j + 1}")) if not isinstance(p, np.ndarray)
-                      else p for j, p in enumerate(person.photos)]
-            faces = None
-            if person.face is not None:
-                faces = [self._pick_face(photo, person.face, f"{name} photo {j + 1}") for j, photo in enumerate(photos)]
-            encoded.append(idg.encode_photos(self._analyzer(), photos, faces, name=name))
+        encoded = [person.identity if person.identity is not None else
+                   idg.encode_person(self._analyzer(), person.photos, person.face, person.name or f"identity {i + 1}")
+                   for i, person in enumerate(identities)]
         if mix is not None:
             encoded = [idg.mix(encoded, mix, name="mix of " + ", ".join(i.name for i in encoded))]
         return encoded
-
-    def _pick_face(self, photo, index, source):
-        return select_face(self._analyzer().detect(photo), index=index, source=source)
 
     def identity_tokens(self, identities: list[idg.Identity], batch: int, three_way: bool) -> torch.Tensor:
         """`[rows * batch, N, T, D]` tokens: "no reference" rows first, identities in the last."""
@@ -352,7 +339,8 @@ class FaceStudioPipeline(StableDiffusionPipeline):
             scene_faces (`Sequence[int]`, *optional*): which scene faces (0 is the largest) get identity 1, 2, ...
             text_guidance_scale (`float`, defaults to 7.5): `g_text` of `guidance.cfg.combine_guidance`.
             reference_guidance_scale (`float`, *optional*): `g_ref`; defaults to `text_guidance_scale`.
-            num_inference_steps (`int`, defaults to 25), height, width (`int`, default 512 or the scene's size).
+            num_inference_steps (`int`, defaults to 25), height, width (`int`, default 512; with a scene image
+                and neither given, the scene's aspect ratio with its longest side 512).
             generator (`torch.Generator` or a list, one per image): for reproducible images.
             num_images_per_prompt (`int`, defaults to 1).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
@@ -366,18 +354,21 @@ class FaceStudioPipeline(StableDiffusionPipeline):
         people = [p if isinstance(p, IdentityInput) else IdentityInput(photos=(p,)) for p in identities or ()]
         reference_guidance_scale = text_guidance_scale if reference_guidance_scale is None else reference_guidance_scale
         scene = None if scene_image is None else load_image(scene_image, min_side=32, name="scene image")
-        if scene is not None and height is None and width is None:
-            height, width = (min(MAX_SIDE, s - s % 8) for s in (scene.height, scene.width))
-        height, width = height or 512, width or 512
+        if scene is not None and height is None and width is None:  # the scene's shape, at the default size
+            scale = DEFAULT_SIDE / max(scene.size)
+            height, width = (max(8, round(side * scale / 8) * 8) for side in (scene.height, scene.width))
+        height, width = height or DEFAULT_SIDE, width or DEFAULT_SIDE
         self.check_call(prompt, people, mix, style_image, scene, height, width, num_inference_steps,
                         text_guidance_scale, reference_guidance_scale, num_images_per_prompt, scene_faces)
         style = None if style_image is None else load_image(style_image, name="style image")
         device = self._execution_device
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = None if negative_prompt is None else \
+            [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         batch = len(prompts) * num_images_per_prompt
 
         # 2. Encode the prompt
-        positive, negative = self.encode_prompt(prompts, device, num_images_per_prompt, True, negative_prompt)
+        positive, negative = self.encode_prompt(prompts, device, num_images_per_prompt, True, negatives)
 
         # 3. Faces: photos -> identities; the scene's faces -> regions
         encoded = self.encode_identities(people, mix)

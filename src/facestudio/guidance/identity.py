@@ -11,6 +11,7 @@ several identities mix with weights (Σ βᵢ eᵢ renormalised, detail maps ave
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -19,8 +20,10 @@ import numpy as np
 import torch
 from diffusers.models.embeddings import IPAdapterFaceIDPlusImageProjection
 
+from ..errors import ModelFileError
 from ..faces.analysis import FaceAnalyzer, select_face
 from ..faces.detection import Face
+from ..imaging import load_image
 from .layout import AdapterConfig, init_ip_layers
 
 #: The FaceID-Plus layout diffusers loads has these fixed (`_convert_ip_adapter_image_proj_to_diffusers`).
@@ -78,6 +81,25 @@ def encode_photos(analyzer: FaceAnalyzer, photos: Sequence[np.ndarray], faces: S
     ], name=name)
 
 
+def encode_person(analyzer: FaceAnalyzer, photos: Sequence, face: int | None = None, name: str = "") -> Identity:
+    """An `Identity` from photos given as paths, PIL images or RGB arrays, read with `load_image`.
+
+    Args:
+        analyzer (`FaceAnalyzer`): as for `encode_photos`.
+        photos (`Sequence`): paths, PIL images or RGB `uint8` arrays of one person.
+        face (`int`, *optional*): the face to use in every photo (0 is the largest); None picks the one
+            clear face and asks (`AmbiguousFaceError`) when there are several of similar size.
+        name (`str`): label used in errors and metadata.
+    """
+    arrays, chosen = [], []
+    for j, photo in enumerate(photos):
+        label = str(photo) if isinstance(photo, (str, os.PathLike)) else f"{name or 'identity'} photo {j + 1}"
+        array = photo if isinstance(photo, np.ndarray) else np.asarray(load_image(photo, min_side=32, name=label))
+        arrays.append(array)
+        chosen.append(select_face(analyzer.detect(array), index=face, source=label))
+    return encode_photos(analyzer, arrays, chosen, name=name)
+
+
 def pool(identities: Sequence[Identity], name: str | None = None) -> Identity:
     """Several photos of one person as one identity: embeddings averaged and renormalised, detail tokens kept."""
     _same_recognizer(identities)
@@ -131,6 +153,12 @@ class IdentityAdapterConfig(AdapterConfig):
     shortcut_scale: float = 1.0
     kind: str = "identity"
     projection: str = "faceid-plus"
+
+    def check_recognizer(self, recognizer: str, source: str) -> None:
+        """Refuse to run with another recogniser than the one the adapter was built for."""
+        if self.recognizer != recognizer:
+            raise ModelFileError(f"identity adapter {source} was built for the {self.recognizer!r} face recogniser; "
+                                 f"this facestudio's recogniser is {recognizer!r}")
 
     def null_identity(self) -> Identity:
         """The "no reference" input the adapter is trained with when identity is dropped: zeros."""

@@ -1,35 +1,17 @@
-"""The `facestudio` command line.
-
-    facestudio faces IMAGE [IMAGE ...] [--json] [--draw OUT.png] [--embeddings]
-    facestudio compare A B [--face N | --face-a N --face-b N] [--json]
-
-Input errors (unreadable image, no face, ambiguous face, missing model) print one line naming the problem
-and exit with status 2; `--debug` shows the traceback of anything unexpected.
-"""
+"""`facestudio faces` and `facestudio compare`: what the face analysis sees in photos."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import FaceStudioError
-
-EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-#: Smallest image worth searching for a face.
-MIN_IMAGE_SIDE = 32
+from ..errors import FaceStudioError
+from . import EXIT_INPUT, EXIT_OK, MIN_IMAGE_SIDE
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facestudio", description="Identity-preserving image generation.")
-    parser.add_argument("--version", action="version", version=f"facestudio {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks of unexpected errors")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_commands(commands) -> None:
     faces = commands.add_parser("faces", help="find the faces in images",
                                 description="List the faces in each image, largest first: box, score, "
                                             "landmarks and size.")
@@ -53,7 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", action="store_true", help="print JSON")
     _add_detector_options(compare)
     compare.set_defaults(run=run_compare)
-    return parser
 
 
 def _add_detector_options(parser: argparse.ArgumentParser) -> None:
@@ -61,30 +42,8 @@ def _add_detector_options(parser: argparse.ArgumentParser) -> None:
                         help="detection score threshold in [0, 1] (default 0.7)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `facestudio` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="note: %(message)s", stream=sys.stderr)
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("facestudio").setLevel(logging.INFO)
-    try:
-        return args.run(args)
-    except FaceStudioError as e:
-        print(f"facestudio: error: {e}", file=sys.stderr)
-        return EXIT_INPUT
-    except KeyboardInterrupt:
-        print("facestudio: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as e:
-        if args.debug:
-            raise
-        print(f"facestudio: internal error: {type(e).__name__}: {e} (run with --debug for the traceback, "
-              "and please report it)", file=sys.stderr)
-        return EXIT_BUG
-
-
 def _analyzer(args):
-    from .faces import FaceAnalyzer, YuNetDetector
+    from ..faces import FaceAnalyzer, YuNetDetector
 
     if not 0.0 <= args.min_score <= 1.0:
         raise FaceStudioError(f"--min-score must be between 0 and 1, got {args.min_score}")
@@ -94,8 +53,8 @@ def _analyzer(args):
 def run_faces(args) -> int:
     from tqdm import tqdm
 
-    from .faces.analysis import select_face
-    from .imaging import load_image
+    from ..faces.analysis import select_face
+    from ..imaging import load_image
 
     draw_dir = _draw_destination(args.draw, len(args.images))
     analyzer = _analyzer(args)
@@ -158,7 +117,7 @@ def _print_faces_table(record: dict) -> None:
 def _write_drawing(image, faces, out: Path, record: dict) -> Path:
     from PIL import ImageDraw
 
-    from .imaging import save_png
+    from ..imaging import save_png
 
     canvas = image.copy()
     draw = ImageDraw.Draw(canvas)
@@ -178,9 +137,9 @@ def _write_drawing(image, faces, out: Path, record: dict) -> Path:
 
 
 def run_compare(args) -> int:
-    from .faces.analysis import select_face
-    from .faces.identity import SAME_PERSON_THRESHOLDS, cosine_similarity, is_same_person
-    from .imaging import load_image
+    from ..faces.analysis import select_face
+    from ..faces.identity import SAME_PERSON_THRESHOLDS, cosine_similarity, is_same_person
+    from ..imaging import load_image
 
     analyzer = _analyzer(args)
     chosen = []
@@ -211,5 +170,8 @@ def _pick(specific: int | None, both: int | None) -> int | None:
     return specific if specific is not None else both
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# ---------------------------------------------------------------------------------------------------------
+# generate and mix
+# ---------------------------------------------------------------------------------------------------------
+
+#: Output side when neither --width/--height nor a scene image gives one (the pipeline's default).

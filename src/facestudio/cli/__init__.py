@@ -1,0 +1,59 @@
+"""The `facestudio` command line.
+
+    facestudio faces IMAGE [IMAGE ...] [--json] [--draw OUT.png] [--embeddings]
+    facestudio compare A B [--face N | --face-a N --face-b N] [--json]
+    facestudio generate --prompt TEXT --base-model MODEL [--identity PHOTO[,PHOTO...] ...] [--adapter A] ...
+    facestudio mix A B --ratio R --base-model MODEL --adapter A [--prompt TEXT] ...
+
+Input errors (unreadable image, no face, ambiguous face, missing model, bad settings) print one line naming
+the problem and exit with status 2; `--debug` shows the traceback of anything unexpected. One module per group
+of commands: `faces.py` (faces, compare), `generate.py` (generate, mix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .. import __version__
+from ..errors import FaceStudioError
+
+EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Smallest image worth searching for a face.
+MIN_IMAGE_SIDE = 32
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import faces, generate
+
+    parser = argparse.ArgumentParser(prog="facestudio", description="Identity-preserving image generation.")
+    parser.add_argument("--version", action="version", version=f"facestudio {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks of unexpected errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    faces.add_commands(commands)
+    generate.add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `facestudio` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="note: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("facestudio").setLevel(logging.INFO)
+    try:
+        return args.run(args)
+    except FaceStudioError as e:
+        print(f"facestudio: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("facestudio: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"facestudio: internal error: {type(e).__name__}: {e} (run with --debug for the traceback, "
+              "and please report it)", file=sys.stderr)
+        return EXIT_BUG

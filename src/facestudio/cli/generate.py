@@ -1,0 +1,509 @@
+"""`facestudio generate` and `facestudio mix`: images of the people in the photos.
+
+Every setting, photo, face and adapter is checked before the base model loads, so a mistake costs seconds;
+images are written one by one as they are made, never over an existing file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..errors import FaceStudioError, ModelFileError
+from . import EXIT_OK, MIN_IMAGE_SIDE
+
+logger = logging.getLogger(__name__)
+
+
+def add_commands(commands) -> None:
+    generate = commands.add_parser(
+        "generate", help="make images of the people in your photos",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate images from a prompt, with the people of the --identity photos in them.\n\n"
+                    "Images are written as OUTPUT/NNN-seedS.png, NNN continuing after the highest number\n"
+                    "already in the folder (nothing is overwritten); with several images also\n"
+                    "contact-sheet.png (contact-sheet-FIRST-LAST.png if that name is taken). Every file\n"
+                    "carries its settings and an AI-generated label in its metadata.\n"
+                    "Only use photos of people who agreed to it.",
+        epilog="example: facestudio generate --prompt 'an astronaut, photo' --identity me.jpg,me2.jpg \\\n"
+               "           --base-model ./sd15 --adapter ./faceid-adapter --num-images 4")
+    generate.add_argument("--prompt", required=True, help="what to draw")
+    generate.add_argument("--negative-prompt", metavar="TEXT", help="what to avoid")
+    generate.add_argument("--identity", action="append", default=[], metavar="PHOTO[,PHOTO...]",
+                          help="one person: a photo, or several comma-separated photos of the same person "
+                               "(pooled). Repeat for each person")
+    generate.add_argument("--face", action="append", type=int, default=[], metavar="N",
+                          help="which face of that person's photos to use (0 is the largest), one per "
+                               "--identity in order, or one for all; needed when a photo shows several "
+                               "faces of similar size")
+    generate.add_argument("--region", action="append", default=[], metavar="x0,y0,x1,y1",
+                          help="box in output pixels where person i goes, in --identity order (at most one "
+                               "per identity; default: the whole image for one person, else left-to-right "
+                               "strips)")
+    generate.add_argument("--strength", action="append", type=float, default=[], metavar="S",
+                          help="identity strength per person in --identity order, or one for all "
+                               "(default 1.0; 0 turns a person off)")
+    generate.add_argument("--mix", metavar="W1,W2,...",
+                          help="blend all identities into one face with these weights (one per --identity, "
+                               "summing to 1)")
+    generate.add_argument("--style", metavar="IMAGE", help="an image whose look to follow (needs a style adapter)")
+    generate.add_argument("--style-strength", type=float, default=1.0, metavar="S",
+                          help="how strongly --style acts (default 1.0)")
+    generate.add_argument("--scene", metavar="IMAGE",
+                          help="put the identities into the faces of this image (the largest faces, left to "
+                               "right); the rest of it is kept. The default size is the scene's")
+    generate.add_argument("--scene-faces", metavar="i,j,...",
+                          help="which faces of --scene (0 is the largest) get identity 1, 2, ...")
+    _add_generation_options(generate)
+    generate.set_defaults(run=run_generate)
+
+    mix = commands.add_parser(
+        "mix", help="one face blended from two people",
+        description="Shorthand for `generate --identity A --identity B --mix 1-R,R`: one face that is a blend "
+                    "of A and B. Each of A and B may be several comma-separated photos of that person.")
+    mix.add_argument("person_a", metavar="A", help="photo(s) of the first person")
+    mix.add_argument("person_b", metavar="B", help="photo(s) of the second person")
+    mix.add_argument("--ratio", type=float, default=0.5, metavar="R",
+                     help="B's share of the blend, from 0 (all A) to 1 (all B); A gets 1-R (default 0.5)")
+    mix.add_argument("--prompt", default=MIX_PROMPT, help=f"what to draw (default {MIX_PROMPT!r})")
+    mix.add_argument("--negative-prompt", metavar="TEXT", help="what to avoid")
+    mix.add_argument("--face", action="append", type=int, default=[], metavar="N",
+                     help="which face of the photos to use (0 is the largest): once for both, or once for A "
+                          "and once for B")
+    mix.add_argument("--strength", type=float, default=1.0, metavar="S", help="identity strength (default 1.0)")
+    _add_generation_options(mix, style=False)
+    mix.set_defaults(run=run_mix)
+
+
+#: Prompt of `facestudio mix` when none is given.
+MIX_PROMPT = "a portrait photo of a person"
+
+
+def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True) -> None:
+    models = parser.add_argument_group("models")
+    models.add_argument("--base-model", required=True, metavar="tiny|FOLDER|HUB_ID",
+                        help="the Stable Diffusion 1.x/2.x pipeline: a local folder (diffusers layout), a model "
+                             "hub id (downloaded once), or 'tiny' (a random model: smoke tests only)")
+    models.add_argument("--adapter", metavar="FOLDER|tiny",
+                        help="identity adapter folder (FOLDER/identity as written by save_adapters, or a folder "
+                             "holding facestudio_adapter.json); 'tiny': an untrained adapter, for smoke tests "
+                             "only. Needed with --identity")
+    if style:
+        models.add_argument("--style-adapter", metavar="FOLDER|tiny",
+                            help="style adapter folder (FOLDER/style or a folder holding facestudio_adapter.json); "
+                                 "default: the style/ beside --adapter's identity/, if there is one")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--steps", type=int, default=25, metavar="N", help="denoising steps (default 25)")
+    sampling.add_argument("--seed", type=int, default=0, metavar="S",
+                          help="seed of the first image; image i uses S+i (default 0)")
+    sampling.add_argument("--text-scale", type=float, default=7.5, metavar="G",
+                          help="guidance scale of the prompt (default 7.5)")
+    sampling.add_argument("--reference-scale", type=float, metavar="G",
+                          help="guidance scale of the identities and style (default: --text-scale)")
+    sampling.add_argument("--width", type=int, metavar="W", help="image width, a multiple of 8 (default 512)")
+    sampling.add_argument("--height", type=int, metavar="H", help="image height, a multiple of 8 (default 512)")
+    sampling.add_argument("--num-images", type=int, default=1, metavar="N", help="how many images (default 1)")
+    output = parser.add_argument_group("output and hardware")
+    output.add_argument("--output", default="facestudio-out", metavar="DIR",
+                        help="folder for the images (default ./facestudio-out)")
+    output.add_argument("--device", choices=("cpu", "cuda", "mps"),
+                        help="where to run (default: CUDA, else MPS, else the CPU)")
+    output.add_argument("--cpu-offload", action="store_true",
+                        help="keep each model on the CPU until it runs (CUDA only; saves GPU memory)")
+    output.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (saves memory)")
+
+
+DEFAULT_SIDE = 512
+
+#: Image files written by `generate`: `NNN-seedS.png`.
+_IMAGE_NAME = re.compile(r"^(\d{3,})-seed\d+\.png$")
+
+
+@dataclass(frozen=True)
+class _Person:
+    """One --identity as given on the command line, checked."""
+
+    photos: tuple[str, ...]
+    face: int | None
+    region: tuple[float, float, float, float] | None
+    strength: float
+
+    @property
+    def name(self) -> str:
+        return "+".join(Path(p).stem for p in self.photos)
+
+
+def run_generate(args) -> int:
+    mix = None if args.mix is None else _numbers(args.mix, "--mix", float)
+    return _run_generation(args, mix, command="generate")
+
+
+def run_mix(args) -> int:
+    if not (math.isfinite(args.ratio) and 0.0 <= args.ratio <= 1.0):
+        raise FaceStudioError(f"--ratio {args.ratio}: B's share must be between 0 and 1")
+    if len(args.face) > 2:
+        raise FaceStudioError(f"{len(args.face)} --face values for 2 people: give one for both, or one for A "
+                              "and one for B")
+    args = argparse.Namespace(**{**vars(args), "identity": [args.person_a, args.person_b], "region": [],
+                                 "strength": [args.strength], "style": None, "style_strength": 1.0,
+                                 "style_adapter": None, "scene": None, "scene_faces": None})
+    return _run_generation(args, [round(1.0 - args.ratio, 6), round(args.ratio, 6)], command="mix")
+
+
+def _run_generation(args, mix: list[float] | None, command: str) -> int:
+    """Check everything, encode the faces, then load the models and write the images one by one."""
+    _quiet_libraries(args.debug)
+    from ..imaging import load_image
+
+    # 1. Settings, then files: everything a user can get wrong fails here, before any model loads
+    people, mix, width, height, scene_faces = _check_settings(args, mix)
+    output = _check_output_folder(args.output)
+    if args.device is not None:
+        from ..models import choose_device
+
+        choose_device(args.device)  # an unavailable device fails now, not after the faces are encoded
+    adapter = _identity_adapter(args) if people else None
+    style_adapter = _style_adapter(args)
+    style = None if args.style is None else load_image(args.style, name=args.style)
+    scene = None if args.scene is None else load_image(args.scene, min_side=MIN_IMAGE_SIDE, name=args.scene)
+
+    # 2. Faces -> identities (no face, or several without --face, stops here)
+    analyzer = None
+    identities = []
+    if people:
+        from ..faces import FaceAnalyzer
+        from ..guidance import identity as idg
+
+        analyzer = FaceAnalyzer()
+        if adapter is not None:
+            adapter[1].check_recognizer(analyzer.recognizer.name, str(adapter[0]))
+        identities = [idg.encode_person(analyzer, person.photos, person.face, name=person.name) for person in people]
+
+    # 3. Models
+    pipe = _load_models(args, people, adapter, style_adapter, analyzer)
+
+    # 4. Images, each written as soon as it is made
+    from ..pipeline import IdentityInput
+
+    inputs = [IdentityInput(identity=identity, region=person.region, strength=person.strength, name=person.name)
+              for person, identity in zip(people, identities)]
+    settings = {
+        "command": command, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
+        "base_model": str(args.base_model), "adapter": args.adapter if people else None,
+        "style_adapter": str(style_adapter[0]) if style_adapter else None,
+        "identities": [{"name": p.name, "photos": [Path(f).name for f in p.photos], "face": p.face,
+                        "region": None if p.region is None else list(p.region), "strength": p.strength}
+                       for p in people],
+        "mix": mix, "style_image": None if args.style is None else Path(args.style).name,
+        "style_strength": args.style_strength if style is not None else None,
+        "scene_image": None if args.scene is None else Path(args.scene).name, "scene_faces": scene_faces,
+        "steps": args.steps, "text_guidance_scale": args.text_scale,
+        "reference_guidance_scale": args.text_scale if args.reference_scale is None else args.reference_scale,
+        "num_images": args.num_images, "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
+        "facestudio_version": __version__,
+    }
+    # A list, as `prompt` becomes one inside the pipeline (diffusers' encode_prompt refuses str beside list).
+    negative = None if args.negative_prompt is None else [args.negative_prompt]
+    call = dict(prompt=args.prompt, negative_prompt=negative, identities=inputs, mix=mix,
+                style_image=style, style_strength=args.style_strength, scene_image=scene, scene_faces=scene_faces,
+                text_guidance_scale=args.text_scale, reference_guidance_scale=args.reference_scale,
+                num_inference_steps=args.steps, width=width, height=height)
+    written = _write_images(pipe, call, settings, args.seed, args.num_images, output)
+    for path in written:
+        print(path)
+    return EXIT_OK
+
+
+def _check_settings(args, mix):
+    """Every check that needs no file: sizes, counts, numbers. Returns the people and normalised settings."""
+    from ..pipeline import MAX_SIDE
+
+    specs = [_photo_list(spec, i) for i, spec in enumerate(args.identity)]
+    count = len(specs)
+    for name, side in (("--width", args.width), ("--height", args.height)):
+        if side is not None and (side % 8 or not 8 <= side <= MAX_SIDE):
+            raise FaceStudioError(f"{name} {side}: must be a multiple of 8 between 8 and {MAX_SIDE}")
+    if args.steps < 1:
+        raise FaceStudioError(f"--steps {args.steps}: at least 1 step is needed")
+    if args.num_images < 1:
+        raise FaceStudioError(f"--num-images {args.num_images}: at least 1 image is needed")
+    if not 0 <= args.seed <= 2**63 - args.num_images:
+        raise FaceStudioError(f"--seed {args.seed}: must be between 0 and 2**63 - number of images")
+    for name, value in (("--text-scale", args.text_scale), ("--reference-scale", args.reference_scale),
+                        ("--style-strength", args.style_strength), *(("--strength", s) for s in args.strength)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise FaceStudioError(f"{name} {value}: must be a finite number >= 0")
+    if any(f < 0 for f in args.face):
+        raise FaceStudioError(f"--face {min(args.face)}: faces are numbered from 0 (the largest)")
+    if mix is not None:
+        if count < 2 or len(mix) != count:
+            raise FaceStudioError(f"--mix has {len(mix)} weight(s) for {count} --identity: give one weight per "
+                                  "identity, at least two")
+        if any(not math.isfinite(w) or w < 0 for w in mix) or abs(sum(mix) - 1.0) > 1e-3:
+            raise FaceStudioError(f"--mix {','.join(f'{w:g}' for w in mix)}: weights must be >= 0 and sum to 1")
+        total = sum(mix)
+        mix = mix if total == 1.0 else [w / total for w in mix]  # typed weights such as thirds, made exact
+    faces = _per_person(args.face, count, "--face")
+    strengths = _per_person(args.strength, count, "--strength", default=1.0)
+    if mix is not None and len(set(strengths)) > 1:
+        raise FaceStudioError("with --mix the identities become one face: give one --strength, not one per person")
+    slots = 1 if mix is not None else count
+    if len(args.region) > slots:
+        raise FaceStudioError(f"{len(args.region)} --region boxes for {slots} {'mixed face' if mix else 'identity'}"
+                              f"{'' if slots == 1 else 's'}: at most one --region per --identity"
+                              + (" (one in all with --mix)" if mix else ""))
+    width, height = args.width, args.height
+    full_w, full_h = width or DEFAULT_SIDE, height or DEFAULT_SIDE
+    regions = [_box(text, full_w, full_h) for text in args.region]
+    regions += [None] * (count - len(regions))
+    if args.style is not None and not (args.style_adapter or _style_beside(args.adapter)):
+        raise FaceStudioError("--style needs a style adapter: --style-adapter FOLDER (or 'tiny' for a smoke test)")
+    if count and not args.adapter:
+        raise FaceStudioError("--identity needs an identity adapter: --adapter FOLDER (or 'tiny' for a smoke "
+                              "test with an untrained adapter)")
+    scene_faces = None
+    if args.scene is not None:
+        if not count:
+            raise FaceStudioError("--scene needs at least one --identity to put into it")
+        if args.region:
+            raise FaceStudioError("with --scene the people go where the scene's faces are: drop --region")
+    if args.scene_faces is not None:
+        if args.scene is None:
+            raise FaceStudioError("--scene-faces needs --scene")
+        scene_faces = _numbers(args.scene_faces, "--scene-faces", int)
+        if len(scene_faces) != slots or any(i < 0 for i in scene_faces):
+            raise FaceStudioError(f"--scene-faces {args.scene_faces}: give {slots} face number(s) >= 0 (0 is the "
+                                  "scene's largest face), one per " + ("mixed face" if mix else "--identity"))
+    people = [_Person(tuple(p), f, r, s) for p, f, r, s in zip(specs, faces, regions, strengths)]
+    return people, mix, width, height, scene_faces
+
+
+def _photo_list(spec: str, index: int) -> list[str]:
+    photos = [p.strip() for p in spec.split(",") if p.strip()]
+    if not photos:
+        raise FaceStudioError(f"--identity {index + 1} is empty: give a photo, or several separated by commas")
+    return photos
+
+
+def _numbers(text: str, option: str, kind):
+    try:
+        return [kind(v) for v in text.split(",")]
+    except ValueError:
+        raise FaceStudioError(f"{option} {text!r}: expected comma-separated {'integers' if kind is int else 'numbers'}"
+                              ) from None
+
+
+def _per_person(values: list, count: int, option: str, default=None) -> list:
+    """Option values given once per identity, once for all, or not at all."""
+    if not values:
+        return [default] * count
+    if not count:
+        raise FaceStudioError(f"{option} given without --identity")
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise FaceStudioError(f"{len(values)} {option} values for {count} --identity: give one per --identity, "
+                              "in order, or one for all")
+    return list(values)
+
+
+def _box(text: str, width: int, height: int) -> tuple[float, float, float, float]:
+    values = _numbers(text, "--region", float)
+    if len(values) != 4:
+        raise FaceStudioError(f"--region {text!r}: expected x0,y0,x1,y1 in output pixels")
+    x0, y0, x1, y1 = values
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise FaceStudioError(f"--region {text}: not a box inside the {width}x{height} image (need 0 <= x0 < x1 <= "
+                              f"{width} and 0 <= y0 < y1 <= {height})")
+    return x0, y0, x1, y1
+
+
+def _check_output_folder(folder: str) -> Path:
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise FaceStudioError(f"--output {folder}: is a file; give a folder")
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise FaceStudioError(f"--output {folder}: {existing} is not writable")
+    return path
+
+
+def _adapter_folder(value: str, kind: str, option: str) -> Path:
+    """`FOLDER` itself or `FOLDER/<kind>`, whichever holds `facestudio_adapter.json`."""
+    from ..guidance.layout import CONFIG_NAME
+
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise ModelFileError(f"{option} {value}: no such folder")
+    for candidate in (folder, folder / kind):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    raise ModelFileError(f"{option} {value}: not a facestudio {kind} adapter (no {CONFIG_NAME} in it or in "
+                         f"{kind}/)")
+
+
+def _style_beside(adapter: str | None) -> Path | None:
+    """`ADAPTER/style`, the style adapter `save_adapters` writes beside the identity adapter, if there is one."""
+    from ..guidance.layout import CONFIG_NAME
+
+    if not adapter or adapter == "tiny":
+        return None
+    folder = Path(adapter).expanduser() / "style"
+    return folder if (folder / CONFIG_NAME).is_file() else None
+
+
+def _identity_adapter(args):
+    """`(folder, config)` of --adapter, or `None` for 'tiny' (made once the UNet is loaded)."""
+    from ..guidance.identity import IdentityAdapterConfig
+    from ..guidance.layout import read_config
+
+    if args.adapter == "tiny":
+        return None
+    folder = _adapter_folder(args.adapter, "identity", "--adapter")
+    return folder, IdentityAdapterConfig.from_dict(read_config(folder), source=str(folder))
+
+
+def _style_adapter(args):
+    """`(folder or 'tiny', config or None)` of the style adapter when --style is given, else None."""
+    from ..guidance.layout import read_config
+    from ..guidance.style import StyleAdapterConfig
+
+    if args.style is None:
+        if args.style_adapter:
+            logger.info("--style-adapter is not used without --style")
+        return None
+    if args.style_adapter == "tiny":
+        return "tiny", None
+    folder = _adapter_folder(args.style_adapter, "style", "--style-adapter") if args.style_adapter \
+        else _style_beside(args.adapter)
+    return folder, StyleAdapterConfig.from_dict(read_config(folder), source=str(folder))
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """diffusers' and transformers' warnings off (about features the command does not use), unless --debug."""
+    if debug:
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+
+
+def _load_models(args, people, adapter, style_adapter, analyzer):
+    """The base pipeline with the adapters the run needs ('tiny' ones made here, for the loaded UNet)."""
+    from ..models import enable_memory_savers, load_base_pipeline
+    from ..pipeline import FaceStudioPipeline
+
+    if str(args.base_model) != "tiny" and Path(args.base_model).expanduser().is_dir():
+        logger.info("loading base model %s", args.base_model)
+    pipe = load_base_pipeline(args.base_model, FaceStudioPipeline, device=args.device)
+    enable_memory_savers(pipe, cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling)
+    pipe.set_progress_bar_config(disable=True)  # the command shows one bar over all images
+    cross_dim = pipe.unet.config.cross_attention_dim
+    kwargs = {}
+    if people:
+        if adapter is None:
+            from ..guidance import identity as idg
+
+            config = idg.IdentityAdapterConfig(recognizer=analyzer.recognizer.name, cross_attention_dim=cross_dim)
+            kwargs.update(identity=idg.new_identity_adapter(pipe.unet, config), identity_config=config)
+            logger.info("--adapter tiny: an untrained identity adapter with random weights; the images will "
+                        "not look like the photos (smoke tests only)")
+        else:
+            kwargs["identity"] = str(adapter[0])
+    elif args.adapter:
+        logger.info("--adapter is not used without --identity")
+    if style_adapter is not None:
+        if style_adapter[0] == "tiny":
+            from ..guidance import style as sty
+
+            encoder = sty.tiny_style_encoder()
+            config = sty.StyleAdapterConfig(image_encoder="tiny", image_embed_dim=encoder.embed_dim,
+                                            cross_attention_dim=cross_dim)
+            kwargs.update(style=sty.new_style_adapter(pipe.unet, config), style_config=config, style_encoder=encoder)
+            logger.info("--style-adapter tiny: an untrained style adapter with random weights (smoke tests only)")
+        else:
+            kwargs["style"] = str(style_adapter[0])
+    if kwargs:
+        pipe.load_adapters(face_analyzer=analyzer, **kwargs)
+    return pipe
+
+
+def _write_images(pipe, call: dict, settings: dict, seed: int, count: int, output: Path) -> list[Path]:
+    """Generate image i with seed `seed + i` and write it at once; a contact sheet after several."""
+    import torch
+    from tqdm import tqdm
+
+    from ..imaging import ai_generated_metadata, contact_sheet
+
+    written, images, seeds = [], [], []
+    index = _next_free_index(output)
+    bar = tqdm(total=count * call["num_inference_steps"], desc=f"image 1/{count}", unit="step", file=sys.stderr,
+               disable=None, dynamic_ncols=True)
+    try:
+        for i in range(count):
+            bar.set_description(f"image {i + 1}/{count}")
+            result = pipe(**call, generator=torch.Generator().manual_seed(seed + i),
+                          callback_on_step_end=lambda step, total: bar.update(1))
+            image = result.images[0]
+            metadata = ai_generated_metadata({**settings, "seed": seed + i, "width": image.width,
+                                              "height": image.height, "scheduler": result.settings.get("scheduler")})
+            path, index = _save_numbered(image, output, index, seed + i, metadata)
+            index += 1
+            written.append(path)
+            images.append(image)
+            seeds.append(seed + i)
+        bar.close()
+        if count > 1:
+            sheet = contact_sheet(images, labels=[f"seed {s}" for s in seeds])
+            first, last = (_IMAGE_NAME.match(p.name).group(1) for p in (written[0], written[-1]))
+            names = ["contact-sheet.png", f"contact-sheet-{first}-{last}.png"]
+            names += (f"contact-sheet-{first}-{last}-{k}.png" for k in range(2, 1000))
+            sheet_meta = ai_generated_metadata({**settings, "contact_sheet_of": [p.name for p in written],
+                                                "seeds": seeds})
+            written.append(next(output / n for n in names if _save_if_free(sheet, output / n, sheet_meta)))
+    except BaseException:
+        bar.close()
+        if written:
+            print(f"facestudio: {len(written)} of {count} images were written before the stop:", file=sys.stderr)
+            for path in written:
+                print(f"  {path}", file=sys.stderr)
+        raise
+    return written
+
+
+def _next_free_index(folder: Path) -> int:
+    """One more than the highest `NNN` of the `NNN-seedS.png` files already in `folder`."""
+    if not folder.is_dir():
+        return 0
+    used = [int(m.group(1)) for p in folder.iterdir() if (m := _IMAGE_NAME.match(p.name))]
+    return max(used, default=-1) + 1
+
+
+def _save_numbered(image, folder: Path, index: int, seed: int, metadata: dict) -> tuple[Path, int]:
+    """Write `folder/{index:03d}-seed{seed}.png` at the first index from `index` whose number is free."""
+    while True:
+        taken = folder.is_dir() and any(folder.glob(f"{index:03d}-seed*.png"))
+        path = folder / f"{index:03d}-seed{seed}.png"
+        if not taken and _save_if_free(image, path, metadata):
+            return path, index
+        index += 1
+
+
+def _save_if_free(image, path: Path, metadata: dict) -> bool:
+    """`save_png` (atomic), never over an existing file: False when `path` is taken."""
+    from ..imaging import save_png
+
+    try:
+        save_png(image, path, metadata, overwrite=False)
+    except FileExistsError:
+        return False
+    return True
