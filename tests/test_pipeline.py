@@ -221,7 +221,7 @@ def test_bad_calls_fail_before_any_work(pipe, people, kwargs, message):
 def test_photo_problems_are_named(pipe, tmp_path):
     noise = tmp_path / "noise.png"
     Image.fromarray((np.random.default_rng(0).random((128, 128, 3)) * 255).astype(np.uint8)).save(noise)
-    with pytest.raises(NoFaceError, match="me photo 1: no face"):
+    with pytest.raises(NoFaceError, match="noise.png: no face"):
         pipe("x", identities=[IdentityInput(photos=(noise,), name="me")], **SIZE)
 
 
