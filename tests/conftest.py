@@ -33,3 +33,27 @@ def analyzer() -> FaceAnalyzer:
 def photos(faces_dir) -> dict[str, np.ndarray]:
     """Every bundled photo as an RGB array."""
     return {name: np.asarray(load_image(faces_dir / name)) for name in PHOTOS}
+
+
+def run_in_threads(work, keys, repeats: int) -> dict:
+    """Run `work(key)` `repeats` times in one thread per key, all at once; every result per key, in order.
+
+    An exception in any thread fails the calling test.
+    """
+    import threading
+
+    results, errors = {k: [] for k in keys}, []
+
+    def loop(key):
+        try:
+            for _ in range(repeats):
+                results[key].append(work(key))
+        except Exception as e:  # re-raised below, in the test's own thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=loop, args=(k,)) for k in keys]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    if errors:
+        raise errors[0]
+    return results

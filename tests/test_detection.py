@@ -1,10 +1,8 @@
-import threading
-
 import cv2
 import numpy as np
 import pytest
 
-from conftest import PHOTOS
+from conftest import PHOTOS, run_in_threads
 from facestudio.errors import AmbiguousFaceError, NoFaceError
 from facestudio.faces import Face, YuNetDetector, select_face
 
@@ -69,21 +67,9 @@ def test_score_threshold_is_applied(photos):
 
 def test_detector_is_thread_safe(analyzer, photos):
     expected = {n: analyzer.detect(photos[n]) for n in ("obama.jpg", "biden.jpg")}
-    results, errors = {}, []
-
-    def work(name):
-        try:
-            for _ in range(3):
-                results.setdefault(name, []).append(analyzer.detect(photos[name]))
-        except Exception as e:  # surfaced below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(n,)) for n in expected]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert not errors
-    for name, runs in results.items():
-        assert all(run == expected[name] for run in runs)
+    runs = run_in_threads(lambda name: analyzer.detect(photos[name]), list(expected), repeats=3)
+    for name, found in runs.items():
+        assert all(r == expected[name] for r in found)
 
 
 def _face(x, size, score=0.9):

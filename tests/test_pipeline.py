@@ -1,13 +1,12 @@
 """FaceStudioPipeline on tiny models built in code: invariances that must hold whatever the weights."""
 
-import threading
-
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from conftest import run_in_threads
 from facestudio.errors import FaceStudioError, ModelFileError, NoFaceError
 from facestudio.guidance import identity as idg
 from facestudio.guidance import style as sty
@@ -112,22 +111,12 @@ def test_two_threads_with_different_settings_match_running_alone(pipe, people):
                                IdentityInput(identity=b, region=(32, 0, 64, 64), strength=0.5)], seed=2),
     }
     alone = {k: run(pipe, *v["identities"], **{x: y for x, y in v.items() if x != "identities"}) for k, v in jobs.items()}
-    together, errors = {}, []
-
     def work(key):
-        try:
-            for _ in range(2):
-                v = jobs[key]
-                together[key] = run(pipe, *v["identities"], **{x: y for x, y in v.items() if x != "identities"})
-        except Exception as e:  # reported below
-            errors.append(e)
+        v = jobs[key]
+        return run(pipe, *v["identities"], **{x: y for x, y in v.items() if x != "identities"})
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in jobs]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert not errors
-    for key in jobs:
-        assert np.abs(together[key] - alone[key]).max() < 1e-5
+    for key, runs in run_in_threads(work, list(jobs), repeats=2).items():
+        assert all(np.abs(r - alone[key]).max() < 1e-5 for r in runs)
 
 
 def test_regions_keep_people_apart(pipe, people):
