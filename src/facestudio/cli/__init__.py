@@ -4,10 +4,11 @@
     facestudio compare A B [--face N | --face-a N --face-b N] [--json]
     facestudio generate --prompt TEXT --base-model MODEL [--identity PHOTO[,PHOTO...] ...] [--adapter A] ...
     facestudio mix A B --ratio R --base-model MODEL --adapter A [--prompt TEXT] ...
+    facestudio convert FILE.bin [--output FILE.safetensors]
 
 Input errors (unreadable image, no face, ambiguous face, missing model, bad settings) print one line naming
 the problem and exit with status 2; `--debug` shows the traceback of anything unexpected. One module per group
-of commands: `faces.py` (faces, compare), `generate.py` (generate, mix).
+of commands: `faces.py` (faces, compare), `generate.py` (generate, mix), `convert.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MIN_IMAGE_SIDE = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import faces, generate
+    from . import convert, faces, generate
 
     parser = argparse.ArgumentParser(prog="facestudio", description="Identity-preserving image generation.")
     parser.add_argument("--version", action="version", version=f"facestudio {__version__}")
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     faces.add_commands(commands)
     generate.add_commands(commands)
+    convert.add_commands(commands)
     return parser
 
 

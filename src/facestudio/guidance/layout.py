@@ -137,3 +137,55 @@ def read_checkpoint(folder: str | os.PathLike) -> dict[str, dict[str, torch.Tens
             raise ModelFileError(f"{path}: unexpected key {key!r} (expected image_proj.* and ip_adapter.*)")
         nested[part][rest] = value
     return nested
+
+
+def convert_pickle_checkpoint(source: str | os.PathLike, destination: str | os.PathLike | None = None, *,
+                              overwrite: bool = False) -> Path:
+    """Turn a pickled IP-Adapter checkpoint (`.bin`) into the flat safetensors layout, once.
+
+    The pickle is opened only with `torch.load(weights_only=True)`, which refuses anything but tensors and
+    plain containers, so a malicious file cannot run code; from then on the safetensors copy loads without
+    unpickling anything.
+
+    Args:
+        source (`str` or `os.PathLike`): the `.bin` (a nested `{"image_proj": {...}, "ip_adapter": {...}}`).
+        destination (`str` or `os.PathLike`, *optional*): defaults to `source` with `.safetensors`.
+        overwrite (`bool`, defaults to False): replace an existing destination.
+
+    Returns:
+        The destination path. Tensors keep their dtype (the public files are fp16).
+
+    Raises:
+        ModelFileError: missing or unreadable file, a pickle that holds more than tensors, not the
+            IP-Adapter layout, or an existing destination without `overwrite`.
+    """
+    source = Path(source)
+    destination = Path(destination) if destination is not None else source.with_suffix(".safetensors")
+    if not source.is_file():
+        raise ModelFileError(f"{source}: no such file")
+    if destination.exists() and not overwrite:
+        raise ModelFileError(f"{destination}: exists; remove it or choose another output")
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle and zip errors come in many types; all mean "not a safe tensor file"
+        raise ModelFileError(f"{source}: not a checkpoint that loads safely as tensors only "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not (isinstance(state, dict) and set(state) == {"image_proj", "ip_adapter"}
+            and all(isinstance(part, dict) for part in state.values())):
+        keys = sorted(state)[:5] if isinstance(state, dict) else type(state).__name__
+        raise ModelFileError(f"{source}: not an IP-Adapter checkpoint (expected the keys image_proj and "
+                             f"ip_adapter, found {keys})")
+    flat = {}
+    for part, tensors in state.items():
+        for key, value in tensors.items():
+            if not isinstance(value, torch.Tensor):
+                raise ModelFileError(f"{source}: {part}.{key} is not a tensor")
+            flat[f"{part}.{key}"] = value.contiguous()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_name(f".{destination.name}.tmp")
+    try:
+        save_file(flat, str(tmp), metadata={"format": "pt", "converted_from": source.name})
+        os.replace(tmp, destination)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return destination
