@@ -70,6 +70,9 @@ def encode_photos(analyzer: FaceAnalyzer, photos: Sequence[np.ndarray], faces: S
         raise ValueError("an identity needs at least one photo")
     faces = list(faces) if faces is not None else [None] * len(photos)
     recognizer = analyzer.recognizer
+    if not hasattr(recognizer, "embed_crops_with_features"):
+        raise ValueError(f"the {recognizer.name!r} recogniser gives no feature maps; facestudio's identity adapter "
+                         "needs a recogniser that does (dlib)")
     crops = []
     for i, (photo, face) in enumerate(zip(photos, faces)):
         if face is None:
