@@ -251,3 +251,15 @@ def test_gradients_reach_every_adapter_weight_and_no_base_weight(people):
     grads = {n: p.grad for n, p in unet.named_parameters()}
     assert adapter_params and all(grads[n] is not None and grads[n].abs().sum() > 0 for n in adapter_params)
     assert all(g is None for n, g in grads.items() if n not in adapter_params)
+
+
+def test_a_damaged_adapter_fails_at_load_time(pipe, tmp_path):
+    (folder,) = pipe.save_adapters(tmp_path)
+    from facestudio.guidance.layout import read_checkpoint, save_checkpoint
+
+    state = read_checkpoint(folder)
+    state["ip_adapter"]["1.to_k_ip.weight"] = state["ip_adapter"]["1.to_k_ip.weight"][:, :-1]  # a wrong shape
+    save_checkpoint(folder, state["image_proj"], state["ip_adapter"],
+                    {**pipe.facestudio_adapters[0].config.to_dict()})
+    with pytest.raises(ModelFileError, match="does not fit"):
+        FaceStudioPipeline(**tiny_components()).load_adapters(identity=folder)

@@ -136,7 +136,9 @@ class FaceStudioPipeline(StableDiffusionPipeline):
             self.unload_adapters()
         try:
             none = [None] * len(checkpoints)
-            self.load_ip_adapter(checkpoints, subfolder=none, weight_name=none, image_encoder_folder=None)
+            # low_cpu_mem_usage=False: a strict load_state_dict, so a wrong or missing key fails here
+            self.load_ip_adapter(checkpoints, subfolder=none, weight_name=none, image_encoder_folder=None,
+                                 low_cpu_mem_usage=False)
         except (RuntimeError, KeyError, ValueError) as e:
             raise ModelFileError(f"adapter does not fit this UNet: {str(e).splitlines()[0]}") from None
         self.unet.encoder_hid_proj = TokenPassthrough(self.unet.encoder_hid_proj)
