@@ -22,8 +22,9 @@ import numpy as np
 
 from .model_files import dlib_model_file
 
-#: Cosine similarity at or above which two faces are judged the same person, per recogniser.
-SAME_PERSON_THRESHOLDS = {"dlib": 0.91}
+#: Cosine similarity at or above which two faces are judged the same person, per recogniser. ArcFace's is the
+#: usual value for insightface's w600k_r50, not measured here (its weights cannot be had offline; see arcface.py).
+SAME_PERSON_THRESHOLDS = {"dlib": 0.91, "arcface": 0.35}
 
 
 @dataclass(frozen=True)
