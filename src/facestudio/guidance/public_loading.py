@@ -1,0 +1,379 @@
+"""Loading the public IP-Adapter family through diffusers, without its FaceID-LoRA and per-image-scale pitfalls.
+
+`load_public_adapters` and `unload_public_adapters` wrap diffusers' own `pipe.load_ip_adapter` /
+`pipe.unload_ip_adapter` (0.42.1); every format diffusers reads (base, Plus, Plus-Face, Full-Face, FaceID,
+FaceID-Plus/PlusV2, Portrait) loads exactly as diffusers loads it. Around that call they fix three behaviours
+(ADAPTER-FORMATS.md §4, "FaceID LoRA state"):
+
+1. **Stale FaceID LoRA.** A FaceID checkpoint brings a LoRA that diffusers loads into PEFT as `faceid_{k}`
+   (k = the adapter's position in the call), and only when no adapter of that name exists yet.
+   `unload_ip_adapter` never removes it, so the next FaceID checkpoint runs with the *previous* checkpoint's
+   LoRA. Here every `faceid_{k}` LoRA is deleted on unload and before each load.
+2. **Only the last LoRA active.** diffusers calls `set_adapters([f"faceid_{k}"])` once per adapter, which
+   leaves only the last FaceID LoRA active and switches off the user's own LoRAs. Here, after loading, every
+   FaceID LoRA just loaded is active at weight 1 and the user's LoRAs that were active before are active
+   again at the per-layer scale they had (block-wise weights included).
+3. **Per-image scales without masks** (`set_ip_adapter_scale([[0.7, 0.5]])`) make `IPAdapterAttnProcessor2_0`
+   raise `TypeError: only integer tensors of a single element can be converted to an index`.
+   `scales_to_masks` turns them into all-ones masks, the one form of per-image scale the processor computes.
+
+Adapters named `faceid_<number>` are taken to be diffusers' FaceID LoRAs: do not give a LoRA of your own such
+a name. `.safetensors` files are preferred; a pickled `.bin` is only ever opened by diffusers, with
+`torch.load(weights_only=True)`, which loads tensors and plain containers and runs no code.
+
+Example:
+
+```py
+>>> from facestudio.guidance.public_loading import load_public_adapters, scales_to_masks, unload_public_adapters
+>>> load_public_adapters(pipe, "h94/IP-Adapter-FaceID", "ip-adapter-faceid_sd15.bin")
+['faceid_0']
+>>> scales, masks = scales_to_masks([[0.7, 0.5]], height=512, width=512)  # two faces, one adapter
+>>> pipe.set_ip_adapter_scale(scales)
+>>> image = pipe("two people", ip_adapter_image_embeds=[embeds],  # [2, 2, 512]: [negative; positive]
+...              cross_attention_kwargs={"ip_adapter_masks": masks}).images[0]
+>>> unload_public_adapters(pipe)  # the FaceID LoRA goes too; your own LoRAs stay as they were
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import torch
+from diffusers.utils import USE_PEFT_BACKEND
+from torch import nn
+
+from ..errors import FaceStudioError, ModelFileError
+
+logger = logging.getLogger(__name__)
+
+#: Names diffusers gives the LoRA of the k-th FaceID checkpoint of a `load_ip_adapter` call.
+FACEID_LORA_NAME = re.compile(r"faceid_(\d+)")
+
+#: Weight files accepted from a folder or the Hub: flat-prefixed safetensors, or a pickle diffusers opens
+#: with `torch.load(weights_only=True)`.
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading and unloading
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_public_adapters(
+    pipe,
+    sources: str | os.PathLike | dict | Sequence[str | os.PathLike | dict],
+    weight_names: str | None | Sequence[str | None] = None,
+    *,
+    subfolders: str | None | Sequence[str | None] = None,
+    image_encoder_folder: str | None = None,
+    prefer_safetensors: bool = True,
+    **kwargs,
+) -> list[str]:
+    """Load public IP-Adapter checkpoints with diffusers' `load_ip_adapter`, FaceID LoRAs all active.
+
+    The UNet afterwards holds exactly these adapters, in this order (as with one `load_ip_adapter` call):
+    whatever IP-Adapter was loaded before is replaced, and its FaceID LoRA deleted.
+
+    Args:
+        sources (`str`, `os.PathLike`, `dict` or a list of them):
+            Per adapter: a local folder or a Hub repository id, or a nested `{"image_proj": ..., "ip_adapter":
+            ...}` state dict. One folder or id with several weight names is used for each of them.
+        weight_names (`str` or `list[str | None]`, *optional*):
+            Per adapter: the file in the folder or repository, ending in `.safetensors` (flat, with the
+            `image_proj.` / `ip_adapter.` prefixes) or `.bin` (a pickled nested dict); `None` for a state dict.
+        subfolders (`str` or `list[str | None]`, *optional*):
+            Per adapter: the folder of the file inside the folder or repository (h94/IP-Adapter: `"models"`).
+        image_encoder_folder (`str`, *optional*, defaults to `None`):
+            Passed to diffusers: where to load a CLIP image encoder from if the pipeline has none. `None`
+            (the default, unlike diffusers') loads none: FaceID repositories have no `image_encoder/`, and
+            asking for one there fails with a 404.
+        prefer_safetensors (`bool`, defaults to `True`):
+            For a `.bin` in a local folder, load the `.safetensors` of the same name beside it instead when
+            there is one (as `facestudio convert` writes, and as h94/IP-Adapter ships for several files).
+        kwargs:
+            Passed to `load_ip_adapter`: `local_files_only`, `cache_dir`, `revision`, `token`, ... and
+            `low_cpu_mem_usage`, which defaults to `False` here: diffusers then loads every tensor strictly,
+            so a wrong key or shape fails here instead of being skipped.
+
+    Returns:
+        `list[str]`: the FaceID LoRA adapters now active (`["faceid_0", ...]`), in adapter order; empty for
+        checkpoints without a LoRA.
+
+    Raises:
+        ValueError: the lists differ in length, a state dict comes with a weight name, or a file name has
+            another suffix.
+        FaceStudioError: PEFT (`peft>=0.17`) is not installed; without it diffusers would drop the FaceID
+            LoRA with only a log message.
+        ModelFileError: diffusers could not find, read or fit a checkpoint. The pipeline then holds no
+            IP-Adapter at all; the user's LoRAs are as they were.
+    """
+    # 1. Check inputs
+    sources, weight_names, subfolders = _check_sources(sources, weight_names, subfolders, prefer_safetensors)
+    if not USE_PEFT_BACKEND:
+        raise FaceStudioError("loading IP-Adapters needs PEFT (peft>=0.17) for the FaceID LoRA: "
+                              "`pip install 'peft>=0.17'`")
+    kwargs.setdefault("low_cpu_mem_usage", False)
+    # 2. The user's LoRAs as they are now, before diffusers switches them off
+    user = _remember_user_loras(pipe)
+    # 3. Old FaceID LoRAs out: diffusers would keep them and skip loading the new ones of the same name
+    _delete_faceid_loras(pipe, user)
+    # 4. diffusers loads
+    try:
+        pipe.load_ip_adapter(sources, subfolder=subfolders, weight_name=weight_names,
+                             image_encoder_folder=image_encoder_folder, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        _unload(pipe, user)
+        labels = ", ".join(_label(s, w) for s, w in zip(sources, weight_names))
+        raise ModelFileError(f"could not load the IP-Adapter {labels}: {_first_line(error)}") from error
+    except BaseException:
+        _unload(pipe, user)
+        raise
+    # 5. Every FaceID LoRA just loaded active, and the user's LoRAs as they were
+    faceid = faceid_lora_names(pipe)
+    if faceid:
+        _activate(pipe, user, faceid)
+        logger.info("active LoRA adapters: %s", [*user.active, *faceid])
+    return faceid
+
+
+def unload_public_adapters(pipe) -> None:
+    """Remove the IP-Adapters and their FaceID LoRAs (diffusers' `unload_ip_adapter` keeps the LoRAs).
+
+    The user's own LoRAs stay loaded; those active before stay active, at their scales.
+    """
+    if not USE_PEFT_BACKEND:  # then no FaceID LoRA can have been loaded
+        pipe.unload_ip_adapter()
+        return
+    _unload(pipe, _remember_user_loras(pipe))
+
+
+def faceid_lora_names(pipe) -> list[str]:
+    """The FaceID LoRA adapters (`faceid_<k>`) loaded in any of the pipeline's models, by k."""
+    if not USE_PEFT_BACKEND:
+        return []
+    names = {name for names in pipe.get_list_adapters().values() for name in names
+             if FACEID_LORA_NAME.fullmatch(name)}
+    return sorted(names, key=lambda name: int(FACEID_LORA_NAME.fullmatch(name).group(1)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-image scales
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ScalesAndMasks(NamedTuple):
+    """What `IPAdapterAttnProcessor2_0` accepts: `pipe.set_ip_adapter_scale(scales)` and
+    `cross_attention_kwargs={"ip_adapter_masks": masks}`."""
+
+    scales: list[float | list[float] | dict]
+    masks: list[torch.Tensor | None] | None
+
+
+def scales_to_masks(
+    scales: Sequence[float | Sequence[float] | dict],
+    masks: Sequence[torch.Tensor | None] | None = None,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+) -> ScalesAndMasks:
+    """Scales and masks per adapter, in the form `IPAdapterAttnProcessor2_0` computes without error.
+
+    diffusers' processor takes a list of per-image scales for an adapter only together with a mask for it;
+    without one it raises a `TypeError`. An adapter with a per-image list and no mask gets an all-ones mask
+    per image here, so every image acts everywhere with its own scale. That is not the same as the same
+    images with no mask: without a mask the N images' tokens are concatenated into **one** softmax (the
+    images share one attention, a blend about as strong as one image), while with masks each image has its
+    **own** softmax and the N outputs are summed, each times its scale (ADAPTER-FORMATS.md §1.4: max |diff|
+    1.9e-2 at |out| ≈ 0.3 with equal scales). Per-image scales only mean something in the second form, so
+    a list always gets it, even with equal values; a single number keeps the joint softmax. A one-image
+    list is the same either way and becomes its number.
+
+    The masks are all ones at the smallest size with the image's aspect ratio: diffusers resamples them to
+    each layer with bicubic interpolation, which keeps a constant exact; the aspect ratio decides the layer
+    shape it assumes. When a layer's size is not the image's size divided exactly (a side that is not a
+    multiple of the UNet's total downsampling, 64 px for SD 1.5), diffusers pads the resampled mask with
+    zeros and warns; facestudio's `RegionIPAdapterAttnProcessor` (`attention.py`) does not have that limit.
+
+    Args:
+        scales (`list`):
+            One entry per loaded adapter: a number, a list with one number per image of that adapter, or a
+            per-block dict as `set_ip_adapter_scale` takes (passed through).
+        masks (`list[torch.Tensor | None]`, *optional*):
+            One entry per adapter: `None` or a `[1, num_images, H, W]` mask (`IPAdapterMaskProcessor`), kept.
+        height (`int`, *optional*):
+            Height of the image (or of the latent: only the aspect ratio counts). Needed when a mask is made.
+        width (`int`, *optional*):
+            Width of the image (or of the latent).
+
+    Returns:
+        `ScalesAndMasks(scales, masks)`; `masks` is `None` when no adapter has one, so the processor keeps
+        its unmasked path.
+
+    Raises:
+        ValueError: `masks` has another length than `scales`, a mask is not `[1, N, H, W]` or has another
+            number of images than its scale list, a scale is empty or not a number, or a mask must be made
+            and `height` / `width` are missing.
+    """
+    if masks is not None and len(masks) != len(scales):
+        raise ValueError(f"{len(scales)} scales but {len(masks)} masks: give one of each per adapter")
+    out_scales, out_masks = [], []
+    for index, scale in enumerate(scales):
+        mask = None if masks is None else masks[index]
+        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[0] != 1):
+            raise ValueError(f"mask of adapter {index} must be a [1, num_images, H, W] tensor, got "
+                             f"{list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+        if isinstance(scale, dict):
+            out_scales.append(scale)
+        elif isinstance(scale, numbers.Real) and not isinstance(scale, bool):
+            out_scales.append(float(scale))
+        else:
+            per_image = _per_image(scale, index)
+            if mask is not None and len(per_image) != mask.shape[1]:
+                raise ValueError(f"adapter {index}: {len(per_image)} scales for {mask.shape[1]} masked images")
+            if mask is None and len(per_image) == 1:
+                out_scales.append(per_image[0])
+            else:
+                if mask is None:
+                    mask = _ones_masks(len(per_image), height, width, index)
+                out_scales.append(per_image)
+        out_masks.append(mask)
+    return ScalesAndMasks(out_scales, None if all(m is None for m in out_masks) else out_masks)
+
+
+def _per_image(scale, index: int) -> list[float]:
+    try:
+        values = [float(s) for s in scale]
+    except (TypeError, ValueError):
+        raise ValueError(f"scale of adapter {index} must be a number, a list of numbers (one per image) or a "
+                         f"per-block dict, got {scale!r}") from None
+    if not values:
+        raise ValueError(f"scale of adapter {index} is an empty list")
+    return values
+
+
+def _ones_masks(num_images: int, height: int | None, width: int | None, index: int) -> torch.Tensor:
+    if not height or not width or height < 0 or width < 0:
+        raise ValueError(f"adapter {index} has per-image scales and no mask: give height and width (of the "
+                         "image) so that an all-ones mask with its aspect ratio can be made")
+    g = math.gcd(height, width)
+    return torch.ones(1, num_images, height // g, width // g)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pipeline's PEFT state
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _UserLoras:
+    """The user's (non-FaceID) LoRAs as they were: which were active, and each layer's scale for each."""
+
+    active: tuple[str, ...]
+    scales: dict[tuple[str, str], dict[str, float]]  # (component, module name) -> adapter -> PEFT scaling
+
+
+def _lora_layers(pipe):
+    """`((component, module name), layer)` for every PEFT tuner layer in the pipeline's models."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for component, model in pipe.components.items():
+        if isinstance(model, nn.Module):
+            for name, module in model.named_modules():
+                if isinstance(module, BaseTunerLayer):
+                    yield (component, name), module
+
+
+def _remember_user_loras(pipe) -> _UserLoras:
+    active, scales = [], {}
+    for key, layer in _lora_layers(pipe):
+        active += [n for n in layer.active_adapters if not FACEID_LORA_NAME.fullmatch(n) and n not in active]
+        scales[key] = {n: s for n, s in getattr(layer, "scaling", {}).items() if not FACEID_LORA_NAME.fullmatch(n)}
+    return _UserLoras(tuple(active), scales)
+
+
+def _activate(pipe, user: _UserLoras, faceid: list[str]) -> None:
+    """Make exactly the user's previously active LoRAs and `faceid` active, FaceID at weight 1."""
+    names = [*user.active, *faceid]
+    if names:
+        pipe.set_adapters(names, adapter_weights=[1.0] * len(names))
+    else:  # diffusers 0.42.1's set_adapters([]) raises KeyError
+        for _, layer in _lora_layers(pipe):
+            layer.set_adapter([])
+    # set_adapters wrote weight 1 for the user's LoRAs too: put back each layer's own scale, which also keeps
+    # per-block weights (`set_adapters(..., [{"unet": {"down": ...}}])`) that one number per adapter would lose
+    for key, layer in _lora_layers(pipe):
+        for name, scale in user.scales.get(key, {}).items():
+            if name in layer.scaling:
+                layer.scaling[name] = scale
+
+
+def _delete_faceid_loras(pipe, user: _UserLoras) -> None:
+    names = faceid_lora_names(pipe)
+    if not names:
+        return
+    # Deactivate first: deleting an active adapter makes PEFT activate another one (the alphabetically first)
+    _activate(pipe, user, [])
+    pipe.delete_adapters(names)
+    logger.info("deleted FaceID LoRA adapters %s", names)
+
+
+def _unload(pipe, user: _UserLoras) -> None:
+    pipe.unload_ip_adapter()
+    _delete_faceid_loras(pipe, user)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _as_list(value, n: int | None = None) -> list:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value] * (n or 1)
+
+
+def _check_sources(sources, weight_names, subfolders, prefer_safetensors: bool):
+    sources = [s if isinstance(s, dict) else os.fspath(s) for s in _as_list(sources)]
+    weight_names = _as_list(weight_names, len(sources))
+    if len(sources) == 1 and len(weight_names) > 1:  # one folder or repository, several files in it
+        sources = sources * len(weight_names)
+    subfolders = _as_list(subfolders, len(sources))
+    if not sources:
+        raise ValueError("no IP-Adapter to load")
+    if not len(sources) == len(weight_names) == len(subfolders):
+        raise ValueError(f"{len(sources)} sources, {len(weight_names)} weight names and {len(subfolders)} "
+                         "subfolders: give one of each per adapter")
+    for i, (source, weight_name, subfolder) in enumerate(zip(sources, weight_names, subfolders)):
+        if isinstance(source, dict):
+            if weight_name is not None:
+                raise ValueError(f"adapter {i} is a state dict and takes no weight name (got {weight_name!r})")
+            continue
+        if not isinstance(weight_name, str) or not weight_name.endswith(WEIGHT_SUFFIXES):
+            raise ValueError(f"adapter {i} ({source}): the weight name must end in "
+                             f"{' or '.join(WEIGHT_SUFFIXES)}, got {weight_name!r}")
+        if prefer_safetensors and weight_name.endswith(".bin") and os.path.isdir(source):
+            safe = weight_name.removesuffix(".bin") + ".safetensors"
+            if Path(source, subfolder or "", safe).is_file():
+                logger.info("%s: loading %s instead of the pickle %s", source, safe, weight_name)
+                weight_names[i] = safe
+    return sources, weight_names, subfolders
+
+
+def _label(source, weight_name) -> str:
+    if isinstance(source, dict):
+        return "<state dict>"
+    return f"{source}/{weight_name}" if weight_name else str(source)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(error).__name__
