@@ -36,16 +36,12 @@ def new_style_adapter(unet, config: StyleAdapterConfig, seed: int = 0) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         projection = ImageProjection(config.image_embed_dim, config.cross_attention_dim, NUM_TOKENS)
-    state = projection.state_dict()
-    image_proj = {  # diffusers' `image_embeds` Linear is the original `proj`
-        "proj.weight": state["image_embeds.weight"], "proj.bias": state["image_embeds.bias"],
-        "norm.weight": state["norm.weight"], "norm.bias": state["norm.bias"],
-    }
-    return {"image_proj": {k: v.detach().float() for k, v in image_proj.items()}, "ip_adapter": init_ip_layers(unet)}
+    return {"image_proj": projection_to_checkpoint(projection), "ip_adapter": init_ip_layers(unet)}
 
 
 def projection_to_checkpoint(projection: ImageProjection) -> dict[str, torch.Tensor]:
-    state = projection.state_dict()
+    """The projection's weights in the original key names: diffusers' `image_embeds` Linear is `proj`."""
+    state = {k: v.detach().float().cpu() for k, v in projection.state_dict().items()}
     return {"proj.weight": state["image_embeds.weight"], "proj.bias": state["image_embeds.bias"],
             "norm.weight": state["norm.weight"], "norm.bias": state["norm.bias"]}
 
