@@ -142,6 +142,19 @@ def test_save_and_load_round_trip(pipe, people, tmp_path):
     assert np.abs(run(fresh, person) - before).max() < 1e-5
 
 
+def test_from_pretrained_with_a_guidance_folder(pipe, people, tmp_path):
+    """A saved base model plus `guidance=FOLDER` is the pipeline that wrote the folder."""
+    person = IdentityInput(identity=people[0], strength=2.0)
+    pipe.save_adapters(tmp_path / "guidance")
+    FaceStudioPipeline(**tiny_components()).save_pretrained(tmp_path / "base")
+    loaded = FaceStudioPipeline.from_pretrained(tmp_path / "base", guidance=tmp_path / "guidance")
+    loaded.set_progress_bar_config(disable=True)
+    assert [a.kind for a in loaded.facestudio_adapters] == ["identity"]
+    assert np.abs(run(loaded, person) - run(pipe, person)).max() < 1e-5
+    with pytest.raises(ModelFileError, match="no identity/ or style/"):
+        loaded.load_guidance(tmp_path / "base")
+
+
 def test_stock_diffusers_loads_a_facestudio_adapter(pipe, people, tmp_path):
     """Our checkpoint through plain `load_ip_adapter` gives the same UNet output as facestudio's path."""
     (folder,) = pipe.save_adapters(tmp_path)

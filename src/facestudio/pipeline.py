@@ -100,6 +100,23 @@ class FaceStudioPipeline(StableDiffusionPipeline):
 
     # ------------------------------------------------------------------ adapters
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, guidance=None, face_analyzer=None, **kwargs):
+        """`StableDiffusionPipeline.from_pretrained`, plus `guidance=FOLDER`: the adapters that `save_adapters`
+        or `facestudio train` wrote there (`FOLDER/identity`, `FOLDER/style`) are loaded too."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if guidance is not None:
+            pipe.load_guidance(guidance, face_analyzer=face_analyzer)
+        return pipe
+
+    def load_guidance(self, folder: str | Path, **load_kwargs) -> None:
+        """Load the adapters of a guidance folder (`identity/` and/or `style/` beside each other)."""
+        folder = Path(folder)
+        found = {kind: folder / kind for kind in ("identity", "style") if (folder / kind).is_dir()}
+        if not found:
+            raise ModelFileError(f"guidance folder {folder}: no identity/ or style/ adapter in it")
+        self.load_adapters(**found, **load_kwargs)
+
     def load_adapters(self, identity=None, style=None, *, identity_config: idg.IdentityAdapterConfig | None = None,
                       style_config: sty.StyleAdapterConfig | None = None, style_encoder: sty.StyleEncoder | None = None,
                       face_analyzer: FaceAnalyzer | None = None) -> None:

@@ -27,7 +27,7 @@ MIN_IMAGE_SIDE = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import convert, faces, generate
+    from . import convert, evaluate, faces, generate, serve, training
 
     parser = argparse.ArgumentParser(prog="facestudio", description="Identity-preserving image generation.")
     parser.add_argument("--version", action="version", version=f"facestudio {__version__}")
@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     faces.add_commands(commands)
     generate.add_commands(commands)
     convert.add_commands(commands)
+    training.add_commands(commands)
+    serve.add_commands(commands)
+    evaluate.add_commands(commands)
     return parser
 
 
