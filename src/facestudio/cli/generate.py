@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..errors import FaceStudioError, ModelFileError
+from ..errors import FaceStudioError
+from ..loading import TINY, adapter_folder, load_generation_pipeline, style_beside
 from . import EXIT_OK, MIN_IMAGE_SIDE
 
 logger = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ def _check_settings(args, mix):
     full_w, full_h = width or DEFAULT_SIDE, height or DEFAULT_SIDE
     regions = [_box(text, full_w, full_h) for text in args.region]
     regions += [None] * (count - len(regions))
-    if args.style is not None and not (args.style_adapter or _style_beside(args.adapter)):
+    if args.style is not None and not (args.style_adapter or style_beside(args.adapter)):
         raise FaceStudioError("--style needs a style adapter: --style-adapter FOLDER (or 'tiny' for a smoke test)")
     if count and not args.adapter:
         raise FaceStudioError("--identity needs an identity adapter: --adapter FOLDER (or 'tiny' for a smoke "
@@ -335,30 +336,6 @@ def _check_output_folder(folder: str) -> Path:
     return path
 
 
-def _adapter_folder(value: str, kind: str, option: str) -> Path:
-    """`FOLDER` itself or `FOLDER/<kind>`, whichever holds `facestudio_adapter.json`."""
-    from ..guidance.layout import CONFIG_NAME
-
-    folder = Path(value).expanduser()
-    if not folder.is_dir():
-        raise ModelFileError(f"{option} {value}: no such folder")
-    for candidate in (folder, folder / kind):
-        if (candidate / CONFIG_NAME).is_file():
-            return candidate
-    raise ModelFileError(f"{option} {value}: not a facestudio {kind} adapter (no {CONFIG_NAME} in it or in "
-                         f"{kind}/)")
-
-
-def _style_beside(adapter: str | None) -> Path | None:
-    """`ADAPTER/style`, the style adapter `save_adapters` writes beside the identity adapter, if there is one."""
-    from ..guidance.layout import CONFIG_NAME
-
-    if not adapter or adapter == "tiny":
-        return None
-    folder = Path(adapter).expanduser() / "style"
-    return folder if (folder / CONFIG_NAME).is_file() else None
-
-
 def _identity_adapter(args):
     """`(folder, config)` of --adapter, or `None` for 'tiny' (made once the UNet is loaded)."""
     from ..guidance.identity import IdentityAdapterConfig
@@ -366,7 +343,7 @@ def _identity_adapter(args):
 
     if args.adapter == "tiny":
         return None
-    folder = _adapter_folder(args.adapter, "identity", "--adapter")
+    folder = adapter_folder(args.adapter, "identity", "--adapter")
     return folder, IdentityAdapterConfig.from_dict(read_config(folder), source=str(folder))
 
 
@@ -381,8 +358,8 @@ def _style_adapter(args):
         return None
     if args.style_adapter == "tiny":
         return "tiny", None
-    folder = _adapter_folder(args.style_adapter, "style", "--style-adapter") if args.style_adapter \
-        else _style_beside(args.adapter)
+    folder = adapter_folder(args.style_adapter, "style", "--style-adapter") if args.style_adapter \
+        else style_beside(args.adapter)
     return folder, StyleAdapterConfig.from_dict(read_config(folder), source=str(folder))
 
 
@@ -398,42 +375,14 @@ def _quiet_libraries(debug: bool) -> None:
 
 
 def _load_models(args, people, adapter, style_adapter, analyzer):
-    """The base pipeline with the adapters the run needs ('tiny' ones made here, for the loaded UNet)."""
-    from ..models import enable_memory_savers, load_base_pipeline
-    from ..pipeline import FaceStudioPipeline
-
-    if str(args.base_model) != "tiny" and Path(args.base_model).expanduser().is_dir():
-        logger.info("loading base model %s", args.base_model)
-    pipe = load_base_pipeline(args.base_model, FaceStudioPipeline, device=args.device)
-    enable_memory_savers(pipe, cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling)
-    pipe.set_progress_bar_config(disable=True)  # the command shows one bar over all images
-    cross_dim = pipe.unet.config.cross_attention_dim
-    kwargs = {}
-    if people:
-        if adapter is None:
-            from ..guidance import identity as idg
-
-            config = idg.IdentityAdapterConfig(recognizer=analyzer.recognizer.name, cross_attention_dim=cross_dim)
-            kwargs.update(identity=idg.new_identity_adapter(pipe.unet, config), identity_config=config)
-            logger.info("--adapter tiny: an untrained identity adapter with random weights; the images will "
-                        "not look like the photos (smoke tests only)")
-        else:
-            kwargs["identity"] = str(adapter[0])
-    elif args.adapter:
+    """The base pipeline with the adapters the run needs ('tiny' ones made for the loaded UNet)."""
+    if args.adapter and not people:
         logger.info("--adapter is not used without --identity")
-    if style_adapter is not None:
-        if style_adapter[0] == "tiny":
-            from ..guidance import style as sty
-
-            encoder = sty.tiny_style_encoder()
-            config = sty.StyleAdapterConfig(image_encoder="tiny", image_embed_dim=encoder.embed_dim,
-                                            cross_attention_dim=cross_dim)
-            kwargs.update(style=sty.new_style_adapter(pipe.unet, config), style_config=config, style_encoder=encoder)
-            logger.info("--style-adapter tiny: an untrained style adapter with random weights (smoke tests only)")
-        else:
-            kwargs["style"] = str(style_adapter[0])
-    if kwargs:
-        pipe.load_adapters(face_analyzer=analyzer, **kwargs)
+    pipe = load_generation_pipeline(
+        args.base_model, adapter=(adapter[0] if adapter else TINY) if people else None,
+        style_adapter=style_adapter[0] if style_adapter else None, device=args.device,
+        cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, face_analyzer=analyzer)
+    pipe.set_progress_bar_config(disable=True)  # the command shows one bar over all images
     return pipe
 
 
