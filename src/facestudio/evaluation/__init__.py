@@ -1,0 +1,1 @@
+"""Evaluation: identity similarity with a recogniser the generator never sees, matching, baselines, reports."""

@@ -1,0 +1,88 @@
+"""The evaluation metric on real photos: thresholds separate people, matching recovers a known assignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facestudio import load_image
+from facestudio.errors import NoFaceError
+from facestudio.evaluation.calibration import calibrate
+from facestudio.evaluation.matching import is_confused, match_faces
+from facestudio.evaluation.scoring import THRESHOLDS, Scorer
+from facestudio.evaluation.sface import SFaceRecognizer
+
+from conftest import OBAMA
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return Scorer()
+
+
+def test_thresholds_separate_same_and_different_people_with_both_recognisers(faces_dir, scorer):
+    # The bundled photos treated as an "output folder" whose people are known.
+    result = calibrate({"obama": [faces_dir / n for n in OBAMA], "biden": [faces_dir / "biden.jpg"]}, scorer)
+    assert not result.skipped
+    assert sum(p.same for p in result.pairs) == 10 and sum(not p.same for p in result.pairs) == 5
+    for rec, summary in result.summary().items():
+        assert summary["same_min"] >= THRESHOLDS[rec], (rec, summary)
+        assert summary["different_max"] < THRESHOLDS[rec], (rec, summary)
+        assert summary["correct"] == summary["pairs"] == 15
+
+
+def test_sface_is_a_different_judge_from_dlib(faces_dir, scorer):
+    # Obama-Biden: dlib puts them at ~0.8 cosine, SFace near 0: different embedding spaces, not a copy.
+    pair = next(p for p in calibrate({"o": [faces_dir / "obama.jpg"], "b": [faces_dir / "biden.jpg"]}, scorer).pairs)
+    assert pair.similarity["dlib"] - pair.similarity["sface"] > 0.4
+    assert scorer.recognizers["sface"].name == "sface" and scorer.recognizers["sface"].template == "arcface"
+
+
+def test_sface_refuses_wrong_crops():
+    with pytest.raises(ValueError, match="112, 112, 3"):
+        SFaceRecognizer().embed_crops(np.zeros((1, 150, 150, 3), np.uint8))
+
+
+def test_hungarian_beats_greedy_on_a_hand_made_matrix():
+    # Greedy would give face 0 to identity 0 (0.9) and leave face 1 with 0.1; the best total is 0.8 + 0.8.
+    similarity = np.array([[0.9, 0.8], [0.8, 0.1]])
+    matches = match_faces(similarity)
+    assert [(m.face, m.identity) for m in matches] == [(1, 0), (0, 1)]
+    assert is_confused(similarity, matches[0]) is False and is_confused(similarity, matches[1]) is True
+    assert [(m.face, m.identity) for m in match_faces(np.array([[0.2, 0.7]]))] == [(0, 1)]  # fewer faces
+    assert match_faces(np.zeros((0, 2))) == []
+
+
+def side_by_side(left: Image.Image, right: Image.Image, height: int = 400) -> Image.Image:
+    a, b = (im.resize((round(im.width * height / im.height), height)) for im in (left, right))
+    out = Image.new("RGB", (a.width + b.width, height), "white")
+    out.paste(a, (0, 0))
+    out.paste(b, (a.width, 0))
+    return out
+
+
+def test_matching_recovers_the_people_of_a_two_face_composite(faces_dir, scorer):
+    composite = side_by_side(load_image(faces_dir / "obama.jpg"), load_image(faces_dir / "biden.jpg"))
+    # Held-out photos: obama2/obama3 were not the reference; Biden has no second photo.
+    obama = scorer.reference("obama", [faces_dir / "obama2.jpg"], held_out=[faces_dir / "obama3.jpg"])
+    biden = scorer.reference("biden", [faces_dir / "biden.jpg"])
+    # Requested right-to-left on purpose: the matching must follow the faces, not the order.
+    result = scorer.score_image(composite, [biden, obama], regions=[(0, 0, 100, 400), None])
+    assert result.faces == 2
+    by_name = {p.identity: p for p in result.people}
+    assert by_name["biden"].box[0] > composite.width / 2 > by_name["obama"].box[2]
+    for person in result.people:
+        assert person.confused is False
+        for rec, threshold in THRESHOLDS.items():
+            assert person.similarity[rec] >= threshold, (person.identity, rec)
+    assert set(by_name["obama"].held_out) == {"sface", "dlib"} and by_name["biden"].held_out == {}
+    assert by_name["obama"].held_out["sface"] >= THRESHOLDS["sface"]
+    assert by_name["biden"].in_region is False  # asked for the left 100 px, drawn on the right
+    assert by_name["obama"].in_region is False  # default strips: slot 1 is the right half
+
+
+def test_identity_without_a_face_is_a_clear_error(scorer):
+    blank = Image.new("RGB", (200, 200), (120, 120, 120))
+    with pytest.raises(NoFaceError, match="identity nobody"):
+        scorer.reference("nobody", [blank])
