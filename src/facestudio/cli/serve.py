@@ -1,5 +1,123 @@
-"""`facestudio serve` (being built: registers no command yet)."""
+"""`facestudio serve`: the local web app and HTTP API (FastAPI on uvicorn).
+
+Bound to 127.0.0.1 by default: only this machine can reach it. Binding another address needs a bearer token
+(`--token`, or one is generated and printed), because anyone who can reach the port could otherwise make
+images with your photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from ..errors import FaceStudioError
+from . import EXIT_OK
+
+logger = logging.getLogger(__name__)
+
+#: Where the data folder goes when --data-dir is not given.
+DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "facestudio" / "server"
 
 
 def add_commands(commands) -> None:
-    """Register this module's commands on the `facestudio` subparsers."""
+    serve = commands.add_parser(
+        "serve", help="the local web app and HTTP API",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve the facestudio web page and its HTTP API (/v1/..., schema at /openapi.json).\n\n"
+                    "By default only this machine can connect (127.0.0.1). With --host set to another\n"
+                    "address every API request needs 'Authorization: Bearer TOKEN'; the token is --token or\n"
+                    "one generated and printed at start. Only use photos of people who agreed to it.",
+        epilog="example: facestudio serve --base-model ./sd15 --adapter ./faceid-adapter\n"
+               "         then open http://127.0.0.1:7860/")
+    models = serve.add_argument_group("models")
+    models.add_argument("--base-model", required=True, metavar="tiny|FOLDER|HUB_ID",
+                        help="the Stable Diffusion 1.x/2.x pipeline: a local folder, a model hub id, or 'tiny' "
+                             "(random weights: smoke tests only)")
+    models.add_argument("--adapter", metavar="FOLDER|tiny", help="identity adapter folder, or 'tiny' (untrained)")
+    models.add_argument("--style-adapter", metavar="FOLDER|tiny", help="style adapter folder, or 'tiny'")
+    models.add_argument("--preset", metavar="NAME", help="a public adapter preset (instead of --adapter)")
+    models.add_argument("--device", choices=("cpu", "cuda", "mps"),
+                        help="where to run (default: CUDA, else MPS, else the CPU)")
+    models.add_argument("--cpu-offload", action="store_true", help="keep each model on the CPU until it runs")
+    models.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles")
+    server = serve.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    server.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    server.add_argument("--token", help="bearer token the API requires (generated when --host is not loopback)")
+    server.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), metavar="DIR",
+                        help=f"identities, uploads and results (default {DEFAULT_DATA_DIR})")
+    server.add_argument("--queue-size", type=int, default=16, metavar="N",
+                        help="jobs allowed to wait; more get 429 (default 16)")
+    server.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="jobs run at once (default 1: one per device)")
+    server.add_argument("--job-timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="a job running longer is stopped (default 600)")
+    server.add_argument("--keep-jobs", type=int, default=200, metavar="N",
+                        help="finished jobs (and uploaded images) kept in the data folder (default 200)")
+    server.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
+                        help="largest request body (default 20)")
+    server.add_argument("--max-side", type=int, default=1024, metavar="PX",
+                        help="largest image side a job may ask for (default 1024)")
+    server.add_argument("--default-steps", type=int, default=25, metavar="N",
+                        help="denoising steps when a job gives none (default 25)")
+    serve.set_defaults(run=run_serve)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_serve(args) -> int:
+    for name, value, low in (("--port", args.port, 0), ("--queue-size", args.queue_size, 1),
+                             ("--workers", args.workers, 1), ("--keep-jobs", args.keep_jobs, 1),
+                             ("--max-side", args.max_side, 64), ("--default-steps", args.default_steps, 1)):
+        if value < low:
+            raise FaceStudioError(f"{name} {value}: must be at least {low}")
+    if args.port > 65535:
+        raise FaceStudioError(f"--port {args.port}: must be at most 65535")
+    if not args.max_upload_mb > 0 or not args.job_timeout > 0:
+        raise FaceStudioError("--max-upload-mb and --job-timeout must be positive")
+    if args.token is not None and len(args.token) < 16:
+        raise FaceStudioError("--token: use at least 16 characters")
+    token = args.token
+    if token is None and not is_loopback(args.host):
+        token = secrets.token_urlsafe(24)
+    data_dir = Path(args.data_dir).expanduser()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FaceStudioError(f"--data-dir {args.data_dir}: cannot create it ({e.strerror})") from None
+
+    import uvicorn
+
+    from ..loading import load_generation_pipeline
+    from ..server import create_app
+
+    logger.info("loading models")
+    pipe = load_generation_pipeline(args.base_model, adapter=args.adapter, style_adapter=args.style_adapter,
+                                    preset=args.preset, device=args.device, cpu_offload=args.cpu_offload,
+                                    vae_tiling=args.vae_tiling)
+    pipe.set_progress_bar_config(disable=True)  # progress goes to the page and the event stream
+    app = create_app(pipe, data_dir, queue_size=args.queue_size, workers=args.workers, token=token,
+                     job_timeout=args.job_timeout, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                     max_side=args.max_side, default_steps=args.default_steps, max_jobs=args.keep_jobs,
+                     base_model=str(args.base_model), allowed_hosts={args.host})
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{args.port}/"
+    print(f"facestudio: serving {url} (data in {data_dir})", flush=True)
+    if token is not None:
+        print(f"facestudio: listening on {args.host}, so every API request needs the header "
+              f"'Authorization: Bearer {token}'", flush=True)
+        print(f"facestudio: page with the token: {url}#token={token}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK

@@ -1,0 +1,365 @@
+"""`create_app`: the FastAPI app of `facestudio serve`, around a ready pipeline.
+
+    /                                  the web page (static files, no external resources)
+    /v1/models                         what is loaded, device, dtype, this server's limits
+    /v1/identities                     POST photos of one person -> identity; GET list; GET/DELETE one
+    /v1/images                         POST a style or scene image -> image id (+ the faces in it)
+    /v1/generations                    POST a job -> 202 + status; GET recent jobs
+    /v1/generations/{id}               status: state, step i of n, results
+    /v1/generations/{id}/events        the same as a server-sent event stream, until the job ends
+    /v1/generations/{id}/images/{name} a result PNG
+    /v1/generations/{id}/cancel        POST: stop it (a waiting job frees its slot at once)
+
+Errors are JSON `{"error": "..."}` naming the problem, with a 4xx status; the OpenAPI schema is /openapi.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import secrets
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import AmbiguousFaceError, FaceStudioError, ImageError, NoFaceError
+from . import generation
+from .guard import Guard
+from .jobs import FINISHED, Job, JobQueue, QueueFull
+from .schemas import GenerationRequest, IdentityInfo, ImageInfo, JobStatus, ModelInfo, Problem
+from .storage import DataFolder
+from .uploads import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, UploadLimits, decode_upload, safe_filename
+from .uploads import UploadError
+
+logger = logging.getLogger(__name__)
+
+#: Photos accepted in one identity upload.
+MAX_PHOTOS = 8
+#: Seconds between event-stream checks of a job, and between keep-alive comments.
+_POLL_S, _KEEPALIVE_S = 0.1, 15.0
+_ERRORS = {400: {"model": Problem}, 404: {"model": Problem}, 413: {"model": Problem}, 415: {"model": Problem},
+           422: {"model": Problem}}
+
+
+def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token: str | None = None,
+               job_timeout: float | None = 600.0, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, max_side: int = 1024, max_count: int = 8,
+               default_steps: int = 25, max_jobs: int = 200, base_model: str = "(given pipeline)",
+               allowed_hosts=None) -> FastAPI:
+    """The app serving `pipe` (a loaded `FaceStudioPipeline`) from the data folder `data_dir`.
+
+    Args:
+        pipe: the pipeline; one call at a time per worker.
+        data_dir (`str` or `Path`): where identities, uploaded images and results live (see `storage`).
+        queue_size (`int`, defaults to 16): jobs allowed to wait; more get 429 with Retry-After.
+        workers (`int`, defaults to 1): jobs run at once (one per device).
+        token (`str`, *optional*): required as a bearer token on every `/v1/` request.
+        job_timeout (`float`, *optional*): seconds a job may run before it stops (None: no limit).
+        max_upload_bytes (`int`): largest request body; max_upload_pixels (`int`): largest uploaded image.
+        max_side (`int`), max_count (`int`), default_steps (`int`): this server's generation limits.
+        max_jobs (`int`, defaults to 200): finished jobs (and uploaded images) kept on disk.
+        base_model (`str`): the base model's name, reported by /v1/models and written into image metadata.
+        allowed_hosts: Host names accepted without a token besides the loopback names.
+
+    Returns:
+        `FastAPI`; `app.state.queue` is its `JobQueue` (close it, or let the app's shutdown do it).
+    """
+    data = DataFolder(data_dir, max_jobs=max_jobs)
+    limits = UploadLimits(max_upload_bytes, max_upload_pixels)
+    model = _model_info(pipe, base_model)
+    jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
+    jobs_lock = threading.Lock()
+
+    def finished(job: Job) -> None:
+        data.save_job(job.id, _record(job))
+        with jobs_lock:  # forget the oldest finished jobs beyond the retention limit (their files go too)
+            done = [j for j in jobs.values() if j.state in FINISHED]
+            for old in done[:max(0, len(done) - max_jobs)]:
+                jobs.pop(old.id, None)
+            active = {j.id for j in jobs.values() if j.state not in FINISHED}
+        data.trim_jobs(keep=active)
+
+    queue = JobQueue(lambda job: generation.run(pipe, data, job, model), max_queued=queue_size, workers=workers,
+                     timeout=job_timeout, on_finish=finished)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        queue.cancel_running(list(jobs.values()))  # the server is stopping: running jobs end at their next step
+        await asyncio.to_thread(queue.close)
+
+    app = FastAPI(title="facestudio", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
+                  description="Identity-preserving image generation on this machine. Only use photos of people "
+                              "who agreed to it; every image made carries an AI-generated label.")
+    app.state.queue, app.state.data, app.state.jobs = queue, data, jobs
+    _add_error_handlers(app)
+
+    # ------------------------------------------------------------------ page and models
+
+    static = Path(str(resources.files("facestudio.server") / "static"))
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(static / "index.html", headers=_PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
+    @app.get("/v1/models", response_model=ModelInfo, summary="What is loaded, where, and this server's limits")
+    def models():
+        return {**model, "workers": queue.workers, "queue_size": queue.max_queued, "max_side": max_side,
+                "max_count": max_count, "default_steps": default_steps, "version": __version__}
+
+    # ------------------------------------------------------------------ identities
+
+    @app.post("/v1/identities", status_code=201, response_model=IdentityInfo, responses=_ERRORS,
+              summary="Photos of one person -> a stored identity")
+    def create_identity(photos: list[UploadFile] = File(description="one to 8 photos of the same person"),
+                        name: Optional[str] = Form(None, max_length=100),
+                        face: Optional[int] = Form(None, ge=0, le=64,
+                                                   description="which face of each photo (0 is the largest)")):
+        if len(photos) > MAX_PHOTOS:
+            raise UploadError(f"{len(photos)} photos: at most {MAX_PHOTOS} per identity", 400)
+        analyzer = pipe._analyzer()
+        arrays, chosen, described = [], [], []
+        for i, upload in enumerate(photos):
+            label = safe_filename(upload.filename, f"photo {i + 1}")
+            image = decode_upload(upload.file.read(limits.max_bytes + 1), label, limits)
+            array = _array(image)
+            faces = analyzer.detect(array)
+            used = _choose_face(faces, face, label)
+            arrays.append(array)
+            chosen.append(faces[used])
+            described.append({"name": label, "width": image.width, "height": image.height,
+                              "faces": [_face_json(f) for f in faces], "used": used})
+        from ..guidance.identity import encode_photos
+
+        identity_id = secrets.token_hex(8)
+        display = (name or "").strip() or "+".join(Path(d["name"]).stem for d in described)[:100]
+        identity = encode_photos(analyzer, arrays, chosen, name=display)
+        info = {"id": identity_id, "name": display, "recognizer": identity.recognizer, "created": time.time(),
+                "photos": described}
+        data.save_identity(identity_id, identity, info)
+        return {**info, "embedding": identity.embedding.tolist()}
+
+    @app.get("/v1/identities", response_model=list[IdentityInfo], summary="Every stored identity")
+    def list_identities():
+        return [_with_embedding(info) for info in data.list_identities()]
+
+    @app.get("/v1/identities/{identity_id}", response_model=IdentityInfo, responses=_ERRORS)
+    def get_identity(identity_id: str):
+        info = data.identity_info(identity_id)
+        if info is None:
+            raise StarletteHTTPException(404, f"no identity with id {identity_id[:80]}")
+        return _with_embedding(info)
+
+    def _with_embedding(info: dict) -> dict:
+        identity = data.load_identity(info["id"])
+        return {**info, "embedding": [] if identity is None else identity.embedding.tolist()}
+
+    @app.delete("/v1/identities/{identity_id}", status_code=204, responses=_ERRORS)
+    def delete_identity(identity_id: str):
+        if not data.delete_identity(identity_id):
+            raise StarletteHTTPException(404, f"no identity with id {identity_id[:80]}")
+        return Response(status_code=204)
+
+    # ------------------------------------------------------------------ style and scene images
+
+    @app.post("/v1/images", status_code=201, response_model=ImageInfo, responses=_ERRORS,
+              summary="A style or scene image -> an image id for generation requests")
+    def upload_image(image: UploadFile = File(description="the image")):
+        label = safe_filename(image.filename, "image")
+        decoded = decode_upload(image.file.read(limits.max_bytes + 1), label, limits, min_side=8)
+        faces = pipe._analyzer().detect(_array(decoded))
+        image_id = secrets.token_hex(8)
+        info = {"id": image_id, "name": label, "width": decoded.width, "height": decoded.height,
+                "faces": [_face_json(f) for f in faces]}
+        from ..imaging import save_png
+        from .storage import write_json
+
+        save_png(decoded, data.images / f"{image_id}.png")  # re-encoded: the uploaded bytes are never kept
+        write_json(data.images / f"{image_id}.json", info)
+        data.trim_images()
+        return info
+
+    @app.get("/v1/images/{image_id}", response_class=FileResponse, responses=_ERRORS)
+    def get_image(image_id: str):
+        path = data.image_path(image_id)
+        if path is None:
+            raise StarletteHTTPException(404, f"no uploaded image with id {image_id[:80]}")
+        return FileResponse(path, media_type="image/png")
+
+    # ------------------------------------------------------------------ generations
+
+    @app.post("/v1/generations", status_code=202, response_model=JobStatus,
+              responses={**_ERRORS, 429: {"model": Problem, "description": "queue full; see Retry-After"}},
+              summary="Queue a generation job")
+    def create_generation(request: GenerationRequest):
+        plan = generation.prepare(pipe, data, request, max_side=max_side, max_count=max_count,
+                                  default_steps=default_steps)
+        job = Job(secrets.token_hex(8), plan, plan.total_steps)
+        try:
+            queue.submit(job)
+        except QueueFull as e:
+            return JSONResponse({"error": str(e)}, status_code=429, headers={"Retry-After": str(e.retry_after)})
+        with jobs_lock:
+            jobs[job.id] = job
+        data.save_job(job.id, _record(job))
+        return _status(job)
+
+    @app.get("/v1/generations", response_model=list[JobStatus], summary="Recent jobs, newest first")
+    def list_generations(limit: int = 50):
+        with jobs_lock:
+            recent = list(jobs.values())[::-1][:max(0, min(limit, 500))]
+        return [_status(j) for j in recent]
+
+    def _job(job_id: str) -> Job:
+        job = jobs.get(job_id)
+        if job is None:
+            raise StarletteHTTPException(404, f"no generation job with id {job_id[:80]}")
+        return job
+
+    def _status(job: Job) -> dict:
+        return {**_record(job), "queue_position": queue.position(job),
+                "images": [{"name": n, "url": f"/v1/generations/{job.id}/images/{n}", "seed": job.request.seed + k}
+                           for k, n in enumerate(list(job.images))]}
+
+    @app.get("/v1/generations/{job_id}", response_model=JobStatus, responses=_ERRORS)
+    def get_generation(job_id: str):
+        return _status(_job(job_id))
+
+    @app.get("/v1/generations/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS},
+             response_class=StreamingResponse, summary="Progress as server-sent events until the job ends")
+    async def generation_events(job_id: str, request: Request):
+        job = _job(job_id)
+
+        async def events():
+            seen, last_sent = -1, time.monotonic()
+            while True:
+                if job.changed != seen:
+                    seen = job.changed
+                    status = _status(job)
+                    kind = "end" if job.state in FINISHED else "progress"
+                    yield f"event: {kind}\ndata: {json.dumps(status)}\n\n"
+                    last_sent = time.monotonic()
+                    if kind == "end":
+                        return
+                elif time.monotonic() - last_sent > _KEEPALIVE_S:
+                    yield ": keep-alive\n\n"
+                    last_sent = time.monotonic()
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(_POLL_S)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/v1/generations/{job_id}/images/{name}", response_class=FileResponse, responses=_ERRORS)
+    def generation_image(job_id: str, name: str):
+        path = data.job_image(job_id, name)
+        if path is None:
+            raise StarletteHTTPException(404, f"job {job_id[:80]} has no image {name[:80]}")
+        return FileResponse(path, media_type="image/png", filename=f"facestudio-{job_id[:8]}-{name}")
+
+    @app.post("/v1/generations/{job_id}/cancel", response_model=JobStatus, responses=_ERRORS,
+              summary="Stop a job: a waiting one at once, a running one at its next step")
+    def cancel_generation(job_id: str):
+        job = _job(job_id)
+        if job.state not in FINISHED:
+            queue.cancel(job)
+        return _status(job)
+
+    app.add_middleware(Guard, max_body=max_upload_bytes, token=token, allowed_hosts=allowed_hosts)
+    return app
+
+
+#: The page loads nothing from elsewhere: the browser is told so too.
+_PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                            "connect-src 'self'; frame-ancestors 'none'",
+                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+
+
+def _model_info(pipe, base_model: str) -> dict:
+    adapters = [{"kind": a.kind, **{k: v for k, v in a.config.to_dict().items() if k != "kind"}}
+                for a in getattr(pipe, "facestudio_adapters", ())]
+    return {"base_model": str(base_model), "adapters": adapters, "device": str(pipe.device),
+            "dtype": str(pipe.dtype).removeprefix("torch."), "scheduler": type(pipe.scheduler).__name__}
+
+
+def _record(job: Job) -> dict:
+    plan = job.request
+    return {"id": job.id, "state": job.state, "step": job.step, "total_steps": job.total_steps,
+            "images": list(job.images), "error": job.error, "request": plan.request.model_dump(mode="json"),
+            "seed": plan.seed, "created": job.created, "started": job.started, "finished": job.finished}
+
+
+def _array(image):
+    from ..imaging import to_array
+
+    return to_array(image)
+
+
+def _face_json(face) -> dict:
+    return {"box": [round(float(v), 1) for v in face.box], "score": round(float(face.score), 3),
+            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks]}
+
+
+def _choose_face(faces, index: int | None, label: str) -> int:
+    """The face to use: `index`, or the one clear face; the messages speak of the `face` field, not a CLI flag."""
+    from ..faces.analysis import DOMINANT_FACE_RATIO
+
+    if not faces:
+        raise NoFaceError(f"{label}: no face found; use a photo where the face is visible and at least about "
+                          "40 pixels across")
+    if index is not None:
+        if index >= len(faces):
+            raise AmbiguousFaceError(f"{label}: face {index} asked for, but {len(faces)} face(s) found "
+                                     f"(numbered 0 to {len(faces) - 1}, largest first)")
+        return index
+    if len(faces) == 1 or faces[0].area >= DOMINANT_FACE_RATIO * faces[1].area:
+        return 0
+    listing = "; ".join(f"{i}: box {[round(v) for v in f.box]}" for i, f in enumerate(faces))
+    raise AmbiguousFaceError(f"{label}: {len(faces)} faces of similar size found ({listing}); choose one with the "
+                             "'face' field (0 is the largest)")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as `{"error": message}`: input problems as 4xx, never a traceback."""
+
+    @app.exception_handler(FaceStudioError)
+    async def input_error(request, error: FaceStudioError):
+        if isinstance(error, UploadError):
+            status = error.status
+        elif isinstance(error, generation.NotFound):
+            status = 404
+        elif isinstance(error, (NoFaceError, AmbiguousFaceError, ImageError)):
+            status = 422
+        else:
+            status = 400
+        return JSONResponse({"error": str(error)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, error: RequestValidationError):
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in error.errors()]
+        return JSONResponse({"error": "; ".join(problems)[:2000] or "invalid request"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, error: StarletteHTTPException):
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def bug(request, error: Exception):
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error: {type(error).__name__} (see the server log)"}, status_code=500)

@@ -1,0 +1,157 @@
+"""A generation request checked against what is stored and what the pipeline accepts, then run as a job.
+
+`prepare` does every check that needs no tensor work (identities and images exist, regions fit, the pipeline's
+own `check_call`), so a bad request is a 4xx at submission, not a failed job later. `run` makes the images one by
+one and writes each atomically with the same metadata and AI-generated label as `facestudio generate`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from .. import __version__
+from ..errors import FaceStudioError
+from ..imaging import ai_generated_metadata, load_image, save_png
+from ..pipeline import DEFAULT_SIDE, IdentityInput
+from .jobs import Job
+from .schemas import GenerationRequest
+from .storage import DataFolder
+
+
+class NotFound(FaceStudioError):
+    """A request names an identity or image the server does not hold."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one job needs, resolved at submission: its own copy of every setting."""
+
+    request: GenerationRequest
+    people: tuple[IdentityInput, ...]
+    identity_info: tuple[dict, ...]
+    seed: int
+    width: int
+    height: int
+    steps: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps * self.request.count
+
+
+def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int, max_count: int,
+            default_steps: int) -> Plan:
+    """Resolve and check a request; raises `NotFound` or `FaceStudioError` naming the problem."""
+    if request.count > max_count:
+        raise FaceStudioError(f"count {request.count}: this server makes at most {max_count} images per job")
+    people, infos = [], []
+    for i, placement in enumerate(request.identities):
+        identity = data.load_identity(placement.id)
+        if identity is None:
+            raise NotFound(f"identity {i + 1}: no identity with id {placement.id}")
+        infos.append(data.identity_info(placement.id))
+        people.append(IdentityInput(identity=identity, region=placement.region, strength=placement.strength,
+                                    name=identity.name))
+    for field in ("style_image", "scene_image"):
+        image_id = getattr(request, field)
+        if image_id is not None and data.image_path(image_id) is None:
+            raise NotFound(f"{field}: no uploaded image with id {image_id}")
+    width, height = _size(request, data)
+    for name, side in (("width", width), ("height", height)):
+        if side > max_side:
+            raise FaceStudioError(f"{name} {side}: this server makes images at most {max_side} pixels wide and high")
+    for i, person in enumerate(people):
+        if person.region is not None:
+            x0, y0, x1, y1 = person.region
+            if not (x0 < x1 <= width and y0 < y1 <= height):
+                raise FaceStudioError(f"identity {i + 1}: region {list(person.region)} is not a box inside the "
+                                      f"{width}x{height} image (need x0 < x1 <= {width}, y0 < y1 <= {height})")
+    mix = request.mix
+    if mix is not None and len(set(p.strength for p in people)) > 1:
+        raise FaceStudioError("with mix the identities become one face: give them the same strength")
+    # The pipeline's own checks, on stand-ins for the images (their content is checked when they load).
+    scene = object() if request.scene_image is not None else None
+    style = object() if request.style_image is not None else None
+    steps = request.steps or default_steps
+    pipe.check_call(request.prompt, people, mix, style, scene, height, width, steps,
+                    request.text_guidance_scale, request.reference_guidance_scale
+                    if request.reference_guidance_scale is not None else request.text_guidance_scale,
+                    1, request.scene_faces)
+    if request.scene_faces is not None and len(request.scene_faces) != (1 if mix else len(people)):
+        raise FaceStudioError(f"scene_faces: give {1 if mix else len(people)} face number(s), one per identity")
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
+    if seed + request.count - 1 > 2**53 - 1:
+        raise FaceStudioError(f"seed {seed}: seed + count must stay below 2**53")
+    return Plan(request, tuple(people), tuple(infos), seed, width, height, steps)
+
+
+def _size(request: GenerationRequest, data: DataFolder) -> tuple[int, int]:
+    """The output size: as asked, else the scene image's shape at the default size (as the pipeline does)."""
+    if request.width is not None and request.height is not None:
+        return request.width, request.height
+    if request.scene_image is not None and request.width is None and request.height is None:
+        info = data.image_info(request.scene_image)
+        scale = DEFAULT_SIDE / max(info["width"], info["height"])
+        return tuple(max(8, round(side * scale / 8) * 8) for side in (info["width"], info["height"]))
+    return request.width or DEFAULT_SIDE, request.height or DEFAULT_SIDE
+
+
+def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
+    """Make the job's images, writing each as soon as it exists; `job.progress` may stop it between steps."""
+    import torch
+
+    plan: Plan = job.request
+    request = plan.request
+    style = _stored_image(data, request.style_image, "style image")
+    scene = _stored_image(data, request.scene_image, "scene image")
+    negative = None if request.negative_prompt is None else [request.negative_prompt]
+    settings = _settings(plan, model, job.id)
+    folder = data.job_folder(job.id)
+    for i in range(request.count):
+        seed = plan.seed + i
+        done_before = i * plan.steps
+        result = pipe(request.prompt, negative_prompt=negative, identities=list(plan.people), mix=request.mix,
+                      style_image=style, style_strength=request.style_strength, scene_image=scene,
+                      scene_faces=request.scene_faces, text_guidance_scale=request.text_guidance_scale,
+                      reference_guidance_scale=request.reference_guidance_scale,
+                      num_inference_steps=plan.steps, width=plan.width, height=plan.height,
+                      generator=torch.Generator().manual_seed(seed),
+                      callback_on_step_end=lambda step, total: job.progress(done_before + step))
+        image = result.images[0]
+        metadata = ai_generated_metadata({**settings, "seed": seed, "width": image.width, "height": image.height,
+                                          "scheduler": result.settings.get("scheduler")})
+        name = f"{i:03d}-seed{seed}.png"
+        save_png(image, folder / name, metadata, overwrite=False)
+        job.images.append(name)
+        job.changed += 1
+
+
+def _stored_image(data: DataFolder, image_id: str | None, label: str):
+    if image_id is None:
+        return None
+    path = data.image_path(image_id)
+    if path is None:
+        raise NotFound(f"{label} {image_id} was deleted before the job ran")
+    return load_image(path, name=label)
+
+
+def _settings(plan: Plan, model: dict, job_id: str) -> dict:
+    """What the images' metadata records, in the same keys as `facestudio generate` where they mean the same."""
+    request = plan.request
+    return {
+        "command": "serve", "job": job_id, "prompt": request.prompt, "negative_prompt": request.negative_prompt,
+        "base_model": model["base_model"], "adapters": [a.get("kind") for a in model["adapters"]],
+        "identities": [{"id": info["id"], "name": info["name"], "photos": [p["name"] for p in info["photos"]],
+                        "region": None if person.region is None else list(person.region),
+                        "strength": person.strength}
+                       for person, info in zip(plan.people, plan.identity_info)],
+        "mix": request.mix, "style_image": request.style_image,
+        "style_strength": request.style_strength if request.style_image else None,
+        "scene_image": request.scene_image, "scene_faces": request.scene_faces,
+        "steps": plan.steps, "text_guidance_scale": request.text_guidance_scale,
+        "reference_guidance_scale": request.text_guidance_scale if request.reference_guidance_scale is None
+        else request.reference_guidance_scale,
+        "num_images": request.count, "device": model["device"], "dtype": model["dtype"],
+        "facestudio_version": __version__,
+    }

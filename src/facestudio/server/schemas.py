@@ -1,0 +1,123 @@
+"""Request and response bodies of the HTTP API (`/v1`), as pydantic models: they are the OpenAPI schema.
+
+Ranges here are what any server accepts; the limits of one server (largest side, images per job) are checked
+when a job is submitted, against the app's settings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Id = Annotated[str, Field(pattern=r"^[0-9a-f]{8,64}$", description="an id the server gave")]
+Scale = Annotated[float, Field(ge=0, le=50, allow_inf_nan=False)]
+Coordinate = Annotated[float, Field(ge=0, le=8192, allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IdentityPlacement(_Strict):
+    """One person in a generation: a stored identity, where it goes and how strongly it acts."""
+
+    id: Id
+    region: Optional[tuple[Coordinate, Coordinate, Coordinate, Coordinate]] = Field(
+        None, description="box x0,y0,x1,y1 in output pixels; default: the whole image for one person, "
+                          "else left-to-right strips (or the scene image's faces)")
+    strength: float = Field(1.0, ge=0, le=5, allow_inf_nan=False, description="0 turns the identity off")
+
+
+class GenerationRequest(_Strict):
+    """A generation job. Identities come from `POST /v1/identities`, style and scene images from `POST /v1/images`."""
+
+    prompt: str = Field(min_length=1, max_length=2000)
+    negative_prompt: Optional[str] = Field(None, max_length=2000)
+    identities: list[IdentityPlacement] = Field(default_factory=list, max_length=4)
+    mix: Optional[list[Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]]] = Field(
+        None, max_length=4, description="blend all identities into one face with these weights (sum 1)")
+    style_image: Optional[Id] = Field(None, description="an uploaded image whose look to follow")
+    style_strength: float = Field(1.0, ge=0, le=5, allow_inf_nan=False)
+    scene_image: Optional[Id] = Field(None, description="an uploaded image whose faces become the identities")
+    scene_faces: Optional[list[Annotated[int, Field(ge=0, le=64)]]] = Field(
+        None, max_length=4, description="which scene faces (0 is the largest) get identity 1, 2, ...")
+    text_guidance_scale: Scale = 7.5
+    reference_guidance_scale: Optional[Scale] = Field(None, description="default: text_guidance_scale")
+    steps: Optional[int] = Field(None, ge=1, le=200, description="denoising steps; default: the server's")
+    seed: Optional[int] = Field(None, ge=0, le=2**53 - 1, description="image i uses seed+i; default: random")
+    width: Optional[int] = Field(None, ge=8, le=4096, multiple_of=8)
+    height: Optional[int] = Field(None, ge=8, le=4096, multiple_of=8)
+    count: int = Field(1, ge=1, le=16, description="how many images")
+
+
+class Problem(BaseModel):
+    """Every error: one message naming the problem."""
+
+    error: str
+
+
+class FaceInfo(BaseModel):
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: list[tuple[float, float]]
+
+
+class PhotoInfo(BaseModel):
+    name: str
+    width: int
+    height: int
+    faces: list[FaceInfo]
+    used: int = Field(description="index of the face used (0 is the largest)")
+
+
+class IdentityInfo(BaseModel):
+    id: str
+    name: str
+    recognizer: str
+    created: float
+    photos: list[PhotoInfo]
+    embedding: list[float] = Field(description="the stored identity embedding (unit length)")
+
+
+class ImageInfo(BaseModel):
+    id: str
+    name: str
+    width: int
+    height: int
+    faces: list[FaceInfo]
+
+
+class ResultImage(BaseModel):
+    name: str
+    url: str
+    seed: int
+
+
+class JobStatus(BaseModel):
+    id: str
+    state: str = Field(description="queued, running, done, failed, cancelled or timed_out")
+    step: int = Field(description="denoising steps done, over all images")
+    total_steps: int
+    queue_position: Optional[int] = Field(None, description="jobs waiting before this one (0: next)")
+    images: list[ResultImage]
+    error: Optional[str] = None
+    request: dict
+    seed: int
+    created: float
+    started: Optional[float] = None
+    finished: Optional[float] = None
+
+
+class ModelInfo(BaseModel):
+    base_model: str
+    adapters: list[dict]
+    device: str
+    dtype: str
+    scheduler: str
+    workers: int
+    queue_size: int
+    max_side: int
+    max_count: int
+    default_steps: int
+    version: str

@@ -1,0 +1,158 @@
+"""The server's data folder: what is kept where, written atomically, trimmed to a retention limit.
+
+    DATA/
+      identities/<id>/identity.npz   embedding + detail tokens (numpy arrays, read with allow_pickle=False)
+      identities/<id>/identity.json  name, recogniser, the faces found in each photo and which was used
+      images/<id>.png                an uploaded style or scene image, decoded and re-encoded (never the raw bytes)
+      images/<id>.json               its size and the faces found in it
+      jobs/<id>/job.json             a generation's request, state and result list
+      jobs/<id>/NNN-seedS.png        its images, with settings and the AI-generated label in their metadata
+
+Every file is written beside its destination and renamed into place, so a crash leaves either the old file,
+the new one, or a hidden `.NAME.*.tmp` that `DataFolder()` removes on start; never half a file under a real name.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..guidance.identity import Identity
+
+#: Ids are made by the server (`secrets.token_hex`); anything else in a URL is refused before touching disk.
+_ID = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+def valid_id(value: str) -> bool:
+    return bool(_ID.match(value))
+
+
+def write_atomically(path: Path, data: bytes) -> Path:
+    """Write `data` to a hidden temporary file beside `path`, flush it to disk, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: Path, value) -> Path:
+    return write_atomically(path, json.dumps(value, indent=1, sort_keys=True).encode())
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+class DataFolder:
+    """The folders under `root`, stray temporary files removed, and the retention limit on finished jobs.
+
+    Args:
+        root (`str` or `Path`): the data folder (created if missing).
+        max_jobs (`int`, defaults to 200): finished jobs kept on disk; the oldest beyond that are deleted.
+    """
+
+    def __init__(self, root: str | os.PathLike, max_jobs: int = 200):
+        self.root = Path(root).expanduser().resolve()
+        self.max_jobs = max_jobs
+        self.identities = self.root / "identities"
+        self.images = self.root / "images"
+        self.jobs = self.root / "jobs"
+        for folder in (self.identities, self.images, self.jobs):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.remove_temporary_files()
+
+    def remove_temporary_files(self) -> int:
+        """Delete `.NAME.*.tmp` files a crash left behind; returns how many."""
+        stray = [p for p in self.root.rglob(".*.tmp") if p.is_file()]
+        for path in stray:
+            path.unlink(missing_ok=True)
+        return len(stray)
+
+    # ---------------------------------------------------------------- identities
+
+    def save_identity(self, identity_id: str, identity: Identity, info: dict) -> None:
+        folder = self.identities / identity_id
+        buffer = io.BytesIO()
+        np.savez(buffer, embedding=identity.embedding, detail=identity.detail)
+        write_atomically(folder / "identity.npz", buffer.getvalue())
+        # The description last: an identity is listed only once its arrays are in place.
+        write_json(folder / "identity.json", info)
+
+    def identity_info(self, identity_id: str) -> dict | None:
+        path = self.identities / identity_id / "identity.json"
+        return read_json(path) if valid_id(identity_id) and path.is_file() else None
+
+    def load_identity(self, identity_id: str) -> Identity | None:
+        info = self.identity_info(identity_id)
+        if info is None:
+            return None
+        with np.load(self.identities / identity_id / "identity.npz", allow_pickle=False) as arrays:
+            return Identity(arrays["embedding"], arrays["detail"], info["recognizer"], info["name"])
+
+    def list_identities(self) -> list[dict]:
+        infos = [self.identity_info(p.name) for p in self.identities.iterdir() if p.is_dir()]
+        return sorted((i for i in infos if i is not None), key=lambda i: i["created"])
+
+    def delete_identity(self, identity_id: str) -> bool:
+        folder = self.identities / identity_id
+        if not valid_id(identity_id) or not folder.is_dir():
+            return False
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+
+    # ---------------------------------------------------------------- uploaded style / scene images
+
+    def image_path(self, image_id: str) -> Path | None:
+        path = self.images / f"{image_id}.png"
+        return path if valid_id(image_id) and path.is_file() else None
+
+    def image_info(self, image_id: str) -> dict | None:
+        path = self.images / f"{image_id}.json"
+        return read_json(path) if valid_id(image_id) and path.is_file() else None
+
+    def trim_images(self) -> None:
+        """Delete the oldest uploaded images beyond `max_jobs` (a queued job whose image went fails clearly)."""
+        with self._lock:
+            pngs = sorted(self.images.glob("*.png"), key=lambda p: p.stat().st_mtime)
+            for png in pngs[:max(0, len(pngs) - self.max_jobs)]:
+                png.with_suffix(".json").unlink(missing_ok=True)
+                png.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- jobs
+
+    def job_folder(self, job_id: str) -> Path:
+        return self.jobs / job_id
+
+    def save_job(self, job_id: str, record: dict) -> None:
+        write_json(self.job_folder(job_id) / "job.json", record)
+
+    def job_image(self, job_id: str, name: str) -> Path | None:
+        path = self.job_folder(job_id) / name
+        ok = valid_id(job_id) and re.fullmatch(r"\d{3}-seed\d+\.png", name) and path.is_file()
+        return path if ok else None
+
+    def trim_jobs(self, keep: set[str] = frozenset()) -> list[str]:
+        """Delete the oldest job folders beyond `max_jobs` (never those in `keep`: queued or running)."""
+        with self._lock:
+            folders = [p for p in self.jobs.iterdir() if p.is_dir() and p.name not in keep]
+            folders.sort(key=lambda p: p.stat().st_mtime)
+            excess = folders[:max(0, len(folders) - self.max_jobs)]
+            for folder in excess:
+                shutil.rmtree(folder, ignore_errors=True)
+            return [p.name for p in excess]
