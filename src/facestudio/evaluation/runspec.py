@@ -1,0 +1,293 @@
+"""Run specs: identities x prompts x seeds x settings, generated, written with metadata, then scored.
+
+A spec is a TOML or JSON file (paths relative to it):
+
+```toml
+base_model = "tiny"          # a diffusers folder, a hub id, or "tiny"
+adapter = "tiny"             # identity adapter folder, or "tiny"
+steps = 25
+width = 512
+height = 512
+seeds = [0, 1, 2, 3]
+prompts = ["a portrait photo of a person", "a person as an astronaut, oil painting"]
+baselines = ["no identity", "paste"]     # the default; [] for none
+tuning_baselines = true                  # time DreamBooth-LoRA and Textual Inversion steps on this base
+clip_model = "openai/clip-vit-base-patch32"   # optional; a folder or hub id
+
+[[settings]]                 # one per guidance setting; default one at text 7.5 / reference 7.5
+text_scale = 7.5
+reference_scale = 3.0
+
+[identities.alice]
+photos = ["alice1.jpg", "alice2.jpg"]
+held_out = ["alice3.jpg"]    # photos of the same person the generator never sees
+
+[[groups]]                   # people drawn together; default: each identity alone
+identities = ["alice", "bob"]
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FaceStudioError
+from ..imaging import ai_generated_metadata, load_image, save_png, to_array
+from .baselines import paste_reference, time_dreambooth_lora, time_textual_inversion
+from .records import FACESTUDIO, ImageRecord, record_from_metadata
+from .timing import stopwatch, timed_call
+
+logger = logging.getLogger(__name__)
+
+NO_IDENTITY, PASTE = "no identity", "paste"
+BASELINES = (NO_IDENTITY, PASTE)
+
+
+@dataclass(frozen=True)
+class Setting:
+    text_scale: float = 7.5
+    reference_scale: float = 7.5
+    strength: float = 1.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A parsed, checked run spec (see the module docstring)."""
+
+    base_model: str
+    adapter: str | None
+    identities: dict[str, dict]
+    groups: tuple[tuple[str, ...], ...]
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    settings: tuple[Setting, ...]
+    steps: int = 25
+    width: int = 512
+    height: int = 512
+    negative_prompt: str | None = None
+    baselines: tuple[str, ...] = BASELINES
+    tuning_baselines: bool = False
+    tuning_passes: int = 2
+    clip_model: str | None = None
+    device: str | None = None
+    source: str = ""
+
+    @property
+    def images(self) -> int:
+        return len(self.groups) * len(self.prompts) * len(self.settings) * len(self.seeds)
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Read and check a spec; every mistake is one `FaceStudioError` naming the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FaceStudioError(f"run spec {path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise FaceStudioError(f"run spec {path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} ({e})") from None
+    return parse_spec(data, base=path.parent, source=str(path))
+
+
+def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> RunSpec:
+    def fail(message):
+        raise FaceStudioError(f"{source}: {message}")
+
+    known = {"base_model", "adapter", "identities", "groups", "prompts", "seeds", "settings", "steps", "width",
+             "height", "negative_prompt", "baselines", "tuning_baselines", "tuning_passes", "clip_model", "device"}
+    if unknown := sorted(set(data) - known):
+        fail(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    if "base_model" not in data:
+        fail("base_model is required (a diffusers folder, a hub id, or 'tiny')")
+    identities = {}
+    for name, entry in (data.get("identities") or {}).items():
+        if not isinstance(entry, dict) or not entry.get("photos"):
+            fail(f"identities.{name} needs photos = [...]")
+        identities[name] = {"photos": [_path(base, p) for p in entry["photos"]],
+                            "held_out": [_path(base, p) for p in entry.get("held_out", [])]}
+    groups = tuple(tuple(g["identities"] if isinstance(g, dict) else g) for g in data.get("groups", [])) or \
+        tuple((n,) for n in identities)
+    for group in groups:
+        if unknown := [n for n in group if n not in identities]:
+            fail(f"group {list(group)} names unknown identities {unknown}")
+    if not groups:
+        fail("no identities: add [identities.NAME] with photos = [...]")
+    if data.get("identities") and not data.get("adapter"):
+        fail("identities need an identity adapter: adapter = FOLDER (or 'tiny' for a smoke test)")
+    prompts = tuple(data.get("prompts") or ())
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        fail("prompts must be a non-empty list of strings")
+    seeds = tuple(data.get("seeds", [0]))
+    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        fail("seeds must be a list of integers >= 0")
+    settings = []
+    for i, s in enumerate(data.get("settings") or [{}]):
+        try:
+            setting = Setting(float(s.get("text_scale", 7.5)), float(s.get("reference_scale", s.get("text_scale", 7.5))),
+                              float(s.get("strength", 1.0)))
+        except (TypeError, ValueError, AttributeError):
+            fail(f"settings[{i}] must be a table of numbers (text_scale, reference_scale, strength)")
+        if not all(math.isfinite(v) and v >= 0 for v in vars(setting).values()):
+            fail(f"settings[{i}]: scales and strength must be finite numbers >= 0")
+        settings.append(setting)
+    baselines = tuple(data.get("baselines", BASELINES))
+    if unknown := [b for b in baselines if b not in BASELINES]:
+        fail(f"unknown baseline(s) {unknown}; known: {list(BASELINES)}")
+    steps, width, height = (int(data.get(k, d)) for k, d in (("steps", 25), ("width", 512), ("height", 512)))
+    if steps < 1 or width % 8 or height % 8 or width < 8 or height < 8:
+        fail("steps must be >= 1, width and height multiples of 8")
+    return RunSpec(base_model=str(data["base_model"]), adapter=data.get("adapter"), identities=identities,
+                   groups=groups, prompts=prompts, seeds=seeds, settings=tuple(settings), steps=steps, width=width,
+                   height=height, negative_prompt=data.get("negative_prompt"), baselines=baselines,
+                   tuning_baselines=bool(data.get("tuning_baselines", False)),
+                   tuning_passes=int(data.get("tuning_passes", 2)), clip_model=data.get("clip_model"),
+                   device=data.get("device"), source=source)
+
+
+def _path(base: Path, value: str) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
+@dataclass
+class RunOutput:
+    """What a spec run made: the image records, what was skipped, run facts (load time, time to first image),
+    and the tuning baselines' costs."""
+
+    records: list[ImageRecord] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    run: dict = field(default_factory=dict)
+    tuning: list[dict] = field(default_factory=list)
+
+
+def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> RunOutput:
+    """Generate every image of `spec` (and its baselines) into `folder/images/<method>/`, timed.
+
+    A group whose photos show no face is skipped with the reason; the others run.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from ..faces import FaceAnalyzer
+    from ..guidance import identity as idg
+    from ..pipeline import IdentityInput
+
+    out = RunOutput()
+    analyzer = FaceAnalyzer()
+    if pipe is None:
+        from ..loading import load_generation_pipeline
+
+        with stopwatch() as load:
+            pipe = load_generation_pipeline(spec.base_model, adapter=spec.adapter, device=spec.device,
+                                            face_analyzer=analyzer)
+        out.run["model_load_seconds"] = load["seconds"]
+    pipe.set_progress_bar_config(disable=True)
+    device = pipe.device
+    out.run.update(base_model=spec.base_model, adapter=spec.adapter, device=str(device), steps=spec.steps,
+                   width=spec.width, height=spec.height, images_planned=spec.images)
+    # Each person encoded once, timed (the face-analysis share of the first image that uses them).
+    encoded, analysis_time = {}, {}
+    for name, entry in spec.identities.items():
+        if not any(name in g for g in spec.groups):
+            continue
+        try:
+            with stopwatch() as t:
+                encoded[name] = idg.encode_person(analyzer, entry["photos"], None, name=name)
+            analysis_time[name] = t["seconds"]
+        except FaceStudioError as e:
+            out.skipped.append((f"identity {name}", f"{e}; its images were not generated"))
+    groups = [g for g in spec.groups if all(n in encoded for n in g)]
+    run_start = time.perf_counter()
+    total = len(groups) * len(spec.prompts) * len(spec.settings) * len(spec.seeds)
+    bar = tqdm(total=total, desc="generating", unit="image", disable=not progress or None)
+    counter = 0
+    for group in groups:
+        first_of_group = True
+        for prompt in spec.prompts:
+            for setting in spec.settings:
+                for seed in spec.seeds:
+                    people = [IdentityInput(identity=encoded[n], strength=setting.strength, name=n) for n in group]
+                    call = dict(prompt=prompt, negative_prompt=spec.negative_prompt, text_guidance_scale=setting.text_scale,
+                                reference_guidance_scale=setting.reference_scale, num_inference_steps=spec.steps,
+                                width=spec.width, height=spec.height)
+                    output, split = timed_call(pipe, identities=people, generator=torch.Generator().manual_seed(seed), **call)
+                    # Face analysis is paid once per person: charged to the first image that needs it.
+                    split = {"face_analysis": sum(analysis_time[n] for n in group) if first_of_group else 0.0, **split}
+                    first_of_group = False
+                    if "time_to_first_image_seconds" not in out.run:
+                        out.run["time_to_first_image_seconds"] = sum(split.values())
+                    base = {"prompt": prompt, "seed": seed, "text_guidance_scale": setting.text_scale,
+                            "reference_guidance_scale": setting.reference_scale, "steps": spec.steps,
+                            "base_model": spec.base_model, "adapter": spec.adapter, "eval_scored_as": list(group),
+                            "identities": [{"name": n, "photos": [Path(p).name for p in spec.identities[n]["photos"]],
+                                            "region": None, "strength": setting.strength} for n in group]}
+                    stem = f"{counter:04d}-seed{seed}"
+                    out.records.append(_write(output.images[0], folder / "images" / "facestudio" / f"{stem}.png",
+                                              {**base, "eval_method": FACESTUDIO, "eval_timing": split}))
+                    if spec.baselines:
+                        plain, plain_split = timed_call(pipe, identities=[], generator=torch.Generator().manual_seed(seed),
+                                                        **call)
+                        plain_image = plain.images[0]
+                        if NO_IDENTITY in spec.baselines:
+                            out.records.append(_write(plain_image, folder / "images" / "no-identity" / f"{stem}.png",
+                                                      {**base, "identities": [], "eval_method": NO_IDENTITY,
+                                                       "eval_timing": {"face_analysis": 0.0, **plain_split}}))
+                        if PASTE in spec.baselines:
+                            pasted = _paste(plain_image, group, spec, analyzer, out.skipped)
+                            if pasted is not None:
+                                out.records.append(_write(pasted, folder / "images" / "paste" / f"{stem}.png",
+                                                          {**base, "eval_method": PASTE}))
+                    counter += 1
+                    bar.update(1)
+    bar.close()
+    out.run["generation_seconds"] = time.perf_counter() - run_start
+    if spec.tuning_baselines:
+        out.tuning = tuning_costs(pipe, spec, passes=spec.tuning_passes)
+    return out
+
+
+def _write(image, path: Path, metadata: dict) -> ImageRecord:
+    metadata = ai_generated_metadata({**metadata, "width": image.width, "height": image.height})
+    save_png(image, path, metadata)
+    return record_from_metadata(path, json.loads(json.dumps(metadata)))
+
+
+def _paste(canvas, group, spec: RunSpec, analyzer, skipped) -> "np.ndarray | None":
+    """The paste baseline: each person's first reference photo onto their face (or strip) of the canvas."""
+    from PIL import Image
+
+    array = to_array(canvas)
+    faces = analyzer.detect(array)
+    width = array.shape[1]
+    for i, name in enumerate(group):
+        region = (i * width / len(group), 0.0, (i + 1) * width / len(group), float(array.shape[0]))
+        try:
+            reference = to_array(load_image(spec.identities[name]["photos"][0]))
+            array = paste_reference(array, reference, faces, region if len(group) > 1 else None, analyzer.detector)
+        except FaceStudioError as e:
+            skipped.append((f"paste baseline of {name}", str(e)))
+            return None
+    return Image.fromarray(array)
+
+
+def tuning_costs(pipe, spec: RunSpec, passes: int = 2) -> list[dict]:
+    """DreamBooth-LoRA and Textual Inversion passes timed on this run's base model (adapters unloaded first)."""
+    import torch
+
+    if getattr(pipe, "facestudio_adapters", ()):
+        pipe.unload_adapters()
+    name = next(iter(spec.identities))
+    photo = load_image(spec.identities[name]["photos"][0]).resize((spec.width, spec.height))
+    pixels = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
+    return [time_dreambooth_lora(*parts, pixels, passes=passes).to_dict(),
+            time_textual_inversion(*parts, pixels, passes=passes).to_dict()]

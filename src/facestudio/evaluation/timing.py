@@ -1,0 +1,58 @@
+"""Where a generation's time goes: face analysis, encoding, denoising, decoding.
+
+The pipeline's call is one function; rather than edit it, forward pre-hooks on the UNet and the VAE decoder
+mark when denoising and decoding start (hooks are added and removed around one call, in the calling thread).
+On CUDA every mark synchronises first, so kernels queued before it are counted where they belong.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+
+#: The stages of one image, in order.
+STAGES = ("face_analysis", "encoding", "denoising", "decoding")
+
+
+def _now(device) -> float:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+@contextmanager
+def stopwatch(device="cpu"):
+    """`with stopwatch() as t: ...` then `t["seconds"]`."""
+    result = {}
+    start = _now(device)
+    try:
+        yield result
+    finally:
+        result["seconds"] = _now(device) - start
+
+
+def timed_call(pipe, **call) -> tuple[object, dict[str, float]]:
+    """`pipe(**call)` and its split: encoding (prompt, identity tokens, latents: up to the first UNet call),
+    denoising (first UNet call to the VAE decoder) and decoding (the rest)."""
+    device = pipe.device
+    marks = {}
+
+    def mark(name):
+        def hook(module, args):
+            marks.setdefault(name, _now(device))
+        return hook
+
+    handles = [pipe.unet.register_forward_pre_hook(mark("unet")),
+               pipe.vae.decoder.register_forward_pre_hook(mark("decoder"))]
+    try:
+        start = _now(device)
+        output = pipe(**call)
+        end = _now(device)
+    finally:
+        for handle in handles:
+            handle.remove()
+    unet = marks.get("unet", end)
+    decoder = marks.get("decoder", end)
+    return output, {"encoding": unet - start, "denoising": decoder - unet, "decoding": end - decoder}
