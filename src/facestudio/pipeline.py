@@ -158,19 +158,81 @@ class FaceStudioPipeline(StableDiffusionPipeline):
                                  low_cpu_mem_usage=False)
         except (RuntimeError, KeyError, ValueError) as e:
             raise ModelFileError(f"adapter does not fit this UNet: {str(e).splitlines()[0]}") from None
+        self._install(adapters)
+
+    def load_public_adapters(self, identity=None, style=None, *, identity_config=None, style_config=None,
+                             face_analyzer: FaceAnalyzer | None = None, identity_encoder: sty.StyleEncoder | None = None,
+                             style_encoder: sty.StyleEncoder | None = None, **hub_kwargs) -> None:
+        """Load public IP-Adapter checkpoints (h94/IP-Adapter, h94/IP-Adapter-FaceID) as this pipeline's
+        identity and/or style adapter, through diffusers' `load_ip_adapter` (`public_loading`).
+
+        Args:
+            identity: `(folder or hub id, weight file, subfolder or None)` of a FaceID, FaceID-Plus(V2),
+                Plus-Face or Full-Face checkpoint, described by `identity_config` (`PublicIdentityConfig`).
+            style: the same for a plain IP-Adapter used on the style image, with `style_config`
+                (`StyleAdapterConfig`, its `block_scales` limiting where style acts).
+            face_analyzer: must carry the recogniser the identity adapter reads (ArcFace for FaceID).
+            identity_encoder, style_encoder: CLIP vision encoders already loaded (else loaded by name).
+            hub_kwargs: passed to `load_ip_adapter` (`local_files_only`, `cache_dir`, `token`, ...).
+        """
+        from .guidance import public_identity as pid
+        from .guidance.public_loading import load_public_adapters
+
+        self.face_analyzer = face_analyzer if face_analyzer is not None else getattr(self, "face_analyzer", None)
+        files, adapters = [], []
+        if identity is not None:
+            if not isinstance(identity_config, pid.PublicIdentityConfig):
+                raise ValueError("a public identity adapter needs its PublicIdentityConfig (identity_config=)")
+            identity_config.check_recognizer(self._analyzer().recognizer.name, str(identity[0]))
+            if pid.READS[identity_config.projection][1]:
+                self.identity_encoder = identity_encoder or sty.load_style_encoder(identity_config.image_encoder)
+            files.append(identity)
+            adapters.append(_Adapter("identity", identity_config, len(adapters)))
+        if style is not None:
+            if not isinstance(style_config, sty.StyleAdapterConfig):
+                raise ValueError("a public style adapter needs its StyleAdapterConfig (style_config=)")
+            same = getattr(self, "identity_encoder", None) if identity is not None and \
+                identity_config.image_encoder == style_config.image_encoder else None
+            self.style_encoder = style_encoder or same or sty.load_style_encoder(style_config.image_encoder)
+            files.append(style)
+            adapters.append(_Adapter("style", style_config, len(adapters)))
+        if not files:
+            raise ValueError("give an identity adapter, a style adapter or both")
+        if getattr(self, "facestudio_adapters", ()):
+            self.unload_adapters()
+        sources, weights, subfolders = (list(column) for column in zip(*files))
+        load_public_adapters(self, sources, weights, subfolders=subfolders, **hub_kwargs)
+        for adapter, (source, weight, _) in zip(adapters, files):
+            found = type(self.unet.encoder_hid_proj.image_projection_layers[adapter.index]).__name__
+            expected = pid.PROJECTION_CLASSES[adapter.config.projection]
+            if found != expected:
+                self.unload_adapters()
+                raise ModelFileError(f"{source}/{weight} holds a {found} projection, not the {expected} of a "
+                                     f"{adapter.config.projection} adapter: check the preset or the file")
+        self._install(adapters)
+
+    def _install(self, adapters: list[_Adapter]) -> None:
+        """After diffusers loaded the adapters: tokens projected once per call, region processors, and the
+        adapters' fixed per-block scales (style kept out of the layout blocks)."""
         self.unet.encoder_hid_proj = TokenPassthrough(self.unet.encoder_hid_proj)
         install_region_processors(self.unet)
+        if any(getattr(a.config, "block_scales", None) for a in adapters):
+            self.set_ip_adapter_scale([getattr(a.config, "block_scales", None) or 1.0 for a in adapters])
         self.facestudio_adapters = tuple(adapters)
 
     def unload_adapters(self) -> None:
-        """Remove the adapters: the UNet is the base model's again."""
-        self.unload_ip_adapter()
+        """Remove the adapters (and a FaceID checkpoint's LoRA): the UNet is the base model's again."""
+        from .guidance.public_loading import unload_public_adapters
+
+        unload_public_adapters(self)
         self.facestudio_adapters = ()
 
     def save_adapters(self, folder: str | Path) -> list[Path]:
         """Write each loaded adapter to `folder/<kind>/` in the public IP-Adapter layout plus its config."""
         written = []
         for adapter in getattr(self, "facestudio_adapters", ()):
+            if type(adapter.config).__name__ == "PublicIdentityConfig":
+                raise FaceStudioError("public adapters are not re-saved: use their published files")
             projection = self._projection(adapter)
             to_checkpoint = (idg.projection_to_checkpoint if adapter.kind == "identity"
                              else sty.projection_to_checkpoint)
@@ -244,20 +306,35 @@ class FaceStudioPipeline(StableDiffusionPipeline):
 
     def encode_identities(self, identities: list[IdentityInput], mix) -> list[idg.Identity]:
         """Photos -> identities (several photos pooled); mixed into one when `mix` is given."""
+        config = self._adapter("identity").config if identities else None
         encoded = [person.identity if person.identity is not None else
-                   idg.encode_person(self._analyzer(), person.photos, person.face, person.name or f"identity {i + 1}")
+                   self._encode_person(config, person.photos, person.face, person.name or f"identity {i + 1}")
                    for i, person in enumerate(identities)]
         if mix is not None:
             encoded = [idg.mix(encoded, mix, name="mix of " + ", ".join(i.name for i in encoded))]
         return encoded
 
+    def _encode_person(self, config, photos, face, name) -> idg.Identity:
+        from .guidance import public_identity as pid
+
+        if isinstance(config, pid.PublicIdentityConfig):
+            return pid.encode_person(self._analyzer(), getattr(self, "identity_encoder", None), config, photos, face,
+                                     name)
+        return idg.encode_person(self._analyzer(), photos, face, name)
+
     def identity_tokens(self, identities: list[idg.Identity], batch: int, three_way: bool) -> torch.Tensor:
         """`[rows * batch, N, T, D]` tokens: "no reference" rows first, identities in the last."""
+        from .guidance import public_identity as pid
+
         adapter = self._adapter("identity")
-        projection = self._projection(adapter)
-        null = idg.identity_tokens(projection, adapter.config.null_identity(), adapter.config)
-        real = torch.stack([idg.identity_tokens(projection, i, adapter.config) for i in identities]) if identities \
-            else null[None]
+        projection, config = self._projection(adapter), adapter.config
+        if isinstance(config, pid.PublicIdentityConfig):
+            tokens = pid.identity_tokens
+            null = tokens(projection, pid.null_identity(config, getattr(self, "identity_encoder", None)), config)
+        else:
+            tokens = idg.identity_tokens
+            null = tokens(projection, config.null_identity(), config)
+        real = torch.stack([tokens(projection, i, config) for i in identities]) if identities else null[None]
         nulls = null[None].expand(real.shape[0], -1, -1)
         rows = [nulls, nulls, real] if three_way else [nulls, real]
         return torch.cat([r[None].expand(batch, -1, -1, -1) for r in rows])

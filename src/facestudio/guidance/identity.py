@@ -37,18 +37,24 @@ class Identity:
     Attributes:
         embedding (`np.ndarray`): `[D]` float32, unit length (zeros for the "no reference" identity).
         detail (`np.ndarray`): `[L, C]` float32 detail tokens, the detail maps of every photo flattened.
-        recognizer (`str`): which recogniser made them.
+        recognizer (`str`): which recogniser made them (for the public adapters: which encoders).
         name (`str`): a label for metadata and messages.
+        tokens_per_photo (`int`): detail tokens per photo, when the recogniser alone does not say.
     """
 
     embedding: np.ndarray = field(repr=False)
     detail: np.ndarray = field(repr=False)
     recognizer: str
     name: str = ""
+    tokens_per_photo: int = 0  # detail tokens per photo; 0: the recogniser's (TOKENS_PER_PHOTO)
+
+    @property
+    def photo_tokens(self) -> int:
+        return self.tokens_per_photo or TOKENS_PER_PHOTO.get(self.recognizer, self.detail.shape[0]) or 1
 
     @property
     def num_photos(self) -> int:
-        return max(1, self.detail.shape[0] // TOKENS_PER_PHOTO.get(self.recognizer, self.detail.shape[0]))
+        return max(1, self.detail.shape[0] // self.photo_tokens)
 
 
 #: Detail tokens per photo for each recogniser (dlib: its 8x8 map of 128 channels).
@@ -108,7 +114,8 @@ def pool(identities: Sequence[Identity], name: str | None = None) -> Identity:
     _same_recognizer(identities)
     embedding = _normalised(np.mean([i.embedding for i in identities], axis=0))
     detail = np.concatenate([i.detail for i in identities], axis=0)
-    return Identity(embedding, detail, identities[0].recognizer, identities[0].name if name is None else name)
+    first = identities[0]
+    return Identity(embedding, detail, first.recognizer, first.name if name is None else name, first.tokens_per_photo)
 
 
 def mix(identities: Sequence[Identity], weights: Sequence[float], name: str = "mix") -> Identity:
@@ -123,11 +130,13 @@ def mix(identities: Sequence[Identity], weights: Sequence[float], name: str = "m
     w = np.asarray(weights, dtype=np.float64)
     if np.any(w < 0) or not np.isclose(w.sum(), 1.0, atol=1e-6):
         raise ValueError(f"mix weights must be non-negative and sum to 1, got {list(weights)}")
-    per_photo = TOKENS_PER_PHOTO.get(identities[0].recognizer)
-    maps = [i.detail.reshape(-1, per_photo or i.detail.shape[0], i.detail.shape[1]).mean(0) for i in identities]
+    maps = [i.detail.reshape(-1, i.photo_tokens, i.detail.shape[1]).mean(0) if i.detail.size else i.detail
+            for i in identities]
     embedding = _normalised(sum(wi * i.embedding.astype(np.float64) for wi, i in zip(w, identities)))
     detail = sum(wi * m.astype(np.float64) for wi, m in zip(w, maps))
-    return Identity(embedding.astype(np.float32), detail.astype(np.float32), identities[0].recognizer, name)
+    first = identities[0]
+    return Identity(embedding.astype(np.float32), detail.astype(np.float32), first.recognizer, name,
+                    first.tokens_per_photo)
 
 
 def _normalised(v: np.ndarray) -> np.ndarray:
@@ -241,14 +250,20 @@ def identity_tokens(projection: IPAdapterFaceIDPlusImageProjection, identity: Id
     if identity.recognizer != config.recognizer:
         raise ValueError(f"identity {identity.name!r} was encoded with the {identity.recognizer!r} recogniser; "
                          f"the adapter needs {config.recognizer!r}")
+    return faceid_plus_tokens(projection, identity.embedding, identity.detail, config.shortcut, config.shortcut_scale)
+
+
+def faceid_plus_tokens(projection: IPAdapterFaceIDPlusImageProjection, embedding: np.ndarray, detail: np.ndarray,
+                       shortcut: bool, shortcut_scale: float = 1.0) -> torch.Tensor:
+    """`[T, D]` tokens of a FaceID-Plus projection: `embedding` `[E]` as the id input, `detail` `[L, C]` as the
+    `clip_embeds` its perceiver reads; `shortcut` adds the id tokens to the output (PlusV2)."""
     param = next(projection.parameters())
-    embedding = torch.from_numpy(np.asarray(identity.embedding, np.float32))[None].to(param.device, param.dtype)
-    detail = torch.from_numpy(np.asarray(identity.detail, np.float32))[None, None].to(param.device, param.dtype)
+    embedding = torch.from_numpy(np.asarray(embedding, np.float32))[None].to(param.device, param.dtype)
+    detail = torch.from_numpy(np.asarray(detail, np.float32))[None, None].to(param.device, param.dtype)
     with _PROJECTION_LOCK:
         saved = projection.clip_embeds, projection.shortcut, projection.shortcut_scale
         try:
-            projection.clip_embeds, projection.shortcut = detail, config.shortcut
-            projection.shortcut_scale = config.shortcut_scale
+            projection.clip_embeds, projection.shortcut, projection.shortcut_scale = detail, shortcut, shortcut_scale
             return projection(embedding)[0]
         finally:
             projection.clip_embeds, projection.shortcut, projection.shortcut_scale = saved

@@ -29,6 +29,9 @@ class StyleAdapterConfig(AdapterConfig):
     cross_attention_dim: int = 768
     kind: str = "style"
     projection: str = "ip-adapter"
+    # where style acts, as diffusers' `set_ip_adapter_scale` takes it (InstantStyle for SD 1.5:
+    # {"up": {"block_0": [0.0, 1.0, 0.0]}}); None: every layer at 1
+    block_scales: dict | None = None
 
 
 def new_style_adapter(unet, config: StyleAdapterConfig, seed: int = 0) -> dict:
@@ -69,6 +72,23 @@ class StyleEncoder:
         pixels = self.processor(images=image, return_tensors="pt").pixel_values.to(param.device, param.dtype)
         return self.model(pixels).image_embeds[0]
 
+    @torch.no_grad()
+    def hidden_states(self, images) -> torch.Tensor:
+        """`[N, L, C]` penultimate-layer hidden states of RGB images: what IP-Adapter Plus, Plus-Face,
+        Full-Face and FaceID-Plus read."""
+        param = next(self.model.parameters())
+        pixels = self.processor(images=list(images), return_tensors="pt").pixel_values.to(param.device, param.dtype)
+        return self.model(pixels, output_hidden_states=True).hidden_states[-2]
+
+    @torch.no_grad()
+    def blank_hidden_states(self) -> torch.Tensor:
+        """`[1, L, C]` hidden states of the all-zero (after normalisation) image: IP-Adapter's "no image" for
+        the branches that read hidden states."""
+        param = next(self.model.parameters())
+        size = self.model.config.image_size
+        pixels = torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
+        return self.model(pixels, output_hidden_states=True).hidden_states[-2]
+
 
 def tiny_style_encoder(seed: int = 0) -> StyleEncoder:
     """A CLIP vision model with a tiny config, built in code (tests and offline smoke runs)."""
@@ -84,18 +104,39 @@ def tiny_style_encoder(seed: int = 0) -> StyleEncoder:
 
 
 def load_style_encoder(name: str, *, local_files_only: bool | None = None) -> StyleEncoder:
-    """`"tiny"`, a local folder or a hub id with a CLIP vision model (this may download)."""
+    """`"tiny"`, a local folder or a hub id with a CLIP vision model (this may download).
+
+    A hub id may name a folder inside its repository: `"h94/IP-Adapter/models/image_encoder"`. A repository
+    without an image processor config (IP-Adapter's) gets CLIP's standard 224 px processing.
+    """
     if name == "tiny":
         return tiny_style_encoder()
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+    repo, subfolder = split_hub_path(name)
+    options = dict(local_files_only=local_files_only, subfolder=subfolder or "")
     try:
-        model = CLIPVisionModelWithProjection.from_pretrained(name, local_files_only=local_files_only).eval()
-        processor = CLIPImageProcessor.from_pretrained(name, local_files_only=local_files_only)
+        model = CLIPVisionModelWithProjection.from_pretrained(repo, **options).eval()
+        try:
+            processor = CLIPImageProcessor.from_pretrained(repo, **options)
+        except OSError:
+            processor = CLIPImageProcessor(size={"shortest_edge": model.config.image_size},
+                                           crop_size={"height": model.config.image_size,
+                                                      "width": model.config.image_size})
     except (OSError, ValueError) as e:
         raise ModelFileError(f"image encoder {name!r}: could not be loaded ({str(e).splitlines()[0]}); pass a "
                              "local folder with a CLIP vision model or check the name and your connection") from None
     return StyleEncoder(model, processor)
+
+
+def split_hub_path(name: str) -> tuple[str, str | None]:
+    """`"owner/repo/sub/folder"` -> `("owner/repo", "sub/folder")`; a local folder or a plain id is kept whole."""
+    from pathlib import Path
+
+    parts = name.split("/")
+    if Path(name).expanduser().exists() or len(parts) <= 2:
+        return name, None
+    return "/".join(parts[:2]), "/".join(parts[2:])
 
 
 def style_tokens(projection: ImageProjection, embedding: torch.Tensor) -> torch.Tensor:
