@@ -5,6 +5,7 @@ Nothing uploaded is executed, unpickled or stored as given: images are re-encode
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 from PIL import Image
@@ -67,10 +68,31 @@ def decode_upload(data: bytes, name: str, limits: UploadLimits, min_side: int = 
     if kind is None:
         raise UploadError(f"{name}: not an image by its content (expected JPEG, PNG, WebP, BMP, GIF, TIFF or "
                           "PPM data, whatever the file name says)", 415)
+    width, height = header_size(data, kind)
+    if width * height > limits.max_pixels:
+        raise UploadError(f"{name}: image header says {width}x{height} pixels ({width * height / 1e6:.1f} "
+                          f"megapixels), above this server's limit of {limits.max_pixels / 1e6:.0f} megapixels", 422)
     try:
         return load_image(data, max_pixels=limits.max_pixels, min_side=min_side, name=name)
     except ImageError as e:
         raise UploadError(str(e), 422) from None
+
+
+def header_size(data: bytes, kind: str) -> tuple[int, int]:
+    """Width and height from the file's header alone, (0, 0) when the header cannot be read.
+
+    PIL's format plugin parses only the header when constructed; `Image.open` would refuse a huge size with
+    its own wording before we could name the size.
+    """
+    Image.init()
+    factory = Image.OPEN.get(kind, (None,))[0]
+    if factory is None:
+        return 0, 0
+    try:
+        image = factory(io.BytesIO(data), None)
+        return image.size
+    except Exception:  # a broken header: load_image says what is wrong with it
+        return 0, 0
 
 
 def safe_filename(name: str | None, fallback: str) -> str:

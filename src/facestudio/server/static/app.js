@@ -1,0 +1,468 @@
+// facestudio's page: talks to the /v1 API of the server that served it; nothing is loaded from elsewhere.
+"use strict";
+
+const COLOURS = ["#e4572e", "#17bebb", "#ffc914", "#76b041"];
+const $ = (selector, root = document) => root.querySelector(selector);
+const state = { people: [], drawing: null, style: null, scene: null, job: null, abort: null, limits: null };
+
+// ------------------------------------------------------------------ talking to the server
+
+function token() { return sessionStorage.getItem("facestudio-token") || ""; }
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (token()) headers.Authorization = "Bearer " + token();
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (response.status === 401) $("#token-box").hidden = false;
+  return response;
+}
+
+async function apiJson(path, options) {
+  const response = await api(path, options);
+  const body = response.status === 204 ? null : await response.json().catch(() => ({ error: response.statusText }));
+  if (!response.ok) throw new Error(body && body.error ? body.error : "HTTP " + response.status);
+  return body;
+}
+
+async function blobUrl(path) {
+  const response = await api(path);
+  if (!response.ok) throw new Error("could not fetch " + path);
+  return URL.createObjectURL(await response.blob());
+}
+
+// ------------------------------------------------------------------ people
+
+function addPerson(saved) {
+  if (state.people.length >= 4) return;
+  const node = $("#person-template").content.firstElementChild.cloneNode(true);
+  const person = { node, identity: null, name: "", region: null, strength: 1 };
+  state.people.push(person);
+  $("#people").appendChild(node);
+  const photos = $(".photos", node);
+  photos.addEventListener("change", () => uploadPhotos(person, photos.files));
+  node.addEventListener("dragover", (e) => { e.preventDefault(); node.classList.add("over"); });
+  node.addEventListener("dragleave", () => node.classList.remove("over"));
+  node.addEventListener("drop", (e) => {
+    e.preventDefault(); node.classList.remove("over");
+    if (e.dataTransfer.files.length) uploadPhotos(person, e.dataTransfer.files);
+  });
+  $(".saved", node).addEventListener("change", (e) => useSaved(person, e.target.value));
+  const strength = $(".strength", node);
+  strength.addEventListener("input", () => {
+    person.strength = Number(strength.value);
+    $(".strength-out", node).value = person.strength.toFixed(2);
+  });
+  $(".draw-region", node).addEventListener("click", () => selectForDrawing(person));
+  $(".clear-region", node).addEventListener("click", () => setRegion(person, null));
+  node.querySelectorAll("input.r").forEach((input) => input.addEventListener("change", () => {
+    const values = [...node.querySelectorAll("input.r")].map((i) => i.value === "" ? NaN : Number(i.value));
+    setRegion(person, values.every(Number.isFinite) ? values : null, false);
+  }));
+  $(".remove", node).addEventListener("click", () => removePerson(person));
+  fillSavedList(person);
+  if (saved) useSaved(person, saved.id, saved);
+  relabel();
+  return person;
+}
+
+function removePerson(person) {
+  state.people = state.people.filter((p) => p !== person);
+  person.node.remove();
+  if (state.drawing === person) state.drawing = null;
+  relabel();
+}
+
+function relabel() {
+  state.people.forEach((p, i) => {
+    p.node.id = "person-" + (i + 1);
+    $("legend", p.node).textContent = "Person " + (i + 1) + (p.name ? ": " + p.name : "");
+    p.node.style.borderColor = COLOURS[i];
+  });
+  $("#mix-box").hidden = state.people.length < 2;
+  $("#add-person").disabled = state.people.length >= 4;
+  drawRegions();
+}
+
+async function fillSavedList(person) {
+  try {
+    const identities = await apiJson("/v1/identities");
+    const select = $(".saved", person.node);
+    for (const identity of identities) {
+      const option = document.createElement("option");
+      option.value = identity.id;
+      option.textContent = identity.name + " (" + identity.photos.length + " photo" + (identity.photos.length > 1 ? "s" : "") + ")";
+      select.appendChild(option);
+    }
+  } catch (e) { /* the list is a convenience; uploading still works */ }
+}
+
+async function useSaved(person, id, known) {
+  if (!id) return;
+  try {
+    const identity = known && known.photos ? known : await apiJson("/v1/identities/" + id);
+    showIdentity(person, identity, []);
+  } catch (e) { $(".faces-status", person.node).textContent = e.message; }
+}
+
+async function uploadPhotos(person, files) {
+  const status = $(".faces-status", person.node);
+  if (!files.length) return;
+  status.textContent = "finding faces…";
+  status.classList.remove("error");
+  const form = new FormData();
+  for (const file of files) form.append("photos", file, file.name);
+  try {
+    const identity = await apiJson("/v1/identities", { method: "POST", body: form });
+    showIdentity(person, identity, [...files]);
+  } catch (e) {
+    person.identity = null;
+    status.textContent = e.message;
+    status.classList.add("error");
+  }
+}
+
+function showIdentity(person, identity, files) {
+  person.identity = identity.id;
+  person.name = identity.name;
+  const found = identity.photos.map((p) => p.faces.length + " face" + (p.faces.length === 1 ? "" : "s") +
+    " found in " + p.name + "; using face " + p.used).join(". ");
+  $(".faces-status", person.node).textContent = found || "saved identity " + identity.name;
+  const thumbs = $(".thumbs", person.node);
+  thumbs.textContent = "";
+  identity.photos.forEach((photo, i) => { if (files[i]) drawFaces(thumbs, files[i], photo); });
+  relabel();
+}
+
+async function drawFaces(container, file, photo) {
+  // The photo with every detected face boxed: the one used in green, others in grey.
+  const bitmap = await createImageBitmap(file);
+  const canvas = document.createElement("canvas");
+  const scale = 160 / Math.max(bitmap.width, bitmap.height);
+  canvas.width = Math.round(bitmap.width * scale);
+  canvas.height = Math.round(bitmap.height * scale);
+  canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", photo.name + " with " + photo.faces.length + " detected face(s)");
+  canvas.className = "faces";
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  photo.faces.forEach((face, i) => {
+    const [x0, y0, x1, y1] = face.box.map((v) => v * scale);
+    ctx.lineWidth = 2;
+    ctx.strokeStyle = i === photo.used ? "#2ecc40" : "#999";
+    ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+  });
+  container.appendChild(canvas);
+}
+
+// ------------------------------------------------------------------ regions on the canvas
+
+function outputSize() {
+  return { w: Number($("#width").value) || 512, h: Number($("#height").value) || 512 };
+}
+
+function canvasScale() {
+  const { w, h } = outputSize();
+  const canvas = $("#regions");
+  const scale = 320 / Math.max(w, h);
+  canvas.width = Math.max(1, Math.round(w * scale));
+  canvas.height = Math.max(1, Math.round(h * scale));
+  return scale;
+}
+
+function selectForDrawing(person) {
+  state.drawing = state.drawing === person ? null : person;
+  state.people.forEach((p) => $(".draw-region", p.node).setAttribute("aria-pressed", String(p === state.drawing)));
+  if (state.drawing) $("#regions").focus();
+}
+
+function setRegion(person, box, fillInputs = true) {
+  const { w, h } = outputSize();
+  if (box) {
+    let [x0, y0, x1, y1] = box.map(Math.round);
+    [x0, x1] = [Math.max(0, Math.min(x0, x1)), Math.min(w, Math.max(x0, x1))];
+    [y0, y1] = [Math.max(0, Math.min(y0, y1)), Math.min(h, Math.max(y0, y1))];
+    box = x1 - x0 >= 2 && y1 - y0 >= 2 ? [x0, y0, x1, y1] : null;
+  }
+  person.region = box;
+  if (fillInputs || !box) person.node.querySelectorAll("input.r").forEach((input, i) => { input.value = box ? box[i] : ""; });
+  drawRegions();
+}
+
+async function drawRegions() {
+  const scale = canvasScale();
+  const canvas = $("#regions");
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#2b2b30";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  if (state.scene && state.scene.bitmap) ctx.drawImage(state.scene.bitmap, 0, 0, canvas.width, canvas.height);
+  state.people.forEach((p, i) => {
+    if (!p.region) return;
+    const [x0, y0, x1, y1] = p.region.map((v) => v * scale);
+    ctx.fillStyle = COLOURS[i] + "55";
+    ctx.fillRect(x0, y0, x1 - x0, y1 - y0);
+    ctx.strokeStyle = COLOURS[i];
+    ctx.lineWidth = 2;
+    ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    ctx.fillStyle = "#fff";
+    ctx.font = "14px sans-serif";
+    ctx.fillText(String(i + 1), x0 + 4, y0 + 16);
+  });
+}
+
+function setupCanvas() {
+  const canvas = $("#regions");
+  let start = null;
+  const point = (e) => {
+    const rect = canvas.getBoundingClientRect();
+    const scale = canvasScale();
+    return [(e.clientX - rect.left) * (canvas.width / rect.width) / scale,
+            (e.clientY - rect.top) * (canvas.height / rect.height) / scale];
+  };
+  canvas.addEventListener("pointerdown", (e) => {
+    if (!state.drawing) { $("#progress-text").textContent = "choose “Draw region” on a person first"; return; }
+    start = point(e);
+    canvas.setPointerCapture(e.pointerId);
+  });
+  canvas.addEventListener("pointermove", (e) => { if (start) setRegion(state.drawing, [...start, ...point(e)]); });
+  canvas.addEventListener("pointerup", (e) => {
+    if (!start) return;
+    setRegion(state.drawing, [...start, ...point(e)]);
+    start = null;
+  });
+  canvas.addEventListener("keydown", (e) => {
+    // Keyboard: with a person selected, arrows move the region by 8 px (Shift: resize it).
+    const person = state.drawing;
+    const moves = { ArrowLeft: [-8, 0], ArrowRight: [8, 0], ArrowUp: [0, -8], ArrowDown: [0, 8] };
+    if (!person || !moves[e.key]) return;
+    e.preventDefault();
+    const { w, h } = outputSize();
+    const box = person.region || [w / 4, h / 4, (3 * w) / 4, (3 * h) / 4];
+    const [dx, dy] = moves[e.key];
+    setRegion(person, e.shiftKey ? [box[0], box[1], box[2] + dx, box[3] + dy]
+                                 : [box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy]);
+  });
+  ["width", "height"].forEach((id) => $("#" + id).addEventListener("change", drawRegions));
+}
+
+// ------------------------------------------------------------------ style and scene images
+
+async function uploadReference(kind, file) {
+  const status = $("#" + kind + "-status");
+  status.textContent = "checking…";
+  status.classList.remove("error");
+  const form = new FormData();
+  form.append("image", file, file.name);
+  try {
+    const info = await apiJson("/v1/images", { method: "POST", body: form });
+    state[kind] = { id: info.id, bitmap: await createImageBitmap(file) };
+    status.textContent = file.name + ": " + info.width + "×" + info.height + ", " + info.faces.length + " face(s)";
+    if (kind === "scene") drawRegions();
+  } catch (e) {
+    state[kind] = null;
+    status.textContent = e.message;
+    status.classList.add("error");
+  }
+}
+
+function clearReference(kind) {
+  state[kind] = null;
+  $("#" + kind + "-file").value = "";
+  $("#" + kind + "-status").textContent = "";
+  drawRegions();
+}
+
+// ------------------------------------------------------------------ generating
+
+function request() {
+  const people = state.people.filter((p) => p.identity);
+  const body = {
+    prompt: $("#prompt").value.trim(),
+    negative_prompt: $("#negative").value.trim() || null,
+    identities: people.map((p) => ({ id: p.identity, region: state.scene ? null : p.region, strength: p.strength })),
+    text_guidance_scale: Number($("#text-scale").value),
+    reference_guidance_scale: Number($("#ref-scale").value),
+    width: Number($("#width").value), height: Number($("#height").value),
+    steps: Number($("#steps").value), count: Number($("#count").value),
+    style_image: state.style ? state.style.id : null,
+    style_strength: Number($("#style-strength").value),
+    scene_image: state.scene ? state.scene.id : null,
+  };
+  if ($("#seed").value !== "") body.seed = Number($("#seed").value);
+  if (people.length === 2 && $("#mix-on").checked) {
+    const share = Number($("#mix").value);
+    body.mix = [Number((1 - share).toFixed(4)), Number(share.toFixed(4))];
+  }
+  return body;
+}
+
+async function generate(event) {
+  event.preventDefault();
+  $("#form-error").textContent = "";
+  if (state.people.some((p) => !p.identity && $(".faces-status", p.node).textContent !== "no photos yet")) {
+    $("#form-error").textContent = "a person's photos were not accepted; fix or remove that person first";
+    return;
+  }
+  let job;
+  try {
+    job = await apiJson("/v1/generations", { method: "POST", headers: { "Content-Type": "application/json" },
+                                             body: JSON.stringify(request()) });
+  } catch (e) {
+    $("#form-error").textContent = e.message;
+    return;
+  }
+  state.job = job.id;
+  $("#generate").disabled = true;
+  $("#cancel").disabled = false;
+  showProgress(job);
+  await follow(job.id);
+}
+
+async function follow(id) {
+  // Server-sent events read through fetch, so the bearer token travels in a header.
+  state.abort = new AbortController();
+  let last = null;
+  try {
+    const response = await api("/v1/generations/" + id + "/events", { signal: state.abort.signal });
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+        if (data) { last = JSON.parse(data); showProgress(last); }
+      }
+    }
+  } catch (e) {
+    if (e.name !== "AbortError") $("#form-error").textContent = "lost the progress stream: " + e.message;
+  }
+  if (!last || ["queued", "running"].includes(last.state)) last = await apiJson("/v1/generations/" + id);
+  showProgress(last);
+  await addResults(last);
+  $("#generate").disabled = false;
+  $("#cancel").disabled = true;
+  state.job = null;
+}
+
+function showProgress(job) {
+  const bar = $("#progress");
+  bar.max = job.total_steps;
+  bar.value = job.step;
+  const text = {
+    queued: "waiting" + (job.queue_position ? " (" + job.queue_position + " job(s) ahead)" : ""),
+    running: "step " + job.step + " of " + job.total_steps,
+    done: "done: " + job.images.length + " image(s)",
+    cancelled: "cancelled", timed_out: "stopped: " + job.error, failed: "failed: " + job.error,
+  }[job.state] || job.state;
+  $("#progress-text").textContent = text;
+  if (job.state === "failed") $("#form-error").textContent = job.error;
+}
+
+async function addResults(job) {
+  for (const image of job.images) {
+    const url = await blobUrl(image.url);
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = url;
+    img.alt = "result: " + job.request.prompt + ", seed " + image.seed;
+    const caption = document.createElement("figcaption");
+    const r = job.request;
+    caption.textContent = r.prompt + " · seed " + image.seed + " · " + (r.width || "") + "×" + (r.height || "") +
+      " · " + (r.steps || "") + " steps · text " + r.text_guidance_scale + " / reference " +
+      (r.reference_guidance_scale ?? r.text_guidance_scale) +
+      (r.identities.length ? " · " + r.identities.map((p) => "strength " + p.strength).join(", ") : "");
+    const download = document.createElement("a");
+    download.href = url;
+    download.download = "facestudio-" + job.id.slice(0, 8) + "-" + image.name;
+    download.textContent = "Download";
+    const again = document.createElement("button");
+    again.type = "button";
+    again.textContent = "Use these settings again";
+    again.addEventListener("click", () => reuse(r, image.seed));
+    caption.append(document.createElement("br"), download, " ", again);
+    figure.append(img, caption);
+    $("#gallery").prepend(figure);
+  }
+}
+
+async function reuse(r, seed) {
+  $("#prompt").value = r.prompt;
+  $("#negative").value = r.negative_prompt || "";
+  $("#text-scale").value = r.text_guidance_scale;
+  $("#ref-scale").value = r.reference_guidance_scale ?? r.text_guidance_scale;
+  for (const id of ["width", "height", "steps"]) if (r[id]) $("#" + id).value = r[id];
+  $("#count").value = 1;
+  $("#seed").value = seed;
+  $("#style-strength").value = r.style_strength;
+  if (r.mix) { $("#mix-on").checked = true; $("#mix").value = r.mix[1]; }
+  ["text-scale", "ref-scale", "mix", "style-strength"].forEach((id) => $("#" + id).dispatchEvent(new Event("input")));
+  [...state.people].forEach(removePerson);
+  for (const placement of r.identities) {
+    const person = addPerson({ id: placement.id });
+    $(".strength", person.node).value = placement.strength;
+    $(".strength", person.node).dispatchEvent(new Event("input"));
+    if (placement.region) setRegion(person, placement.region);
+  }
+  if (!state.people.length) addPerson();
+  $("#prompt").focus();
+}
+
+async function cancel() {
+  if (!state.job) return;
+  try { await apiJson("/v1/generations/" + state.job + "/cancel", { method: "POST" }); } catch (e) { /* shown by the stream */ }
+}
+
+// ------------------------------------------------------------------ start
+
+function bindOutputs() {
+  const outputs = { "text-scale": 1, "ref-scale": 1, mix: 2, "style-strength": 2 };
+  for (const [id, digits] of Object.entries(outputs)) {
+    $("#" + id).addEventListener("input", () => { $("#" + id + "-out").value = Number($("#" + id).value).toFixed(digits); });
+  }
+}
+
+async function loadModel() {
+  try {
+    const info = await apiJson("/v1/models");
+    state.limits = info;
+    $("#model-info").textContent = "model " + info.base_model + " · " + info.device + " · " + info.dtype +
+      " · adapters: " + (info.adapters.map((a) => a.kind).join(", ") || "none");
+    $("#steps").value = info.default_steps;
+    $("#count").max = info.max_count;
+    ["width", "height"].forEach((id) => { $("#" + id).max = info.max_side; });
+    $("#token-box").hidden = true;
+  } catch (e) {
+    $("#model-info").textContent = e.message;
+  }
+}
+
+function start() {
+  const fromUrl = /[#&]token=([^&]+)/.exec(location.hash);
+  if (fromUrl) {
+    sessionStorage.setItem("facestudio-token", decodeURIComponent(fromUrl[1]));
+    history.replaceState(null, "", location.pathname);  // keep the token out of the address bar
+  }
+  $("#token-save").addEventListener("click", () => {
+    sessionStorage.setItem("facestudio-token", $("#token").value.trim());
+    loadModel();
+  });
+  $("#add-person").addEventListener("click", () => addPerson());
+  $("#settings").addEventListener("submit", generate);
+  $("#cancel").addEventListener("click", cancel);
+  $("#random-seed").addEventListener("click", () => { $("#seed").value = Math.floor(Math.random() * 2 ** 31); });
+  $("#style-file").addEventListener("change", (e) => e.target.files[0] && uploadReference("style", e.target.files[0]));
+  $("#scene-file").addEventListener("change", (e) => e.target.files[0] && uploadReference("scene", e.target.files[0]));
+  $("#style-clear").addEventListener("click", () => clearReference("style"));
+  $("#scene-clear").addEventListener("click", () => clearReference("scene"));
+  bindOutputs();
+  setupCanvas();
+  addPerson();
+  loadModel();
+}
+
+document.addEventListener("DOMContentLoaded", start);
