@@ -435,6 +435,9 @@ async function loadModel() {
     $("#steps").value = info.default_steps;
     $("#count").max = info.max_count;
     ["width", "height"].forEach((id) => { $("#" + id).max = info.max_side; });
+    const style = info.adapters.some((a) => a.kind === "style");
+    ["#style-file", "#style-strength", "#style-clear"].forEach((s) => { $(s).disabled = !style; });
+    if (!style) $("#style-status").textContent = "needs a style adapter (facestudio serve --style-adapter …)";
     $("#token-box").hidden = true;
   } catch (e) {
     $("#model-info").textContent = e.message;

@@ -1,0 +1,114 @@
+"""The web page in real headless Chromium (Debian's, driven by Playwright) against the real server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from facestudio.server import BackgroundServer, create_app
+from test_pipeline import new_pipe
+
+CHROMIUM = os.environ.get("FACESTUDIO_CHROMIUM", "/usr/bin/chromium")
+#: The machine may have no network: these flags stop Chromium from trying to reach one.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    app = create_app(new_pipe(), tmp_path_factory.mktemp("data"), max_side=256, default_steps=3, base_model="tiny")
+    with BackgroundServer(app) as running:
+        running.app = app
+        yield running
+
+
+@pytest.fixture
+def page(tmp_path):
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM} (apt install chromium, or set FACESTUDIO_CHROMIUM)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # A fresh profile folder per test: nothing carried over from another run.
+        context = playwright.chromium.launch_persistent_context(
+            tmp_path / "chromium-profile", executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1366, "height": 900})
+        try:
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.errors = errors
+            yield page
+        finally:
+            context.close()
+
+
+def artifacts_dir(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("FACESTUDIO_TEST_ARTIFACTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_upload_draw_generate_and_see_the_result(page, server, faces_dir, tmp_path):
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(server.url + "/")
+    page.wait_for_function("() => document.querySelector('#model-info').textContent.includes('tiny')")
+    for field, value in (("#width", "64"), ("#height", "64"), ("#steps", "3"), ("#seed", "11")):
+        page.fill(field, value)
+    page.dispatch_event("#width", "change")
+
+    person = page.locator("#person-1")
+    person.locator("input.photos").set_input_files(str(faces_dir / "obama.jpg"))
+    page.wait_for_function("() => document.querySelector('#person-1 .faces-status').textContent.includes('1 face found')")
+    person.locator("canvas.faces").wait_for()  # the photo with its face drawn
+    assert person.locator("canvas.faces").count() == 1
+
+    person.locator("button.draw-region").click()
+    box = page.locator("#regions").bounding_box()
+    page.mouse.move(box["x"] + 10, box["y"] + 10)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] - 10, steps=4)
+    page.mouse.up()
+    region = [int(person.locator(f"input.r[data-i='{i}']").input_value()) for i in range(4)]
+    assert 0 <= region[0] < region[2] <= 64 and 0 <= region[1] < region[3] <= 64 and region[2] <= 40
+
+    page.fill("#prompt", "an astronaut, photo")
+    page.click("#generate")
+    page.wait_for_function("() => { const p = document.querySelector('#progress');"
+                           " return p.max > 1 && p.value === p.max; }")
+    page.wait_for_selector("#gallery figure img")
+    page.wait_for_function("() => document.querySelector('#gallery img').naturalWidth === 64")
+    assert "seed 11" in page.text_content("#gallery figcaption")
+    assert page.text_content("#progress-text").startswith("done")
+
+    # The job the page sent carried the drawn region; the page loaded nothing from elsewhere.
+    job = next(iter(server.app.state.jobs.values()))
+    assert job.request.people[0].region == tuple(float(v) for v in region)
+    assert all(url.startswith(server.url) or url.startswith("blob:") for url in requests), requests
+    assert page.errors == []
+
+    shot = artifacts_dir(tmp_path) / "server-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+    # "Use these settings again" puts the seed and region back.
+    page.fill("#seed", "")
+    page.click("#gallery button")
+    assert page.input_value("#seed") == "11"
+    page.wait_for_function("() => document.querySelector('#person-1 input.r').value !== ''")
+
+
+
+def test_a_photo_without_a_face_is_explained_on_the_card(page, server, faces_dir, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    page.goto(server.url + "/")
+    page.locator("#person-1 input.photos").set_input_files(str(text))
+    page.wait_for_function("() => document.querySelector('#person-1 .faces-status').textContent.includes('not an image')")
+    assert "error" in page.get_attribute("#person-1 .faces-status", "class")
