@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import FaceStudioError
 from ..loading import TINY, adapter_folder, load_generation_pipeline, style_beside
+from ..presets import PRESETS
 from . import EXIT_OK, MIN_IMAGE_SIDE
 
 logger = logging.getLogger(__name__)
@@ -89,9 +90,17 @@ MIX_PROMPT = "a portrait photo of a person"
 
 def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True) -> None:
     models = parser.add_argument_group("models")
-    models.add_argument("--base-model", required=True, metavar="tiny|FOLDER|HUB_ID",
+    models.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
+                        help="public weights picked by name, with their recommended settings: "
+                             + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())
+                             + ". FaceID presets are non-commercial")
+    models.add_argument("--base-model", metavar="tiny|FOLDER|HUB_ID",
                         help="the Stable Diffusion 1.x/2.x pipeline: a local folder (diffusers layout), a model "
-                             "hub id (downloaded once), or 'tiny' (a random model: smoke tests only)")
+                             "hub id (downloaded once), or 'tiny' (a random model: smoke tests only). Needed "
+                             "without --preset; with it, replaces the preset's base model")
+    models.add_argument("--arcface-model", metavar="FILE",
+                        help="insightface buffalo_l's w600k_r50.onnx, for the FaceID presets (default: "
+                             "$FACESTUDIO_ARCFACE_MODEL, else ~/.insightface/models/buffalo_l/w600k_r50.onnx)")
     models.add_argument("--adapter", metavar="FOLDER|tiny",
                         help="identity adapter folder (FOLDER/identity as written by save_adapters, or a folder "
                              "holding facestudio_adapter.json); 'tiny': an untrained adapter, for smoke tests "
@@ -101,11 +110,11 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
                             help="style adapter folder (FOLDER/style or a folder holding facestudio_adapter.json); "
                                  "default: the style/ beside --adapter's identity/, if there is one")
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--steps", type=int, default=25, metavar="N", help="denoising steps (default 25)")
+    sampling.add_argument("--steps", type=int, metavar="N", help="denoising steps (default 25, or the preset's)")
     sampling.add_argument("--seed", type=int, default=0, metavar="S",
                           help="seed of the first image; image i uses S+i (default 0)")
-    sampling.add_argument("--text-scale", type=float, default=7.5, metavar="G",
-                          help="guidance scale of the prompt (default 7.5)")
+    sampling.add_argument("--text-scale", type=float, metavar="G",
+                          help="guidance scale of the prompt (default 7.5, or the preset's)")
     sampling.add_argument("--reference-scale", type=float, metavar="G",
                           help="guidance scale of the identities and style (default: --text-scale)")
     sampling.add_argument("--width", type=int, metavar="W", help="image width, a multiple of 8 (default 512)")
@@ -163,6 +172,10 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     _quiet_libraries(args.debug)
     from ..imaging import load_image
 
+    preset = _preset_defaults(args)
+
+    from ..pipeline import IdentityInput
+
     # 1. Settings, then files: everything a user can get wrong fails here, before any model loads
     people, mix, width, height, scene_faces = _check_settings(args, mix)
     output = _check_output_folder(args.output)
@@ -170,15 +183,22 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
         from ..models import choose_device
 
         choose_device(args.device)  # an unavailable device fails now, not after the faces are encoded
-    adapter = _identity_adapter(args) if people else None
-    style_adapter = _style_adapter(args)
+    adapter = _identity_adapter(args) if people and preset is None else None
+    style_adapter = _style_adapter(args) if preset is None else None
     style = None if args.style is None else load_image(args.style, name=args.style)
     scene = None if args.scene is None else load_image(args.scene, min_side=MIN_IMAGE_SIDE, name=args.scene)
 
-    # 2. Faces -> identities (no face, or several without --face, stops here)
+    # 2. Faces -> identities (no face, or several without --face, stops here). A preset's encoders come with
+    #    its models, so there the faces are only found now and encoded after loading.
     analyzer = None
     identities = []
-    if people:
+    if preset is not None:
+        from ..presets import check_available
+
+        check_available(preset, base_model=args.base_model, with_style=style is not None,
+                        arcface_model=args.arcface_model)
+        _find_faces(people)
+    elif people:
         from ..faces import FaceAnalyzer
         from ..guidance import identity as idg
 
@@ -188,16 +208,18 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
         identities = [idg.encode_person(analyzer, person.photos, person.face, name=person.name) for person in people]
 
     # 3. Models
-    pipe = _load_models(args, people, adapter, style_adapter, analyzer)
+    pipe = _load_models(args, people, adapter, style_adapter, analyzer, with_style=style is not None)
+    if preset is not None:
+        identities = pipe.encode_identities([IdentityInput(photos=p.photos, face=p.face, name=p.name) for p in people],
+                                            None)
 
     # 4. Images, each written as soon as it is made
-    from ..pipeline import IdentityInput
-
     inputs = [IdentityInput(identity=identity, region=person.region, strength=person.strength, name=person.name)
               for person, identity in zip(people, identities)]
     settings = {
         "command": command, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
-        "base_model": str(args.base_model), "adapter": args.adapter if people else None,
+        "preset": args.preset, "base_model": str(args.base_model or preset.base_model),
+        "adapter": (str(preset.adapter) if preset else args.adapter) if people else None,
         "style_adapter": str(style_adapter[0]) if style_adapter else None,
         "identities": [{"name": p.name, "photos": [Path(f).name for f in p.photos], "face": p.face,
                         "region": None if p.region is None else list(p.region), "strength": p.strength}
@@ -220,6 +242,36 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     for path in written:
         print(path)
     return EXIT_OK
+
+
+def _preset_defaults(args):
+    """The preset (or None), and the settings the user left out taken from it (else the general defaults)."""
+    preset = None
+    if args.preset is not None:
+        from ..presets import get_preset
+
+        preset = get_preset(args.preset)
+    args.steps = args.steps if args.steps is not None else preset.steps if preset else 25
+    if args.text_scale is None:
+        args.text_scale = preset.text_guidance_scale if preset else 7.5
+        if args.reference_scale is None and preset is not None:
+            args.reference_scale = preset.reference_guidance_scale
+    return preset
+
+
+def _find_faces(people) -> None:
+    """Each photo shows the face to use (no face, or several without --face, stops here)."""
+    import numpy as np
+
+    from ..faces.analysis import select_face
+    from ..faces.detection import YuNetDetector
+    from ..imaging import load_image
+
+    detector = YuNetDetector()
+    for person in people:
+        for photo in person.photos:
+            image = np.asarray(load_image(photo, min_side=MIN_IMAGE_SIDE, name=photo))
+            select_face(detector.detect(image), index=person.face, source=photo)
 
 
 def _check_settings(args, mix):
@@ -264,9 +316,13 @@ def _check_settings(args, mix):
     full_w, full_h = width or DEFAULT_SIDE, height or DEFAULT_SIDE
     regions = [_box(text, full_w, full_h) for text in args.region]
     regions += [None] * (count - len(regions))
-    if args.style is not None and not (args.style_adapter or style_beside(args.adapter)):
+    if args.base_model is None and args.preset is None:
+        raise FaceStudioError("give --base-model (a folder, a hub id or 'tiny') or --preset")
+    if args.preset is not None and (args.adapter or getattr(args, "style_adapter", None)):
+        raise FaceStudioError(f"--preset {args.preset} brings its own adapters: drop --adapter / --style-adapter")
+    if args.style is not None and not (args.style_adapter or style_beside(args.adapter) or args.preset):
         raise FaceStudioError("--style needs a style adapter: --style-adapter FOLDER (or 'tiny' for a smoke test)")
-    if count and not args.adapter:
+    if count and not (args.adapter or args.preset):
         raise FaceStudioError("--identity needs an identity adapter: --adapter FOLDER (or 'tiny' for a smoke "
                               "test with an untrained adapter)")
     scene_faces = None
@@ -374,14 +430,21 @@ def _quiet_libraries(debug: bool) -> None:
     transformers_logging.set_verbosity_error()
 
 
-def _load_models(args, people, adapter, style_adapter, analyzer):
+def _load_models(args, people, adapter, style_adapter, analyzer, with_style: bool):
     """The base pipeline with the adapters the run needs ('tiny' ones made for the loaded UNet)."""
     if args.adapter and not people:
         logger.info("--adapter is not used without --identity")
-    pipe = load_generation_pipeline(
-        args.base_model, adapter=(adapter[0] if adapter else TINY) if people else None,
-        style_adapter=style_adapter[0] if style_adapter else None, device=args.device,
-        cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, face_analyzer=analyzer)
+    if args.preset is not None:
+        from ..presets import load_preset_pipeline
+
+        pipe = load_preset_pipeline(args.preset, base_model=args.base_model, device=args.device,
+                                    cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, with_style=with_style,
+                                    arcface_model=args.arcface_model)
+    else:
+        pipe = load_generation_pipeline(
+            args.base_model, adapter=(adapter[0] if adapter else TINY) if people else None,
+            style_adapter=style_adapter[0] if style_adapter else None, device=args.device,
+            cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, face_analyzer=analyzer)
     pipe.set_progress_bar_config(disable=True)  # the command shows one bar over all images
     return pipe
 

@@ -1,0 +1,126 @@
+"""Presets: the table, the offline fail-fast message, the licence line, and a whole `generate --preset` run.
+
+The end-to-end run loads a preset exactly as a user's machine does, from huggingface_hub's cache with
+HF_HUB_OFFLINE=1: the cache is filled here with tiny checkpoints in the preset's repository layout (the
+FaceID-PlusV2 file as the tiny UNet's public layout, a tiny CLIP vision model as h94/IP-Adapter's
+image_encoder) and the ArcFace model is a tiny ONNX network with buffalo_l's inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from test_arcface import _export, _tiny_arcface
+from facestudio.cli import main
+from facestudio.guidance import public_layouts as layouts
+from facestudio.guidance import style as sty
+from facestudio.models import PRESETS as MODEL_PRESETS
+from facestudio.models import tiny_components
+from facestudio.pipeline import FaceStudioPipeline
+from facestudio.presets import PRESETS, get_preset, missing_files, show_licence
+
+pytestmark = pytest.mark.filterwarnings("ignore:Already found a .peft_config. attribute:UserWarning")
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """An empty model hub cache, offline."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("FACESTUDIO_ARCFACE_MODEL", raising=False)
+    return tmp_path / "hub"
+
+
+def test_the_table():
+    assert MODEL_PRESETS is PRESETS
+    assert {"faceid-plusv2-sd15", "faceid-sd15", "plus-face-sd15"} <= set(PRESETS)
+    assert PRESETS["plus-face-sd15"].recognizer == "" and not PRESETS["plus-face-sd15"].non_commercial
+    assert all(PRESETS[n].non_commercial and PRESETS[n].recognizer == "arcface"
+               for n in ("faceid-plusv2-sd15", "faceid-sd15"))
+    with pytest.raises(Exception, match="unknown preset 'nope'; presets: faceid-plusv2-sd15"):
+        get_preset("nope")
+
+
+def test_offline_without_the_files_fails_fast_with_one_message(empty_hub, faces_dir, capsys):
+    status = main(["generate", "--preset", "faceid-plusv2-sd15", "--prompt", "an astronaut",
+                   "--identity", str(faces_dir / "obama.jpg"), "--output", str(empty_hub.parent / "out")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("error:") == 1 and "Traceback" not in err
+    for needed in ("w600k_r50.onnx", "--arcface-model", "hf download h94/IP-Adapter-FaceID "
+                   "ip-adapter-faceid-plusv2_sd15.bin", "hf download stable-diffusion-v1-5/stable-diffusion-v1-5",
+                   "hf download h94/IP-Adapter --include 'models/image_encoder/*'"):
+        assert needed in err
+    assert "ip-adapter_sd15.safetensors" not in err  # the style adapter is only needed with --style
+    assert not (empty_hub.parent / "out").exists()
+
+
+def test_plus_face_needs_no_face_recogniser(empty_hub):
+    missing = missing_files(PRESETS["plus-face-sd15"])
+    assert missing and not any("ArcFace" in m for m in missing)
+
+
+def test_preset_and_adapter_are_refused_together(faces_dir, capsys):
+    status = main(["generate", "--preset", "plus-face-sd15", "--adapter", "tiny", "--prompt", "x",
+                   "--identity", str(faces_dir / "obama.jpg")])
+    assert status == 2 and "brings its own adapters" in capsys.readouterr().err
+
+
+def test_licence_is_said_once(caplog):
+    preset = PRESETS["faceid-sd15"]
+    with caplog.at_level(logging.INFO, logger="facestudio"):
+        show_licence(preset)
+        show_licence(preset)
+    lines = [r.getMessage() for r in caplog.records if "NON-COMMERCIAL" in r.getMessage()]
+    assert len(lines) <= 1  # another test of this process may have shown it already
+    show_licence.__globals__["_licences_shown"].discard(preset.name)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="facestudio"):
+        show_licence(preset)
+        show_licence(preset)
+    assert [r.levelname for r in caplog.records if "NON-COMMERCIAL" in r.getMessage()] == ["WARNING"]
+
+
+def _cache_file(hub, repo: str, path: str, write) -> None:
+    """Put one file into huggingface_hub's cache layout (refs/main -> snapshots/<commit>/path)."""
+    root = hub / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    target = root / "snapshots" / commit / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write(target)
+
+
+def test_generate_with_a_preset_from_the_hub_cache(empty_hub, tmp_path, faces_dir):
+    from safetensors.torch import save_file
+
+    base = tmp_path / "tiny-base"
+    FaceStudioPipeline(**tiny_components()).save_pretrained(base)
+    unet = tiny_components()["unet"]
+    clip = sty.tiny_style_encoder()
+    generator = torch.Generator().manual_seed(0)
+    state = {k: 0.2 * torch.randn(shape, generator=generator)
+             for k, shape in layouts.faceid_plus(unet, lora_rank=4, clip_dim=clip.model.config.hidden_size).items()}
+    _cache_file(empty_hub, "h94/IP-Adapter-FaceID", "ip-adapter-faceid-plusv2_sd15.bin",
+                lambda p: torch.save({part: {k.removeprefix(part + "."): v for k, v in state.items()
+                                             if k.startswith(part + ".")} for part in ("image_proj", "ip_adapter")}, p))
+    for name in ("config.json", "model.safetensors"):
+        _cache_file(empty_hub, "h94/IP-Adapter", f"models/image_encoder/{name}",
+                    lambda p: clip.model.save_pretrained(p.parent))
+    arcface = _export(_tiny_arcface(0), tmp_path / "w600k_r50.onnx")
+    out = tmp_path / "out"
+    status = main(["generate", "--preset", "faceid-plusv2-sd15", "--base-model", str(base), "--arcface-model",
+                   str(arcface), "--prompt", "an astronaut", "--identity", f"{faces_dir / 'obama.jpg'}",
+                   "--steps", "2", "--width", "64", "--height", "64", "--output", str(out)])
+    assert status == 0
+    (image,) = out.glob("*.png")
+    from facestudio.imaging import read_png_metadata
+
+    settings = read_png_metadata(image)
+    assert "faceid-plusv2-sd15" in str(settings) and "ip-adapter-faceid-plusv2_sd15.bin" in str(settings)
