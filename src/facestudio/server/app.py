@@ -25,9 +25,9 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 MAX_PHOTOS = 8
 #: Seconds between event-stream checks of a job, and between keep-alive comments.
 _POLL_S, _KEEPALIVE_S = 0.1, 15.0
+#: Path parameters: ids the server made, and result names; anything else is refused before a file is touched.
+IdParam = Annotated[str, PathParam(pattern=r"^[0-9a-f]{8,64}$")]
+NameParam = Annotated[str, PathParam(pattern=r"^[0-9]{3,}-seed[0-9]+\.png$")]
 _ERRORS = {400: {"model": Problem}, 404: {"model": Problem}, 413: {"model": Problem}, 415: {"model": Problem},
            422: {"model": Problem}}
 
@@ -158,7 +161,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         return [_with_embedding(info) for info in data.list_identities()]
 
     @app.get("/v1/identities/{identity_id}", response_model=IdentityInfo, responses=_ERRORS)
-    def get_identity(identity_id: str):
+    def get_identity(identity_id: IdParam):
         info = data.identity_info(identity_id)
         if info is None:
             raise StarletteHTTPException(404, f"no identity with id {identity_id[:80]}")
@@ -169,7 +172,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         return {**info, "embedding": [] if identity is None else identity.embedding.tolist()}
 
     @app.delete("/v1/identities/{identity_id}", status_code=204, responses=_ERRORS)
-    def delete_identity(identity_id: str):
+    def delete_identity(identity_id: IdParam):
         if not data.delete_identity(identity_id):
             raise StarletteHTTPException(404, f"no identity with id {identity_id[:80]}")
         return Response(status_code=204)
@@ -194,7 +197,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         return info
 
     @app.get("/v1/images/{image_id}", response_class=FileResponse, responses=_ERRORS)
-    def get_image(image_id: str):
+    def get_image(image_id: IdParam):
         path = data.image_path(image_id)
         if path is None:
             raise StarletteHTTPException(404, f"no uploaded image with id {image_id[:80]}")
@@ -219,12 +222,12 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         return _status(job)
 
     @app.get("/v1/generations", response_model=list[JobStatus], summary="Recent jobs, newest first")
-    def list_generations(limit: int = 50):
+    def list_generations(limit: Annotated[int, Query(ge=1, le=500)] = 50):
         with jobs_lock:
-            recent = list(jobs.values())[::-1][:max(0, min(limit, 500))]
+            recent = list(jobs.values())[::-1][:limit]
         return [_status(j) for j in recent]
 
-    def _job(job_id: str) -> Job:
+    def _job(job_id: IdParam) -> Job:
         job = jobs.get(job_id)
         if job is None:
             raise StarletteHTTPException(404, f"no generation job with id {job_id[:80]}")
@@ -236,12 +239,12 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
                            for k, n in enumerate(list(job.images))]}
 
     @app.get("/v1/generations/{job_id}", response_model=JobStatus, responses=_ERRORS)
-    def get_generation(job_id: str):
+    def get_generation(job_id: IdParam):
         return _status(_job(job_id))
 
     @app.get("/v1/generations/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS},
              response_class=StreamingResponse, summary="Progress as server-sent events until the job ends")
-    async def generation_events(job_id: str, request: Request):
+    async def generation_events(job_id: IdParam, request: Request):
         job = _job(job_id)
 
         async def events():
@@ -266,7 +269,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/v1/generations/{job_id}/images/{name}", response_class=FileResponse, responses=_ERRORS)
-    def generation_image(job_id: str, name: str):
+    def generation_image(job_id: IdParam, name: NameParam):
         path = data.job_image(job_id, name)
         if path is None:
             raise StarletteHTTPException(404, f"job {job_id[:80]} has no image {name[:80]}")
@@ -274,7 +277,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
 
     @app.post("/v1/generations/{job_id}/cancel", response_model=JobStatus, responses=_ERRORS,
               summary="Stop a job: a waiting one at once, a running one at its next step")
-    def cancel_generation(job_id: str):
+    def cancel_generation(job_id: IdParam):
         job = _job(job_id)
         if job.state not in FINISHED:
             queue.cancel(job)
