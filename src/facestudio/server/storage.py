@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import FaceStudioError
 from ..guidance.identity import Identity
 
 #: Ids are made by the server (`secrets.token_hex`); anything else in a URL is refused before touching disk.
@@ -102,8 +103,12 @@ class DataFolder:
         info = self.identity_info(identity_id)
         if info is None:
             return None
-        with np.load(self.identities / identity_id / "identity.npz", allow_pickle=False) as arrays:
-            return Identity(arrays["embedding"], arrays["detail"], info["recognizer"], info["name"])
+        try:
+            with np.load(self.identities / identity_id / "identity.npz", allow_pickle=False) as arrays:
+                return Identity(arrays["embedding"], arrays["detail"], info["recognizer"], info["name"])
+        except (OSError, ValueError, KeyError) as e:  # a damaged file, or one holding pickled objects: not loaded
+            raise FaceStudioError(f"identity {identity_id}: its stored arrays are damaged ({e}); delete it and "
+                                  "upload the photos again") from None
 
     def list_identities(self) -> list[dict]:
         infos = [self.identity_info(p.name) for p in self.identities.iterdir() if p.is_dir()]

@@ -1,0 +1,95 @@
+"""The server's data folder and upload checks, on real files."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facestudio.errors import FaceStudioError
+from facestudio.guidance.identity import Identity
+from facestudio.server.storage import DataFolder, valid_id, write_atomically
+from facestudio.server.uploads import UploadError, UploadLimits, decode_upload, header_size, sniff_format
+
+
+def identity(seed=0) -> Identity:
+    rng = np.random.default_rng(seed)
+    embedding = rng.normal(size=128).astype(np.float32)
+    return Identity(embedding / np.linalg.norm(embedding), rng.normal(size=(64, 128)).astype(np.float32), "dlib", "x")
+
+
+def test_stray_temporary_files_are_removed_on_start_and_real_files_kept(tmp_path):
+    data = DataFolder(tmp_path)
+    job = data.jobs / "0123456789abcdef"
+    job.mkdir()
+    (job / "000-seed1.png").write_bytes(b"png")
+    (job / ".001-seed2.png.k3j4.tmp").write_bytes(b"half an image")
+    DataFolder(tmp_path)
+    assert [p.name for p in job.iterdir()] == ["000-seed1.png"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
+    path = write_atomically(tmp_path / "job.json", b"old")
+    with pytest.raises(TypeError):
+        write_atomically(path, "not bytes")  # fails inside the write, after the temporary file exists
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["job.json"]
+
+
+def test_identity_round_trip_and_a_pickled_file_is_refused(tmp_path):
+    data = DataFolder(tmp_path)
+    original = identity()
+    data.save_identity("00000000aaaaaaaa", original, {"id": "00000000aaaaaaaa", "name": "x", "recognizer": "dlib",
+                                                      "created": 1.0, "photos": []})
+    loaded = data.load_identity("00000000aaaaaaaa")
+    assert np.array_equal(loaded.embedding, original.embedding) and np.array_equal(loaded.detail, original.detail)
+    # An object array can only be stored pickled: loading it would run code, so it is refused instead.
+    with open(data.identities / "00000000aaaaaaaa" / "identity.npz", "wb") as f:
+        np.savez(f, embedding=np.array([print], dtype=object), detail=np.zeros((1, 1)))
+    with pytest.raises(FaceStudioError, match="damaged"):
+        data.load_identity("00000000aaaaaaaa")
+    assert data.delete_identity("00000000aaaaaaaa") and data.load_identity("00000000aaaaaaaa") is None
+
+
+@pytest.mark.parametrize("value", ["../identities", "0123456789ABCDEF", "abc", "0123456789abcdef/..", ""])
+def test_ids_from_urls_are_server_made_ids_only(value, tmp_path):
+    assert not valid_id(value)
+    data = DataFolder(tmp_path)
+    assert data.identity_info(value) is None and data.image_path(value) is None and not data.delete_identity(value)
+
+
+def test_retention_keeps_the_newest_jobs_and_never_active_ones(tmp_path):
+    data = DataFolder(tmp_path, max_jobs=2)
+    names = [f"{i:016x}" for i in range(5)]
+    for k, name in enumerate(names):
+        data.save_job(name, {"id": name})
+        os.utime(data.job_folder(name), (time.time() - 100 + k, time.time() - 100 + k))
+    removed = data.trim_jobs(keep={names[0]})
+    assert sorted(removed) == names[1:3]
+    assert sorted(p.name for p in data.jobs.iterdir()) == [names[0], names[3], names[4]]
+
+
+def encoded(fmt: str, size=(40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 100, 50)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM"])
+def test_every_accepted_format_is_known_by_its_content(fmt):
+    data = encoded(fmt)
+    assert sniff_format(data) == fmt and header_size(data, fmt) == (40, 30)
+    image = decode_upload(data, "x", UploadLimits(), min_side=8)
+    assert image.mode == "RGB" and image.size == (40, 30)
+
+
+def test_pixel_cap_is_judged_from_the_header():
+    with pytest.raises(UploadError, match="200x100 pixels") as refused:
+        decode_upload(encoded("PNG", (200, 100)), "wide.png", UploadLimits(max_pixels=10_000), min_side=8)
+    assert refused.value.status == 422
+    with pytest.raises(UploadError, match="not an image by its content") as refused:
+        decode_upload(b"%PDF-1.7 ...", "doc.png", UploadLimits())
+    assert refused.value.status == 415
