@@ -338,3 +338,16 @@ def test_foreign_host_and_cross_origin_posts_are_refused(client, faces_dir):
     assert client.get("/v1/models", headers={"Host": "attacker.example"}).status_code == 403
     response = client.post("/v1/generations", json={"prompt": "x"}, headers={"Origin": "http://attacker.example"})
     assert response.status_code == 403 and "attacker.example" in response.json()["error"]
+
+
+def test_a_restarted_server_still_lists_finished_jobs_and_serves_their_images(pipe, tmp_path):
+    with BackgroundServer(create_app(pipe, tmp_path, max_side=256)) as first, \
+            httpx.Client(base_url=first.url, timeout=30) as c:
+        done = generate(c, seed=4)
+        image = png_pixels(c, done["images"][0]["url"])
+    with BackgroundServer(create_app(pipe, tmp_path, max_side=256)) as second, \
+            httpx.Client(base_url=second.url, timeout=30) as c:
+        listed = c.get("/v1/generations").json()
+        assert [j["id"] for j in listed] == [done["id"]] and listed[0]["state"] == "done"
+        assert listed[0]["request"] == done["request"] and listed[0]["seed"] == 4
+        assert np.array_equal(png_pixels(c, listed[0]["images"][0]["url"]), image)

@@ -2,6 +2,7 @@
 
     /                                  the web page (static files, no external resources)
     /v1/models                         what is loaded, device, dtype, this server's limits
+    /v1/queue                          jobs waiting and running now
     /v1/identities                     POST photos of one person -> identity; GET list; GET/DELETE one
     /v1/images                         POST a style or scene image -> image id (+ the faces in it)
     /v1/generations                    POST a job -> 202 + status; GET recent jobs
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -38,7 +40,7 @@ from ..errors import AmbiguousFaceError, FaceStudioError, ImageError, NoFaceErro
 from . import generation
 from .guard import Guard
 from .jobs import FINISHED, Job, JobQueue, QueueFull
-from .schemas import GenerationRequest, IdentityInfo, ImageInfo, JobStatus, ModelInfo, Problem
+from .schemas import GenerationRequest, IdentityInfo, ImageInfo, JobStatus, ModelInfo, Problem, QueueInfo
 from .storage import DataFolder
 from .uploads import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, UploadLimits, decode_upload, safe_filename
 from .uploads import UploadError
@@ -82,7 +84,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     data = DataFolder(data_dir, max_jobs=max_jobs)
     limits = UploadLimits(max_upload_bytes, max_upload_pixels)
     model = _model_info(pipe, base_model)
-    jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
+    jobs: collections.OrderedDict[str, Job] = _past_jobs(data)  # the gallery survives a restart
     jobs_lock = threading.Lock()
 
     def finished(job: Job) -> None:
@@ -123,6 +125,11 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     def models():
         return {**model, "workers": queue.workers, "queue_size": queue.max_queued, "max_side": max_side,
                 "max_count": max_count, "default_steps": default_steps, "version": __version__}
+
+    @app.get("/v1/queue", response_model=QueueInfo, summary="Jobs waiting and running now")
+    def queue_state():
+        return {"waiting": len(queue.waiting), "running": len(queue.running), "size": queue.max_queued,
+                "workers": queue.workers, "max_waiting_seen": queue.max_waiting_seen}
 
     # ------------------------------------------------------------------ identities
 
@@ -298,6 +305,34 @@ def _model_info(pipe, base_model: str) -> dict:
                 for a in getattr(pipe, "facestudio_adapters", ())]
     return {"base_model": str(base_model), "adapters": adapters, "device": str(pipe.device),
             "dtype": str(pipe.dtype).removeprefix("torch."), "scheduler": type(pipe.scheduler).__name__}
+
+
+@dataclasses.dataclass(frozen=True)
+class _PastPlan:
+    """What a job recorded by an earlier run of the server still tells: its request and first seed."""
+
+    request: GenerationRequest
+    seed: int
+
+
+def _past_jobs(data: DataFolder) -> collections.OrderedDict:
+    """Jobs recorded in the data folder, oldest first; one the server stopped during is marked failed."""
+    restored = []
+    for path in data.jobs.glob("*/job.json"):
+        try:
+            record = json.loads(path.read_text())
+            job = Job(record["id"], _PastPlan(GenerationRequest(**record["request"]), int(record["seed"])),
+                      int(record["total_steps"]), state=record["state"], step=int(record["step"]),
+                      images=[n for n in record["images"] if data.job_image(record["id"], n)],
+                      error=record["error"], created=record["created"], started=record["started"],
+                      finished=record["finished"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logger.warning("%s: not a job record (%s); ignored", path, e)
+            continue
+        if job.state not in FINISHED:
+            job.state, job.error = "failed", "the server stopped before this job finished"
+        restored.append(job)
+    return collections.OrderedDict((j.id, j) for j in sorted(restored, key=lambda j: j.created))
 
 
 def _record(job: Job) -> dict:

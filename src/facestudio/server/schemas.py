@@ -121,3 +121,11 @@ class ModelInfo(BaseModel):
     max_count: int
     default_steps: int
     version: str
+
+
+class QueueInfo(BaseModel):
+    waiting: int
+    running: int
+    size: int = Field(description="jobs allowed to wait")
+    workers: int
+    max_waiting_seen: int = Field(description="the most jobs that ever waited at once")

@@ -426,6 +426,14 @@ function bindOutputs() {
   }
 }
 
+async function loadHistory() {
+  // Results of earlier jobs (kept in the server's data folder), newest on top.
+  try {
+    const jobs = await apiJson("/v1/generations?limit=24");
+    for (const job of jobs.reverse()) if (job.state === "done") await addResults(job);
+  } catch (e) { /* an empty gallery is fine */ }
+}
+
 async function loadModel() {
   try {
     const info = await apiJson("/v1/models");
@@ -439,6 +447,7 @@ async function loadModel() {
     ["#style-file", "#style-strength", "#style-clear"].forEach((s) => { $(s).disabled = !style; });
     if (!style) $("#style-status").textContent = "needs a style adapter (facestudio serve --style-adapter …)";
     $("#token-box").hidden = true;
+    if (!$("#gallery").children.length) loadHistory();
   } catch (e) {
     $("#model-info").textContent = e.message;
   }
