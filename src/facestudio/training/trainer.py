@@ -121,12 +121,14 @@ class TrainSettings:
 
 @dataclass
 class TrainResult:
-    """What a run did: the loss of every step (earlier runs' too, when resumed) and where it wrote."""
+    """What a run did: the loss of every step (earlier runs' too, when resumed), where it wrote, and the
+    pipeline with the trained adapters in it (to sample from it at once)."""
 
     output: Path
     losses: list[float] = field(default_factory=list)
     start_step: int = 0
     seconds: float = 0.0
+    pipeline: object = None
 
     def first_last_means(self, count: int = 10) -> tuple[float, float]:
         return float(np.mean(self.losses[:count])), float(np.mean(self.losses[-count:]))
@@ -157,7 +159,7 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     accelerator = Accelerator(mixed_precision=_mixed_precision(settings), cpu=settings.cpu,
                               gradient_accumulation_steps=settings.gradient_accumulation_steps,
                               project_config=ProjectConfiguration(project_dir=str(output)))
-    parts = _build(settings, accelerator)
+    parts = build_parts(settings, accelerator)
     guidance, optimizer, scheduler = accelerator.prepare(parts.guidance, parts.optimizer, parts.lr_scheduler)
     losses, start_step = [], 0
     if resume_dir is not None:
@@ -184,7 +186,7 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
                disable=(not progress or not accelerator.is_local_main_process) or None, dynamic_ncols=True)
     for batch in loader:
         with accelerator.accumulate(guidance):
-            loss = _training_loss(parts, guidance, accelerator, batch, _step_generator(settings.seed, micro,
+            loss = training_loss(parts, guidance, accelerator, batch, step_generator(settings.seed, micro,
                                                                                        accelerator.process_index))
             accelerator.backward(loss)
             if accelerator.sync_gradients and settings.max_grad_norm > 0:
@@ -217,14 +219,16 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
         parts.pipe.save_adapters(output)
         _write_train_config(output, settings, step, losses, accelerator.mixed_precision)
     accelerator.end_training()
-    return TrainResult(output, losses, start_step, time.monotonic() - started)
+    return TrainResult(output, losses, start_step, time.monotonic() - started, parts.pipe)
 
 
 # ---------------------------------------------------------------------------------------------------------- setup
 
 
 @dataclass
-class _Parts:
+class TrainingParts:
+    """The models and optimiser state of a run (`build_parts`)."""
+
     pipe: object
     guidance: GuidanceModules
     optimizer: torch.optim.Optimizer
@@ -244,7 +248,7 @@ def _mixed_precision(settings: TrainSettings) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def _build(settings: TrainSettings, accelerator) -> _Parts:
+def build_parts(settings: TrainSettings, accelerator) -> TrainingParts:
     """The base pipeline with fresh adapters, frozen but for the guidance module, on the training device."""
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
@@ -291,20 +295,20 @@ def _build(settings: TrainSettings, accelerator) -> _Parts:
                                  num_warmup_steps=settings.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=settings.max_steps * accelerator.num_processes)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    return _Parts(pipe, guidance, optimizer, lr_scheduler, noise_scheduler, encoder, recognizer_net, weight_dtype,
+    return TrainingParts(pipe, guidance, optimizer, lr_scheduler, noise_scheduler, encoder, recognizer_net, weight_dtype,
                   settings)
 
 
 # ---------------------------------------------------------------------------------------------------------- a step
 
 
-def _step_generator(seed: int, micro: int, rank: int) -> torch.Generator:
+def step_generator(seed: int, micro: int, rank: int) -> torch.Generator:
     """The generator of one micro-batch: the same numbers for the same step in every run."""
     state = np.random.SeedSequence([seed, micro, rank]).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & (2**63 - 1))
 
 
-def _training_loss(parts: _Parts, guidance, accelerator, batch: dict, generator: torch.Generator) -> torch.Tensor:
+def training_loss(parts: TrainingParts, guidance, accelerator, batch: dict, generator: torch.Generator) -> torch.Tensor:
     """Diffusion loss of one micro-batch (plus the weighted identity loss when enabled)."""
     pipe, settings, device, dtype = parts.pipe, parts.settings, accelerator.device, parts.weight_dtype
     scaling = pipe.vae.config.scaling_factor
@@ -358,7 +362,7 @@ def _style_embeddings(encoder, batch: dict, device, dtype) -> torch.Tensor | Non
 # ---------------------------------------------------------------------------------------------------------- outputs
 
 
-def _save_checkpoint(accelerator, parts: _Parts, settings: TrainSettings, output: Path, step: int,
+def _save_checkpoint(accelerator, parts: TrainingParts, settings: TrainSettings, output: Path, step: int,
                      losses: list[float]) -> Path:
     """`checkpoints/checkpoint-STEP`: accelerate's state, the loadable guidance, and the loss history."""
     folder = output / "checkpoints" / f"checkpoint-{step}"
@@ -399,7 +403,7 @@ def _resume_dir(settings: TrainSettings, output: Path) -> Path | None:
     return folder
 
 
-def _report(parts: _Parts, accelerator, settings: TrainSettings, output: Path, step: int, losses: list[float],
+def _report(parts: TrainingParts, accelerator, settings: TrainSettings, output: Path, step: int, losses: list[float],
             held: list[dict]) -> None:
     from .reporting import plot_loss_curve, sample_grid
 
