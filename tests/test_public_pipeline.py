@@ -175,3 +175,44 @@ def test_wrong_recogniser_and_wrong_file_are_refused(checkpoints, arcface_analyz
         pipe.load_public_adapters((str(checkpoints), "plus-face.safetensors", None),
                                   identity_config=_config("full-face"), face_analyzer=arcface_analyzer)
     assert pipe.unet.encoder_hid_proj is None and not pipe.get_list_adapters().get("unet")
+
+
+def test_sdxl_faceid_matches_stock_and_keeps_regions(tmp_path, arcface_analyzer, faces_dir):
+    """The SDXL pipeline: FaceID tokens + pooled text + size conditioning equal stock SDXL; regions still act."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from facestudio.models import tiny_xl_components
+    from facestudio.pipeline import FaceStudioXLPipeline
+
+    unet = tiny_xl_components()["unet"]
+    generator = torch.Generator().manual_seed(5)
+    save_file({k: 0.2 * torch.randn(shape, generator=generator)
+               for k, shape in layouts.faceid(unet, lora_rank=4).items()}, str(tmp_path / "faceid.safetensors"))
+    pipe = FaceStudioXLPipeline(**tiny_xl_components())
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_public_adapters((str(tmp_path), "faceid.safetensors", None), identity_config=_config("faceid"),
+                              face_analyzer=arcface_analyzer)
+    obama, biden = pipe.encode_identities([IdentityInput(photos=(faces_dir / "obama.jpg",)),
+                                           IdentityInput(photos=(faces_dir / "biden.jpg",))], None)
+
+    stock = StableDiffusionXLPipeline(**tiny_xl_components())
+    stock.set_progress_bar_config(disable=True)
+    stock.load_ip_adapter(str(tmp_path), subfolder="", weight_name="faceid.safetensors", image_encoder_folder=None)
+    stock.set_ip_adapter_scale(1.0)
+    embeds = torch.from_numpy(np.stack([np.zeros(512, np.float32), obama.embedding]))[:, None, None]  # [neg; pos]
+    kw = dict(height=64, width=64, num_inference_steps=2, output_type="np", guidance_scale=7.5)
+    theirs = stock("a photo", ip_adapter_image_embeds=[embeds], generator=torch.Generator().manual_seed(0), **kw).images
+    ours = pipe("a photo", identities=[IdentityInput(identity=obama)], text_guidance_scale=7.5,
+                reference_guidance_scale=7.5, generator=torch.Generator().manual_seed(0), height=64, width=64,
+                num_inference_steps=2, output_type="np").images
+    # equal scales: three-way guidance is the two-way guidance of (no text, no id) vs (text, id)
+    assert np.abs(ours - theirs).max() < 1e-4
+
+    def run(*people):
+        return pipe("two people", identities=list(people), generator=torch.Generator().manual_seed(0), height=64,
+                    width=64, num_inference_steps=2, output_type="np").images
+
+    left, right = (0, 0, 32, 64), (32, 0, 64, 64)
+    both = run(IdentityInput(identity=obama, region=left), IdentityInput(identity=biden, region=right))
+    swapped = run(IdentityInput(identity=biden, region=left), IdentityInput(identity=obama, region=right))
+    assert np.abs(both - swapped).max() > 1e-3

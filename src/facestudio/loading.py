@@ -41,18 +41,19 @@ def style_beside(adapter: str | Path | None) -> Path | None:
     return folder if (folder / CONFIG_NAME).is_file() else None
 
 
-def load_generation_pipeline(base_model: str | Path, *, adapter: str | Path | None = None,
+def load_generation_pipeline(base_model: str | Path | None, *, adapter: str | Path | None = None,
                              style_adapter: str | Path | None = None, preset: str | None = None,
                              device: str | None = None, cpu_offload: bool = False, vae_tiling: bool = False,
-                             face_analyzer=None):
+                             face_analyzer=None, arcface_model: str | Path | None = None, with_style: bool = True):
     """The base pipeline with the adapters asked for.
 
     Args:
-        base_model: a diffusers pipeline folder, a hub id, or 'tiny'.
+        base_model: a diffusers pipeline folder, a hub id, or 'tiny'; with a preset, None takes the preset's.
         adapter: identity adapter: a folder (`FOLDER` or `FOLDER/identity`), 'tiny' (untrained), or None.
         style_adapter: style adapter, the same way.
         preset: a public adapter preset (`facestudio.presets`); it names the adapter itself, so `adapter` and
-            `style_adapter` must be None.
+            `style_adapter` must be None. `arcface_model` is its ArcFace file (FaceID presets); `with_style`
+            loads its style adapter too.
         face_analyzer: the `FaceAnalyzer` the identity adapter's recogniser must match (made when needed).
 
     Raises:
@@ -66,8 +67,11 @@ def load_generation_pipeline(base_model: str | Path, *, adapter: str | Path | No
 
         if adapter is not None or style_adapter is not None:
             raise ModelFileError(f"preset {preset} brings its own adapters: drop the adapter options")
-        return load_preset_pipeline(preset, base_model=base_model, device=device, cpu_offload=cpu_offload,
-                                    vae_tiling=vae_tiling, face_analyzer=face_analyzer)
+        return load_preset_pipeline(preset, base_model=None if base_model is None else str(base_model), device=device,
+                                    cpu_offload=cpu_offload, vae_tiling=vae_tiling, face_analyzer=face_analyzer,
+                                    with_style=with_style, arcface_model=arcface_model)
+    if base_model is None:
+        raise ModelFileError("no base model given (a folder, a hub id or 'tiny'), and no preset")
     identity = None if adapter is None or str(adapter) == TINY else adapter_folder(adapter, "identity")
     style = None if style_adapter is None or str(style_adapter) == TINY else adapter_folder(style_adapter, "style")
     if str(base_model) != TINY and Path(str(base_model)).expanduser().is_dir():

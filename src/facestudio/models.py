@@ -44,7 +44,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from huggingface_hub.utils import validate_repo_id
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .errors import FaceStudioError, ModelFileError
 from .presets import PRESETS, HubFile, Preset  # noqa: F401  (re-exported: the table lives beside its loader)
@@ -117,6 +117,36 @@ def tiny_components(seed: int = 0) -> dict[str, Any]:
         "feature_extractor": None,
         "image_encoder": None,
         "requires_safety_checker": False,
+    }
+
+
+def tiny_xl_components(seed: int = 0) -> dict[str, Any]:
+    """A small random SDXL in code, for `StableDiffusionXLPipeline(**components)` (and `FaceStudioXLPipeline`).
+
+    Like :func:`tiny_components`, with SDXL's structure: two text encoders (the second with a projection
+    whose pooled output conditions the UNet), their hidden states concatenated as the UNet's 64-wide
+    cross-attention input, and the "text_time" added conditioning (pooled text + 6 size numbers).
+    """
+    tokenizer = tiny_tokenizer()
+    half = TINY_TEXT_DIM // 2
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=TINY_TEXT_DIM,
+            attention_head_dim=8, norm_num_groups=8, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=half + 6 * 8,
+        )
+        vae = _tiny_vae()
+        text_encoder = CLIPTextModel(_tiny_text_config(tokenizer, half))
+        text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(tokenizer, half, projection_dim=half))
+    return {
+        "unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval(), "tokenizer": tokenizer,
+        "text_encoder_2": text_encoder_2.eval(), "tokenizer_2": tiny_tokenizer(), "scheduler": sd15_scheduler(),
+        "image_encoder": None, "feature_extractor": None,
     }
 
 
@@ -196,10 +226,14 @@ def _tiny_vae() -> AutoencoderKL:
 
 
 def _tiny_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    config = CLIPTextConfig(
+    return CLIPTextModel(_tiny_text_config(tokenizer, TINY_TEXT_DIM))
+
+
+def _tiny_text_config(tokenizer: CLIPTokenizer, hidden_size: int, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=TINY_TEXT_DIM,
-        intermediate_size=2 * TINY_TEXT_DIM,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=MAX_PROMPT_TOKENS,
@@ -207,8 +241,8 @@ def _tiny_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
-    return CLIPTextModel(config)
 
 
 def sd15_scheduler() -> EulerAncestralDiscreteScheduler:

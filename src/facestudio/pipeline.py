@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 #: Largest output side accepted.
 MAX_SIDE = 4096
-#: Output side when none is given (SD 1.x's training size); with a scene image, its longest side.
+#: Output side when none is given (SD 1.x's training size; SDXL's is 1024); with a scene image, its longest side.
 DEFAULT_SIDE = 512
 
 
@@ -80,23 +81,15 @@ class _Adapter:
     index: int
 
 
-class FaceStudioPipeline(StableDiffusionPipeline):
-    """Stable Diffusion with identity and style adapters, per-identity regions and text/reference guidance.
+class FaceStudioMixin:
+    """Everything of facestudio's pipelines but the text conditioning: adapters, identities, regions, the call.
 
-    Build it from a base model with `facestudio.models.load_base_pipeline(name, FaceStudioPipeline)`, then
-    `load_adapters(identity=..., style=...)`.
-
-    Example:
-        ```py
-        >>> from facestudio.models import load_base_pipeline
-        >>> from facestudio.pipeline import FaceStudioPipeline, IdentityInput
-        >>> pipe = load_base_pipeline("tiny", FaceStudioPipeline)
-        >>> pipe.load_adapters(identity="path/to/adapter")
-        >>> out = pipe("a portrait, oil painting", identities=[IdentityInput(photos=("me.jpg",))],
-        ...            num_inference_steps=25, generator=torch.Generator().manual_seed(0))
-        >>> out.images[0].save("me-painted.png")
-        ```
+    Mixed into diffusers' Stable Diffusion pipelines (`FaceStudioPipeline` for SD 1.x/2.x, `FaceStudioXLPipeline`
+    for SDXL), which give the models, the prompt encoder and the schedulers.
     """
+
+    #: Output side when none is given: the base model's training size.
+    default_side = DEFAULT_SIDE
 
     # ------------------------------------------------------------------ adapters
 
@@ -451,9 +444,9 @@ class FaceStudioPipeline(StableDiffusionPipeline):
         reference_guidance_scale = text_guidance_scale if reference_guidance_scale is None else reference_guidance_scale
         scene = None if scene_image is None else load_image(scene_image, min_side=32, name="scene image")
         if scene is not None and height is None and width is None:  # the scene's shape, at the default size
-            scale = DEFAULT_SIDE / max(scene.size)
+            scale = self.default_side / max(scene.size)
             height, width = (max(8, round(side * scale / 8) * 8) for side in (scene.height, scene.width))
-        height, width = height or DEFAULT_SIDE, width or DEFAULT_SIDE
+        height, width = height or self.default_side, width or self.default_side
         self.check_call(prompt, people, mix, style_image, scene, height, width, num_inference_steps,
                         text_guidance_scale, reference_guidance_scale, num_images_per_prompt, scene_faces)
         style = None if style_image is None else load_image(style_image, name="style image")
@@ -463,8 +456,11 @@ class FaceStudioPipeline(StableDiffusionPipeline):
             [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         batch = len(prompts) * num_images_per_prompt
 
-        # 2. Encode the prompt
-        positive, negative = self.encode_prompt(prompts, device, num_images_per_prompt, True, negatives)
+        # 2. Encode the prompt (the rows of guidance are set once the references are known)
+        has_reference = bool(people) or style is not None
+        three_way = has_reference
+        text, text_added = self.text_conditioning(prompts, negatives, device, num_images_per_prompt,
+                                                  3 if three_way else 2, height, width)
 
         # 3. Faces: photos -> identities; the scene's faces -> regions
         encoded = self.encode_identities(people, mix)
@@ -478,8 +474,6 @@ class FaceStudioPipeline(StableDiffusionPipeline):
             face_regions = self.layout_from_style(style, len(encoded), height, width)
 
         # 4-6. Identity tokens, style tokens, region masks: computed once for the whole call
-        has_reference = bool(encoded) or style is not None
-        three_way = has_reference
         tokens, region_masks = [], []
         strengths = [p.strength for p in people] if mix is None else [people[0].strength if people else 1.0]
         for adapter in getattr(self, "facestudio_adapters", ()):
@@ -493,22 +487,21 @@ class FaceStudioPipeline(StableDiffusionPipeline):
                 region_masks.append(RegionMasks.full(1, style_strength if style is not None else 0.0))
         tokens = [t.to(device=device, dtype=self.unet.dtype) for t in tokens]
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
-        unet_kwargs = {}
+        unet_kwargs = {"added_cond_kwargs": text_added} if text_added else {}
         if tokens:
-            unet_kwargs = {"added_cond_kwargs": {"image_embeds": tokens},
+            unet_kwargs = {"added_cond_kwargs": {**text_added, "image_embeds": tokens},
                            "cross_attention_kwargs": {"ip_adapter_masks": LayerMasks(tuple(region_masks), latent_size)}}
 
         # 7. Timesteps and latents (a scheduler of this call's own: schedulers keep step state)
         scheduler = copy.deepcopy(self.scheduler)
         scheduler.set_timesteps(num_inference_steps, device=device)
         shape = (batch, self.unet.config.in_channels, *latent_size)
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=positive.dtype)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=text.dtype)
         latents = latents * scheduler.init_noise_sigma
         blend = scene_latents = scene_noise = None
         if scene_array is not None:
             scene_latents, scene_noise, blend = self._scene_latents(scene_array, scene_regions, batch, generator,
                                                                    latents.dtype, device)
-        text = torch.cat([negative, positive, positive] if three_way else [negative, positive])
 
         # 8. Denoising loop
         timesteps = scheduler.timesteps
@@ -537,7 +530,7 @@ class FaceStudioPipeline(StableDiffusionPipeline):
         }
         if output_type == "latent":
             return FaceStudioPipelineOutput(latents, settings) if return_dict else (latents,)
-        image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        image = self.decode_latents_to_pixels(latents)
         image = self.image_processor.postprocess(image, output_type="np")
         if paste_mask is not None:
             image = _paste_scene(image, scene_array, paste_mask)
@@ -547,6 +540,16 @@ class FaceStudioPipeline(StableDiffusionPipeline):
             image = torch.from_numpy(image).permute(0, 3, 1, 2)
         self.maybe_free_model_hooks()
         return FaceStudioPipelineOutput(image, settings) if return_dict else (image,)
+
+    def text_conditioning(self, prompts: list[str], negatives: list[str] | None, device, num_images_per_prompt: int,
+                          rows: int, height: int, width: int) -> tuple[torch.Tensor, dict]:
+        """The UNet's text inputs for the guidance rows `[no text, text, text...]`: `(encoder_hidden_states,
+        added_cond_kwargs entries)`. Stable Diffusion 1.x/2.x needs no added conditions."""
+        positive, negative = self.encode_prompt(prompts, device, num_images_per_prompt, True, negatives)
+        return torch.cat([negative] + [positive] * (rows - 1)), {}
+
+    def decode_latents_to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
 
     def _scene_latents(self, scene: np.ndarray, regions, batch, generator, dtype, device):
         """The scene in latent space, the fixed noise used to re-noise it, and the latent blend mask."""
@@ -604,3 +607,56 @@ def _paste_scene(images: np.ndarray, scene: np.ndarray, alpha: np.ndarray) -> np
     out = np.round(out * 255.0) / 255.0
     out[:, alpha <= 0] = scene_f[alpha <= 0]
     return out
+
+
+class FaceStudioPipeline(FaceStudioMixin, StableDiffusionPipeline):
+    """Stable Diffusion with identity and style adapters, per-identity regions and text/reference guidance.
+
+    Build it from a base model with `facestudio.models.load_base_pipeline(name, FaceStudioPipeline)`, then
+    `load_adapters(identity=..., style=...)`.
+
+    Example:
+        ```py
+        >>> from facestudio.models import load_base_pipeline
+        >>> from facestudio.pipeline import FaceStudioPipeline, IdentityInput
+        >>> pipe = load_base_pipeline("tiny", FaceStudioPipeline)
+        >>> pipe.load_adapters(identity="path/to/adapter")
+        >>> out = pipe("a portrait, oil painting", identities=[IdentityInput(photos=("me.jpg",))],
+        ...            num_inference_steps=25, generator=torch.Generator().manual_seed(0))
+        >>> out.images[0].save("me-painted.png")
+        ```
+    """
+
+
+class FaceStudioXLPipeline(FaceStudioMixin, StableDiffusionXLPipeline):
+    """`FaceStudioPipeline` for SDXL: the same adapters, identities, regions, mixing and guidance scales.
+
+    SDXL's UNet also takes the pooled text embedding and the size conditioning ("time ids"); they are built
+    here per guidance row. Public SDXL adapters load with `load_public_adapters` (see the SDXL presets).
+    """
+
+    default_side = 1024
+    _VAE_UPCAST_LOCK = threading.Lock()
+
+    def text_conditioning(self, prompts, negatives, device, num_images_per_prompt, rows, height, width):
+        positive, negative, pooled, negative_pooled = self.encode_prompt(
+            prompt=prompts, device=device, num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=True, negative_prompt=negatives)
+        projection_dim = self.text_encoder_2.config.projection_dim if self.text_encoder_2 is not None \
+            else int(pooled.shape[-1])
+        time_ids = self._get_add_time_ids((height, width), (0, 0), (height, width), dtype=positive.dtype,
+                                          text_encoder_projection_dim=projection_dim).to(device)
+        added = {"text_embeds": torch.cat([negative_pooled] + [pooled] * (rows - 1)),
+                 "time_ids": time_ids.repeat(positive.shape[0] * rows, 1)}
+        return torch.cat([negative] + [positive] * (rows - 1)), added
+
+    def decode_latents_to_pixels(self, latents):
+        # SDXL's VAE overflows in float16 (its config says force_upcast): decode in float32, one call at a time
+        if self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            with self._VAE_UPCAST_LOCK:
+                self.vae.to(torch.float32)
+                try:
+                    return super().decode_latents_to_pixels(latents.float())
+                finally:
+                    self.vae.to(torch.float16)
+        return super().decode_latents_to_pixels(latents)

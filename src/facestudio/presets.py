@@ -50,9 +50,12 @@ VIT_H_ENCODER = "h94/IP-Adapter/models/image_encoder"
 #: The base model of the SD 1.5 presets.
 SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
-#: InstantStyle's SD 1.5 block scales: the style image acts only in the up-block layer that carries style,
-#: so it does not override the layout or the identity.
-STYLE_BLOCKS_SD15 = {"up": {"block_0": [0.0, 1.0, 0.0]}}
+#: InstantStyle's block scales (the same block names fit SD 1.5 and SDXL): the style image acts only in the
+#: up-block layer that carries style, so it does not override the layout or the identity.
+STYLE_BLOCKS = {"up": {"block_0": [0.0, 1.0, 0.0]}}
+
+#: The base model of the SDXL presets.
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 
 _FACEID_LICENCE = ("IP-Adapter-FaceID weights: non-commercial research use only (they are trained on insightface's "
                    "buffalo_l ArcFace embeddings, whose models are non-commercial); the ArcFace model itself: "
@@ -89,7 +92,9 @@ class Preset:
     non_commercial: bool
     style_adapter: HubFile | None = HubFile("h94/IP-Adapter", "ip-adapter_sd15.safetensors", "models")
     style_encoder: str = VIT_H_ENCODER
-    style_blocks: dict | None = field(default_factory=lambda: STYLE_BLOCKS_SD15)
+    style_blocks: dict | None = field(default_factory=lambda: STYLE_BLOCKS)
+    style_embed_dim: int = 1024
+    sdxl: bool = False
     steps: int = 30
     text_guidance_scale: float = 7.5
     reference_guidance_scale: float = 7.5
@@ -106,6 +111,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("plus-face-sd15", "IP-Adapter Plus-Face on SD 1.5: CLIP features of the aligned face, no face recogniser",
            SD15_BASE, HubFile("h94/IP-Adapter", "ip-adapter-plus-face_sd15.safetensors", "models"), "plus-face",
            "", VIT_H_ENCODER, _APACHE_LICENCE, False),
+    Preset("faceid-sdxl", "IP-Adapter-FaceID on SDXL: ArcFace identity only (with its LoRA), 1024 px",
+           SDXL_BASE, HubFile("h94/IP-Adapter-FaceID", "ip-adapter-faceid_sdxl.bin"), "faceid",
+           "arcface", "", _FACEID_LICENCE, True, sdxl=True,
+           style_adapter=HubFile("h94/IP-Adapter", "ip-adapter_sdxl.safetensors", "sdxl_models"),
+           style_encoder="h94/IP-Adapter/sdxl_models/image_encoder", style_embed_dim=1280),
 )}
 
 
@@ -181,7 +191,7 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     from .guidance.public_identity import PublicIdentityConfig
     from .guidance.style import StyleAdapterConfig
     from .models import enable_memory_savers, load_base_pipeline
-    from .pipeline import FaceStudioPipeline
+    from .pipeline import FaceStudioPipeline, FaceStudioXLPipeline
 
     preset = get_preset(name)
     check_available(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model)
@@ -190,7 +200,8 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
         from .faces.arcface import ArcFaceRecognizer
 
         face_analyzer = FaceAnalyzer(recognizer=ArcFaceRecognizer(arcface_model_path(arcface_model)))
-    pipe = load_base_pipeline(base_model or preset.base_model, FaceStudioPipeline, device=device)
+    pipeline_class = FaceStudioXLPipeline if preset.sdxl else FaceStudioPipeline
+    pipe = load_base_pipeline(base_model or preset.base_model, pipeline_class, device=device)
     enable_memory_savers(pipe, cpu_offload=cpu_offload, vae_tiling=vae_tiling)
     cross_dim = pipe.unet.config.cross_attention_dim
     identity_config = PublicIdentityConfig(projection=preset.projection, recognizer=preset.recognizer,
@@ -199,7 +210,7 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     kwargs = {}
     if with_style and preset.style_adapter is not None:
         kwargs = dict(style=_file(preset.style_adapter), style_config=StyleAdapterConfig(
-            image_encoder=preset.style_encoder, image_embed_dim=1024, cross_attention_dim=cross_dim,
+            image_encoder=preset.style_encoder, image_embed_dim=preset.style_embed_dim, cross_attention_dim=cross_dim,
             block_scales=preset.style_blocks))
     pipe.load_public_adapters(_file(preset.adapter), identity_config=identity_config, face_analyzer=face_analyzer,
                               **kwargs)
