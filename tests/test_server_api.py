@@ -351,3 +351,19 @@ def test_a_restarted_server_still_lists_finished_jobs_and_serves_their_images(pi
         assert [j["id"] for j in listed] == [done["id"]] and listed[0]["state"] == "done"
         assert listed[0]["request"] == done["request"] and listed[0]["seed"] == 4
         assert np.array_equal(png_pixels(c, listed[0]["images"][0]["url"]), image)
+
+
+def test_scene_image_sets_the_default_size_and_its_faces_become_the_identity(client, faces_dir, obama_id):
+    scene = client.post("/v1/images", files=[("image", ("biden.jpg", (faces_dir / "biden.jpg").read_bytes(),
+                                                        "image/jpeg"))]).json()
+    # Without a size the scene's shape is used at 512 on its long side: above this server's 256 limit.
+    response = client.post("/v1/generations", json={"prompt": "x", "scene_image": scene["id"], "steps": 2,
+                                                    "identities": [{"id": obama_id}]})
+    long_side = "width 512" if scene["width"] >= scene["height"] else "height 512"
+    assert response.status_code == 400 and long_side in response.json()["error"]
+    done = generate(client, scene_image=scene["id"], identities=[{"id": obama_id}], width=192, height=192, seed=1)
+    assert done["state"] == "done", done["error"]
+    assert png_pixels(client, done["images"][0]["url"]).shape == (192, 192, 3)
+    refused = client.post("/v1/generations", json={"prompt": "x", "scene_image": scene["id"], **SMALL,
+                                                   "identities": [{"id": obama_id, "region": [0, 0, 8, 8]}]})
+    assert refused.status_code == 400 and "do not give regions" in refused.json()["error"]

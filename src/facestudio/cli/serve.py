@@ -98,10 +98,14 @@ def run_serve(args) -> int:
     except OSError as e:
         raise FaceStudioError(f"--data-dir {args.data_dir}: cannot create it ({e.strerror})") from None
 
-    import uvicorn
+    try:
+        import uvicorn
 
+        from ..server import create_app
+    except ImportError as e:
+        raise FaceStudioError(f"facestudio serve needs the server extra ({e.name} is missing): "
+                              "pip install 'facestudio[server]'") from None
     from ..loading import load_generation_pipeline
-    from ..server import create_app
 
     logger.info("loading models")
     pipe = load_generation_pipeline(args.base_model, adapter=args.adapter, style_adapter=args.style_adapter,
@@ -119,5 +123,6 @@ def run_serve(args) -> int:
         print(f"facestudio: listening on {args.host}, so every API request needs the header "
               f"'Authorization: Bearer {token}'", flush=True)
         print(f"facestudio: page with the token: {url}#token={token}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # A bounded graceful shutdown: open progress streams must not keep Ctrl-C waiting.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
     return EXIT_OK
