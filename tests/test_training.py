@@ -196,3 +196,26 @@ def test_train_command(cache_dir, tmp_path, capsys):
     assert "not a face cache" in capsys.readouterr().err
     assert main(["train", str(cache_dir), "--output", str(tmp_path / "y"), "--base-model", "./sd15"]) == 2
     assert "--image-encoder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fifty_steps_on_the_test_photos_lower_the_loss_and_resume_continues_them(faces_dir, tmp_path, capsys):
+    """The issue's acceptance run: prepare, then 50 steps on the tiny model, offline, in under 5 minutes."""
+    import time
+
+    started = time.monotonic()
+    assert main(["prepare", str(faces_dir), str(tmp_path / "cache"), "--resolution", "64"]) == 0
+    args = ["train", str(tmp_path / "cache"), "--max-steps", "50", "--learning-rate", "1e-3",
+            "--checkpoint-every", "25", "--sample-every", "25", "--sample-steps", "4"]
+    assert main(args + ["--output", str(tmp_path / "run")]) == 0
+    elapsed = time.monotonic() - started
+    printed = capsys.readouterr().out
+    losses = json.loads((tmp_path / "run" / "checkpoints" / "checkpoint-50" / "training_state.json").read_text())
+    losses = losses["losses"]
+    assert len(losses) == 50 and np.mean(losses[-10:]) < np.mean(losses[:10])
+    assert elapsed < 300, elapsed
+    assert f"of the last 10 steps {np.mean(losses[-10:]):.4f}" in printed
+    assert main(args + ["--output", str(tmp_path / "again"), "--resume",
+                        str(tmp_path / "run" / "checkpoints" / "checkpoint-25")]) == 0
+    again = json.loads((tmp_path / "again" / "checkpoints" / "checkpoint-50" / "training_state.json").read_text())
+    np.testing.assert_allclose(again["losses"], losses, rtol=1e-6)
