@@ -112,3 +112,28 @@ def test_a_photo_without_a_face_is_explained_on_the_card(page, server, faces_dir
     page.locator("#person-1 input.photos").set_input_files(str(text))
     page.wait_for_function("() => document.querySelector('#person-1 .faces-status').textContent.includes('not an image')")
     assert "error" in page.get_attribute("#person-1 .faces-status", "class")
+
+
+def test_regions_can_be_set_with_the_keyboard_and_mix_appears_for_two_people(page, server):
+    page.goto(server.url + "/")
+    page.fill("#width", "256")
+    page.fill("#height", "128")
+    page.dispatch_event("#width", "change")
+    page.focus("#person-1 button.draw-region")
+    page.keyboard.press("Enter")  # selects person 1 and moves the focus to the canvas
+    assert page.evaluate("() => document.activeElement.id") == "regions"
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Shift+ArrowDown")
+    region = [int(page.input_value(f"#person-1 input.r[data-i='{i}']")) for i in range(4)]
+    assert region == [64 + 8, 32, 192 + 8, 96 + 8]  # the centred default box, moved right, grown down
+    assert page.is_hidden("#mix-box")
+    page.click("#add-person")
+    assert page.is_visible("#mix-box") and page.text_content("#person-2 legend") == "Person 2"
+    page.fill("#person-2 input.r[data-i='0']", "10")
+    for i, v in ((1, "0"), (2, "100"), (3, "128")):
+        page.fill(f"#person-2 input.r[data-i='{i}']", v)
+    page.dispatch_event("#person-2 input.r[data-i='3']", "change")
+    # Person 2's typed box is drawn in its colour (teal); outside every box the canvas stays dark.
+    pixel = "([x, y]) => [...document.querySelector('#regions').getContext('2d').getImageData(x, y, 1, 1).data]"
+    inside, outside = page.evaluate(pixel, [60, 80]), page.evaluate(pixel, [300, 150])
+    assert inside[1] > outside[1] + 30 and outside[:3] == [43, 43, 48]

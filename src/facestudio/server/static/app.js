@@ -184,7 +184,8 @@ function setRegion(person, box, fillInputs = true) {
     box = x1 - x0 >= 2 && y1 - y0 >= 2 ? [x0, y0, x1, y1] : null;
   }
   person.region = box;
-  if (fillInputs || !box) person.node.querySelectorAll("input.r").forEach((input, i) => { input.value = box ? box[i] : ""; });
+  // Typed numbers stay as typed while incomplete; drawn or cleared boxes are written back to the inputs.
+  if (fillInputs) person.node.querySelectorAll("input.r").forEach((input, i) => { input.value = box ? box[i] : ""; });
   drawRegions();
 }
 
