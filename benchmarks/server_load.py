@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,7 +124,8 @@ def main() -> int:
             with httpx.Client(base_url=url, timeout=60) as client:
                 upload = client.post("/v1/identities", files=[("photos", (PHOTO.name, PHOTO.read_bytes()))])
                 identity = upload.json()["id"]
-                warm = client.post("/v1/generations", json={"prompt": "warm-up", **JOB, "identities": [{"id": identity}]})
+                warm = client.post("/v1/generations",
+                                   json={"prompt": "warm-up", **JOB, "identities": [{"id": identity}]})
                 follow(client, warm.json()["id"], time.monotonic() + 120)
             before = rss().rss
 
@@ -163,7 +163,8 @@ def main() -> int:
     print(f"  wall {wall:.2f} s: {len(results) / wall:.1f} requests answered/s, {len(done) / wall:.2f} images/s")
     print(f"  latency of completed jobs (post to done): p50 {percentile(latencies, 0.5):.2f} s, "
           f"p95 {percentile(latencies, 0.95):.2f} s")
-    print(f"  time to a 429: p50 {1000 * percentile(refusals, 0.5):.0f} ms, p95 {1000 * percentile(refusals, 0.95):.0f} ms")
+    print(f"  time to a 429: p50 {1000 * percentile(refusals, 0.5):.0f} ms, "
+          f"p95 {1000 * percentile(refusals, 0.95):.0f} ms")
     print(f"  queue: most waiting seen by the monitor {max(waiting, default=0)}, by the server "
           f"{queue['max_waiting_seen']} (bound {args.queue_size})")
     print(f"  server memory (RSS): before {before / 2**20:.0f} MiB, after {after / 2**20:.0f} MiB "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -65,7 +64,8 @@ def test_upload_draw_generate_and_see_the_result(page, server, faces_dir, tmp_pa
 
     person = page.locator("#person-1")
     person.locator("input.photos").set_input_files(str(faces_dir / "obama.jpg"))
-    page.wait_for_function("() => document.querySelector('#person-1 .faces-status').textContent.includes('1 face found')")
+    status = "() => document.querySelector('#person-1 .faces-status').textContent"
+    page.wait_for_function(f"{status}.includes('1 face found')")
     person.locator("canvas.faces").wait_for()  # the photo with its face drawn
     assert person.locator("canvas.faces").count() == 1
 
@@ -110,7 +110,8 @@ def test_a_photo_without_a_face_is_explained_on_the_card(page, server, faces_dir
     text.write_text("not an image")
     page.goto(server.url + "/")
     page.locator("#person-1 input.photos").set_input_files(str(text))
-    page.wait_for_function("() => document.querySelector('#person-1 .faces-status').textContent.includes('not an image')")
+    status = "() => document.querySelector('#person-1 .faces-status').textContent"
+    page.wait_for_function(f"{status}.includes('not an image')")
     assert "error" in page.get_attribute("#person-1 .faces-status", "class")
 
 
