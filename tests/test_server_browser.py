@@ -19,9 +19,10 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    app = create_app(new_pipe(), tmp_path_factory.mktemp("data"), max_side=256, default_steps=3, base_model="tiny")
+    pipe = new_pipe()
+    app = create_app(pipe, tmp_path_factory.mktemp("data"), max_side=256, default_steps=3, base_model="tiny")
     with BackgroundServer(app) as running:
-        running.app = app
+        running.app, running.pipe = app, pipe
         yield running
 
 
@@ -138,3 +139,19 @@ def test_regions_can_be_set_with_the_keyboard_and_mix_appears_for_two_people(pag
     pixel = "([x, y]) => [...document.querySelector('#regions').getContext('2d').getImageData(x, y, 1, 1).data]"
     inside, outside = page.evaluate(pixel, [60, 80]), page.evaluate(pixel, [300, 150])
     assert inside[1] > outside[1] + 30 and outside[:3] == [43, 43, 48]
+
+
+def test_with_a_token_the_page_takes_it_from_the_address_and_sends_it(page, server, faces_dir, tmp_path):
+    token = "browser-test-token-0123456789"
+    app = create_app(server.pipe, tmp_path / "data", token=token, base_model="tiny")
+    with BackgroundServer(app) as guarded:
+        page.goto(guarded.url + "/#token=" + token)
+        page.wait_for_function("() => document.querySelector('#model-info').textContent.includes('tiny')")
+        assert "token" not in page.url and page.is_hidden("#token-box")
+        page.locator("#person-1 input.photos").set_input_files(str(faces_dir / "obama.jpg"))
+        page.wait_for_function("() => document.querySelector('#person-1 .faces-status').textContent"
+                               ".includes('1 face found')")
+        assert len(app.state.data.list_identities()) == 1
+        page.evaluate("() => sessionStorage.clear()")
+        page.goto(guarded.url + "/")  # no token: the page asks for it
+        page.wait_for_selector("#token-box", state="visible")
