@@ -139,3 +139,5 @@ def test_prepare_command(tmp_path, faces_dir, capsys):
     assert "no photo has a usable face" in err and len(err.strip().splitlines()) == 1
     assert main(["prepare", str(tmp_path / "missing"), str(tmp_path / "out3")]) == 2
     assert "no such folder" in capsys.readouterr().err
+    assert main(["prepare", str(photos), str(tmp_path / "out4"), "--resolution", "100"]) == 2
+    assert "multiple of 64" in capsys.readouterr().err

@@ -55,7 +55,7 @@ class PrepareSettings:
     """What the cache was made with; a resumed run must use the same.
 
     Attributes:
-        resolution (`int`): side of the square training crops (a multiple of 8).
+        resolution (`int`): side of the square training crops (a multiple of 64).
         min_face_size (`int`): smallest accepted face width and height, in the photo's pixels.
         max_faces (`int`): photos with more faces are rejected.
     """
@@ -65,8 +65,8 @@ class PrepareSettings:
     max_faces: int = MAX_FACES
 
     def check(self) -> None:
-        if self.resolution % 8 or not 64 <= self.resolution <= 2048:
-            raise FaceStudioError(f"resolution {self.resolution}: must be a multiple of 8 between 64 and 2048")
+        if self.resolution % 64 or not 64 <= self.resolution <= 2048:  # latents are 1/8, halved thrice in the UNet
+            raise FaceStudioError(f"resolution {self.resolution}: must be a multiple of 64 between 64 and 2048")
         if self.min_face_size < 16:
             raise FaceStudioError(f"min face size {self.min_face_size}: must be at least 16 pixels")
         if self.max_faces < 1:

@@ -153,9 +153,6 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     output = Path(settings.output)
     resume_dir = _resume_dir(settings, output)
     cache = FaceCache(settings.cache)
-    if cache.resolution % 64:
-        raise FaceStudioError(f"cache resolution {cache.resolution} must be a multiple of 64 (the UNet halves the "
-                              "latent three times)")
     accelerator = Accelerator(mixed_precision=_mixed_precision(settings), cpu=settings.cpu,
                               gradient_accumulation_steps=settings.gradient_accumulation_steps,
                               project_config=ProjectConfiguration(project_dir=str(output)))
