@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 
 from ..errors import FaceStudioError
+from ..presets import PRESETS
 from . import EXIT_OK
 
 logger = logging.getLogger(__name__)
@@ -34,12 +35,16 @@ def add_commands(commands) -> None:
         epilog="example: facestudio serve --base-model ./sd15 --adapter ./faceid-adapter\n"
                "         then open http://127.0.0.1:7860/")
     models = serve.add_argument_group("models")
-    models.add_argument("--base-model", required=True, metavar="tiny|FOLDER|HUB_ID",
-                        help="the Stable Diffusion 1.x/2.x pipeline: a local folder, a model hub id, or 'tiny' "
-                             "(random weights: smoke tests only)")
+    models.add_argument("--base-model", metavar="tiny|FOLDER|HUB_ID",
+                        help="the Stable Diffusion pipeline: a local folder, a model hub id, or 'tiny' (random "
+                             "weights: smoke tests only). Needed without --preset; with it, replaces its base")
     models.add_argument("--adapter", metavar="FOLDER|tiny", help="identity adapter folder, or 'tiny' (untrained)")
     models.add_argument("--style-adapter", metavar="FOLDER|tiny", help="style adapter folder, or 'tiny'")
-    models.add_argument("--preset", metavar="NAME", help="a public adapter preset (instead of --adapter)")
+    models.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
+                        help=f"public weights by name, instead of --adapter: {', '.join(PRESETS)} (FaceID presets "
+                             "are non-commercial)")
+    models.add_argument("--arcface-model", metavar="FILE",
+                        help="insightface buffalo_l's w600k_r50.onnx, for the FaceID presets")
     models.add_argument("--device", choices=("cpu", "cuda", "mps"),
                         help="where to run (default: CUDA, else MPS, else the CPU)")
     models.add_argument("--cpu-offload", action="store_true", help="keep each model on the CPU until it runs")
@@ -89,6 +94,8 @@ def run_serve(args) -> int:
         raise FaceStudioError("--max-upload-mb and --job-timeout must be positive")
     if args.token is not None and len(args.token) < 16:
         raise FaceStudioError("--token: use at least 16 characters")
+    if args.base_model is None and args.preset is None:
+        raise FaceStudioError("give --base-model (a folder, a hub id or 'tiny') or --preset")
     token = args.token
     if token is None and not is_loopback(args.host):
         token = secrets.token_urlsafe(24)
@@ -110,12 +117,12 @@ def run_serve(args) -> int:
     logger.info("loading models")
     pipe = load_generation_pipeline(args.base_model, adapter=args.adapter, style_adapter=args.style_adapter,
                                     preset=args.preset, device=args.device, cpu_offload=args.cpu_offload,
-                                    vae_tiling=args.vae_tiling)
+                                    vae_tiling=args.vae_tiling, arcface_model=args.arcface_model)
     pipe.set_progress_bar_config(disable=True)  # progress goes to the page and the event stream
     app = create_app(pipe, data_dir, queue_size=args.queue_size, workers=args.workers, token=token,
                      job_timeout=args.job_timeout, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                      max_side=args.max_side, default_steps=args.default_steps, max_jobs=args.keep_jobs,
-                     base_model=str(args.base_model), allowed_hosts={args.host})
+                     base_model=str(args.base_model or PRESETS[args.preset].base_model), allowed_hosts={args.host})
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{args.port}/"
     print(f"facestudio: serving {url} (data in {data_dir})", flush=True)

@@ -57,7 +57,7 @@ def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int
         image_id = getattr(request, field)
         if image_id is not None and data.image_path(image_id) is None:
             raise NotFound(f"{field}: no uploaded image with id {image_id}")
-    width, height = _size(request, data)
+    width, height = _size(request, data, getattr(pipe, "default_side", DEFAULT_SIDE))
     for name, side in (("width", width), ("height", height)):
         if side > max_side:
             raise FaceStudioError(f"{name} {side}: this server makes images at most {max_side} pixels wide and high")
@@ -86,15 +86,15 @@ def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int
     return Plan(request, tuple(people), tuple(infos), seed, width, height, steps)
 
 
-def _size(request: GenerationRequest, data: DataFolder) -> tuple[int, int]:
-    """The output size: as asked, else the scene image's shape at the default size (as the pipeline does)."""
+def _size(request: GenerationRequest, data: DataFolder, default_side: int) -> tuple[int, int]:
+    """The output size: as asked, else the scene image's shape at the pipeline's default size (as it does)."""
     if request.width is not None and request.height is not None:
         return request.width, request.height
     if request.scene_image is not None and request.width is None and request.height is None:
         info = data.image_info(request.scene_image)
-        scale = DEFAULT_SIDE / max(info["width"], info["height"])
+        scale = default_side / max(info["width"], info["height"])
         return tuple(max(8, round(side * scale / 8) * 8) for side in (info["width"], info["height"]))
-    return request.width or DEFAULT_SIDE, request.height or DEFAULT_SIDE
+    return request.width or default_side, request.height or default_side
 
 
 def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
