@@ -177,13 +177,29 @@ def cache_sample_identity(cache_dir):
     return Identity(sample["embedding"], sample["detail"].astype(np.float32), "dlib", "cached")
 
 
+def test_a_base_model_folder_and_from_pretrained_with_the_guidance(cache_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    base = tmp_path / "base"
+    StableDiffusionPipeline(**tiny_components()).save_pretrained(base)
+    result = train(TrainSettings(cache=str(cache_dir), output=str(tmp_path / "run"), base_model=str(base),
+                                 max_steps=1, **QUICK), progress=False)
+    pipe = FaceStudioPipeline.from_pretrained(base, guidance=tmp_path / "run", safety_checker=None,
+                                              requires_safety_checker=False)
+    assert [a.kind for a in pipe.facestudio_adapters] == ["identity", "style"]
+    loaded = pipe.unet.encoder_hid_proj.projection.state_dict()
+    trained = result.pipeline.unet.encoder_hid_proj.projection.state_dict()
+    assert all(torch.equal(loaded[k], trained[k]) for k in trained)
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["base_model"] == str(base)
+
+
 def test_train_command(cache_dir, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", str(cache_dir), "--output", str(out), "--max-steps", "2", "--checkpoint-every", "1",
             "--sample-every", "1", "--sample-steps", "2", "--num-samples", "2"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "loss: mean of the first 10 steps" in printed and "trained steps 1-2" in printed
+    assert "loss: mean of the first 2 steps" in printed and "trained steps 1-2" in printed
     assert (out / "loss.png").is_file() and (out / "samples" / "step-000001.png").is_file()
     assert (out / "samples" / "step-000002.png").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]

@@ -133,10 +133,11 @@ def run_train(args) -> int:
     if done <= 0:
         print(f"nothing to do: the checkpoint is already at step {result.start_step} of {args.max_steps}")
         return EXIT_OK
-    first, last = result.first_last_means(10)
+    count = min(10, len(result.losses))
+    first, last = result.first_last_means(count)
     print(f"trained steps {result.start_step + 1}-{len(result.losses)} in {result.seconds:.1f} s "
           f"({result.seconds / done:.2f} s/step)")
-    print(f"loss: mean of the first 10 steps {first:.4f}, of the last 10 steps {last:.4f}")
+    print(f"loss: mean of the first {count} steps {first:.4f}, of the last {count} steps {last:.4f}")
     print(f"guidance written to {args.output} (FaceStudioPipeline.from_pretrained(BASE, guidance={args.output!r}))")
     return EXIT_OK
 
