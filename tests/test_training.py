@@ -235,3 +235,7 @@ def test_fifty_steps_on_the_test_photos_lower_the_loss_and_resume_continues_them
                         str(tmp_path / "run" / "checkpoints" / "checkpoint-25")]) == 0
     again = json.loads((tmp_path / "again" / "checkpoints" / "checkpoint-50" / "training_state.json").read_text())
     np.testing.assert_allclose(again["losses"], losses, rtol=1e-6)
+    # the fall is learning, not lucky draws: the same 50 steps with a vanishing learning rate stay high
+    control = train(TrainSettings(cache=str(tmp_path / "cache"), output=str(tmp_path / "control"), max_steps=50,
+                                  learning_rate=1e-9, checkpoint_every=0, sample_every=-1), progress=False)
+    assert np.mean(losses[-10:]) < 0.9 * np.mean(control.losses[-10:])
