@@ -164,6 +164,7 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
         state = json.loads((resume_dir / STATE_NAME).read_text())
         losses, start_step = state["losses"], state["step"]
         logger.info("resumed from %s at step %d", resume_dir, start_step)
+        _note_changed_settings(state["settings"], settings)
     output.mkdir(parents=True, exist_ok=True)
 
     dataset = ReconstructionDataset(cache, settings.seed, settings.dropout(), settings.multi_identity,
@@ -398,6 +399,20 @@ def _resume_dir(settings: TrainSettings, output: Path) -> Path | None:
     if not (folder / STATE_NAME).is_file():
         raise FaceStudioError(f"--resume {settings.resume}: not a training checkpoint (no {STATE_NAME})")
     return folder
+
+
+#: Settings that may change on resume without changing what the earlier steps were.
+_RESUMABLE_CHANGES = {"output", "resume", "max_steps", "checkpoint_every", "checkpoints_total_limit", "sample_every",
+                      "sample_steps", "num_samples", "num_workers", "cpu"}
+
+
+def _note_changed_settings(before: dict, settings: TrainSettings) -> None:
+    """Say which settings differ from the checkpoint's run: the curve then no longer continues the same."""
+    changed = sorted(k for k, v in asdict(settings).items() if k not in _RESUMABLE_CHANGES and before.get(k) != v)
+    if changed:
+        logger.warning("resuming with settings other than the checkpoint's (%s): the run continues, but not as the "
+                       "first one would have", ", ".join(f"{k}: {before.get(k)!r} -> {getattr(settings, k)!r}"
+                                                         for k in changed))
 
 
 def _report(parts: TrainingParts, accelerator, settings: TrainSettings, output: Path, step: int, losses: list[float],
