@@ -293,8 +293,8 @@ def build_parts(settings: TrainSettings, accelerator) -> TrainingParts:
                                  num_warmup_steps=settings.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=settings.max_steps * accelerator.num_processes)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    return TrainingParts(pipe, guidance, optimizer, lr_scheduler, noise_scheduler, encoder, recognizer_net, weight_dtype,
-                  settings)
+    return TrainingParts(pipe, guidance, optimizer, lr_scheduler, noise_scheduler, encoder, recognizer_net,
+                         weight_dtype, settings)
 
 
 # ---------------------------------------------------------------------------------------------------------- a step
