@@ -4,11 +4,17 @@
     facestudio compare A B [--face N | --face-a N --face-b N] [--json]
     facestudio generate --prompt TEXT --base-model MODEL [--identity PHOTO[,PHOTO...] ...] [--adapter A] ...
     facestudio mix A B --ratio R --base-model MODEL --adapter A [--prompt TEXT] ...
+    facestudio generate --preset NAME --prompt TEXT --identity PHOTO ...   (public weights by name)
     facestudio convert FILE.bin [--output FILE.safetensors]
+    facestudio prepare DATA_DIR OUT [--resolution 512]
+    facestudio train CACHE --output DIR [--base-model MODEL --image-encoder MODEL] [--resume latest] ...
+    facestudio serve [--base-model MODEL --adapter A | --preset NAME] [--host 127.0.0.1] [--port 7860]
+    facestudio eval FOLDER | --spec RUN.toml [--identity NAME=PHOTO,...] [--held-out ...] [--clip MODEL]
 
 Input errors (unreadable image, no face, ambiguous face, missing model, bad settings) print one line naming
 the problem and exit with status 2; `--debug` shows the traceback of anything unexpected. One module per group
-of commands: `faces.py` (faces, compare), `generate.py` (generate, mix), `convert.py`.
+of commands: `faces.py` (faces, compare), `generate.py` (generate, mix), `convert.py`, `training.py` (prepare,
+train), `serve.py`, `evaluate.py` (eval).
 """
 
 from __future__ import annotations
