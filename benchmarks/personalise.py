@@ -72,7 +72,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps (default 25, the paper's)")
     parser.add_argument("--passes", type=int, default=2, help="training passes timed per method (default 2)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default 1 on the CPU: far less sensitive to other processes "
+                             "competing for the cores, which matters more here than speed)")
     parser.add_argument("--photo", default=str(FACES / "obama.jpg"), help="the person's photo")
     parser.add_argument("--tiny", action="store_true", help="tiny random models instead of SD 1.5's shape")
     args = parser.parse_args()
@@ -89,8 +91,9 @@ def main() -> int:
 
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (1 if args.device == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     size = 64 if args.tiny and args.size == 256 else args.size
     print(f"models: {'tiny test models' if args.tiny else 'SD 1.5-shaped UNet + text encoder, random weights'}; "
