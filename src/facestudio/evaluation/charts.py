@@ -1,23 +1,23 @@
-"""The report's charts, drawn with matplotlib's Agg backend into PNG files (no display, no network)."""
+"""The report's charts, drawn into PNG files with matplotlib's object API.
+
+`Figure` objects rather than pyplot: no global figure state and no backend switch, so reports can be written
+from several threads (the server) and from processes that use pyplot for something else.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; must precede pyplot's import
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .scoring import PRIMARY, THRESHOLDS  # noqa: E402
-from .timing import STAGES  # noqa: E402
+from .scoring import PRIMARY, THRESHOLDS
+from .timing import STAGES
 
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -26,7 +26,8 @@ def similarity_vs_reference_scale(settings: list[dict], path: Path) -> Path | No
     rows = [r for r in settings if r["reference_scale"] is not None]
     if not rows:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig = Figure(figsize=(9, 3.6))
+    axes = fig.subplots(1, 2)
     for ax, rec in zip(axes, THRESHOLDS):
         for method in dict.fromkeys(r["method"] for r in rows):
             points = sorted((r["reference_scale"], r[f"{rec}_similarity"]) for r in rows
@@ -46,7 +47,8 @@ def text_reference_tradeoff(settings: list[dict], path: Path) -> Path | None:
     rows = [r for r in settings if r["clip_score"] is not None and r[f"{PRIMARY}_similarity"] is not None]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: (r["reference_scale"], r["text_scale"]))
         ax.plot([r["clip_score"] for r in mine], [r[f"{PRIMARY}_similarity"] for r in mine], marker="o", label=method)
@@ -64,7 +66,8 @@ def time_split(timing: list[dict], tuning: list[dict], facestudio_first: float |
     """Left: seconds per image by stage and method. Right: time to personalise, log scale."""
     if not timing and not tuning:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2)
     ax = axes[0]
     bottom = [0.0] * len(timing)
     for stage in STAGES:
