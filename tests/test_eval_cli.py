@@ -96,6 +96,9 @@ def test_folder_evaluation_scores_real_faces_and_lists_what_it_skipped(generated
     two = {p["identity"]: p for p in images["003-seed0.png"]["people"]}
     assert two["biden"]["box"][0] > two["obama"]["box"][2] and not two["biden"]["confused"]
     assert two["biden"]["in_region"] is False  # default strips: slot 0 is the left half, Biden is on the right
+    obama = next(r for r in results["tables"]["identities"] if r["identity"] == "obama")
+    # Three photos of one man across "seeds": different pictures, same person (below 1 - threshold).
+    assert 0.05 < obama["diversity"] < 1 - THRESHOLDS["sface"]
     methods = results["tables"]["methods"][0]
     assert methods["detection_rate"] == 1.0 and methods["sface_above_threshold"] == pytest.approx(4 / 5)
     assert methods["confusion_rate"] == 0.0

@@ -86,3 +86,26 @@ def test_identity_without_a_face_is_a_clear_error(scorer):
     blank = Image.new("RGB", (200, 200), (120, 120, 120))
     with pytest.raises(NoFaceError, match="identity nobody"):
         scorer.reference("nobody", [blank])
+
+
+def test_paste_baseline_puts_the_reference_face_where_the_canvas_face_was(faces_dir, scorer):
+    from facestudio.evaluation.baselines import paste_reference
+    from facestudio.imaging import to_array
+
+    canvas = to_array(load_image(faces_dir / "biden.jpg"))
+    before = scorer.detect(canvas)
+    pasted = paste_reference(canvas, to_array(load_image(faces_dir / "obama.jpg")), before, None, scorer.detector)
+    obama = scorer.reference("obama", [faces_dir / "obama2.jpg"])  # not the pasted photo
+    biden = scorer.reference("biden", [faces_dir / "biden.jpg"])
+    result = scorer.score_image(pasted, [obama, biden])
+    me = next(p for p in result.people if p.identity == "obama")
+    assert me.face is not None and me.similarity["sface"] >= THRESHOLDS["sface"]
+    # The face now at Biden's place is Obama's: it overlaps Biden's old box and no longer passes as Biden.
+    x, y = (np.array(me.box[:2]) + np.array(me.box[2:])) / 2
+    x0, y0, x1, y1 = before[0].box
+    assert x0 <= x <= x1 and y0 <= y <= y1
+    assert float(biden.similarity("sface", result.face_vectors["sface"][me.face:me.face + 1])[0]) < THRESHOLDS["sface"]
+    # Nothing changes away from the face: the changed pixels lie within the face box grown by half its size.
+    ys, xs = np.nonzero((pasted != canvas).any(axis=2))
+    w, h = x1 - x0, y1 - y0
+    assert xs.min() >= x0 - w / 2 and xs.max() <= x1 + w / 2 and ys.min() >= y0 - h / 2 and ys.max() <= y1 + h / 2
