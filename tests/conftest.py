@@ -35,6 +35,18 @@ def photos(faces_dir) -> dict[str, np.ndarray]:
     return {name: np.asarray(load_image(faces_dir / name)) for name in PHOTOS}
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models: they gain nothing from threads, and on a shared machine busy threads wait
+    on each other (5-15x slower training here). Use with `pytestmark = pytest.mark.usefixtures(...)`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_in_threads(work, keys, repeats: int) -> dict:
     """Run `work(key)` `repeats` times in one thread per key, all at once; every result per key, in order.
 

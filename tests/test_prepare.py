@@ -15,15 +15,7 @@ from facestudio.training.prepare import (MANIFEST_NAME, PrepareSettings, prepare
 SETTINGS = PrepareSettings(resolution=64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On a shared machine, busy threads of small models wait on each other: one is faster here."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_photo_folder(root, faces_dir, with_bad=True):

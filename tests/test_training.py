@@ -18,13 +18,7 @@ NO_DROP = ConditionDropout(0.0, 0.0, 0.0, 0.0)
 QUICK = dict(sample_every=-1, checkpoint_every=0, learning_rate=1e-3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models gain nothing from threads, and on a shared machine busy threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
