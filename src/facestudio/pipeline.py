@@ -315,6 +315,26 @@ class FaceStudioMixin:
                                      name)
         return idg.encode_person(self._analyzer(), photos, face, name)
 
+    def encode_photos(self, photos: Sequence[np.ndarray], faces: Sequence, name: str = "") -> idg.Identity:
+        """One person's `Identity` from RGB arrays and the detected face to use in each, encoded the way the
+        loaded identity adapter reads it (facestudio's own, or a public kind)."""
+        from .guidance import public_identity as pid
+
+        adapter = self._adapter("identity")
+        if adapter is None:
+            raise FaceStudioError("no identity adapter is loaded: identities cannot be encoded")
+        if isinstance(adapter.config, pid.PublicIdentityConfig):
+            return pid.encode_photos(self._analyzer(), getattr(self, "identity_encoder", None), adapter.config,
+                                     photos, faces, name)
+        return idg.encode_photos(self._analyzer(), photos, faces, name)
+
+    def identity_signature(self) -> str | None:
+        """What an `Identity` must record as its recogniser to fit the loaded identity adapter (None: no adapter)."""
+        adapter = self._adapter("identity")
+        if adapter is None:
+            return None
+        return getattr(adapter.config, "signature", None) or adapter.config.recognizer
+
     def identity_tokens(self, identities: list[idg.Identity], batch: int, three_way: bool) -> torch.Tensor:
         """`[rows * batch, N, T, D]` tokens: "no reference" rows first, identities in the last."""
         from .guidance import public_identity as pid

@@ -98,16 +98,27 @@ class PublicIdentityConfig(AdapterConfig):
 def encode_person(analyzer: FaceAnalyzer, encoder: StyleEncoder | None, config: PublicIdentityConfig,
                   photos: Sequence, face: int | None = None, name: str = "") -> idg.Identity:
     """The `Identity` a public adapter reads, from photos (paths, PIL images or RGB arrays) of one person."""
+    arrays, chosen = [], []
+    for j, photo in enumerate(photos):
+        label = str(photo) if isinstance(photo, (str, os.PathLike)) else f"{name or 'identity'} photo {j + 1}"
+        array = photo if isinstance(photo, np.ndarray) else np.asarray(load_image(photo, min_side=32, name=label))
+        arrays.append(array)
+        chosen.append(select_face(analyzer.detect(array), index=face, source=label))
+    return encode_photos(analyzer, encoder, config, arrays, chosen, name)
+
+
+def encode_photos(analyzer: FaceAnalyzer, encoder: StyleEncoder | None, config: PublicIdentityConfig,
+                  photos: Sequence[np.ndarray], faces: Sequence, name: str = "") -> idg.Identity:
+    """The `Identity` of one person from RGB arrays and the face to use in each."""
     embedding_used, detail_used = READS[config.projection]
     if embedding_used:
         config.check_recognizer(analyzer.recognizer.name, config.projection)
     if detail_used and encoder is None:
         raise FaceStudioError(f"{config.projection} needs its CLIP image encoder ({config.image_encoder})")
+    if not len(photos):
+        raise ValueError("an identity needs at least one photo")
     per_photo = []
-    for j, photo in enumerate(photos):
-        label = str(photo) if isinstance(photo, (str, os.PathLike)) else f"{name or 'identity'} photo {j + 1}"
-        array = photo if isinstance(photo, np.ndarray) else np.asarray(load_image(photo, min_side=32, name=label))
-        chosen = select_face(analyzer.detect(array), index=face, source=label)
+    for array, chosen in zip(photos, faces):
         embedding = np.zeros(0, np.float32)
         detail = np.zeros((0, 1), np.float32)
         if embedding_used:
@@ -118,8 +129,6 @@ def encode_person(analyzer: FaceAnalyzer, encoder: StyleEncoder | None, config: 
             crop = analyzer.align(array, chosen, "arcface", CLIP_FACE_SIZE).image
             detail = encoder.hidden_states([crop])[0].float().cpu().numpy()
         per_photo.append(idg.Identity(embedding, detail, config.signature, name, tokens_per_photo=len(detail)))
-    if not per_photo:
-        raise ValueError("an identity needs at least one photo")
     return idg.pool(per_photo, name=name)
 
 
