@@ -98,8 +98,6 @@ def _cache_file(hub, repo: str, path: str, write) -> None:
 
 
 def test_generate_with_a_preset_from_the_hub_cache(empty_hub, tmp_path, faces_dir):
-    from safetensors.torch import save_file
-
     base = tmp_path / "tiny-base"
     FaceStudioPipeline(**tiny_components()).save_pretrained(base)
     unet = tiny_components()["unet"]
@@ -124,3 +122,22 @@ def test_generate_with_a_preset_from_the_hub_cache(empty_hub, tmp_path, faces_di
 
     settings = read_png_metadata(image)
     assert "faceid-plusv2-sd15" in str(settings) and "ip-adapter-faceid-plusv2_sd15.bin" in str(settings)
+
+
+def test_style_blocks_act_on_their_presets_unet():
+    """The preset's style block scales leave some style layer on in its base model's UNet (SD 1.5's up_blocks.0
+    has no attention: SDXL's blocks there would switch the style adapter off everywhere)."""
+    import accelerate
+    from diffusers import UNet2DConditionModel
+
+    from facestudio.guidance.style import acting_layers
+    from facestudio.models import sd15_unet_config
+    from facestudio.presets import STYLE_BLOCKS_SDXL
+    from test_public_layouts import SDXL_UNET_CONFIG
+
+    with accelerate.init_empty_weights():
+        unets = {False: UNet2DConditionModel(**sd15_unet_config()), True: UNet2DConditionModel(**SDXL_UNET_CONFIG)}
+    for preset in PRESETS.values():
+        layers = acting_layers(unets[preset.sdxl], preset.style_blocks)
+        assert layers and all(".attentions.1." in name for name in layers), preset.name
+    assert acting_layers(unets[False], STYLE_BLOCKS_SDXL) == []

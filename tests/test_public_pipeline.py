@@ -162,8 +162,11 @@ def test_style_block_scales_keep_style_out_of_the_zeroed_blocks(checkpoints, arc
                     **SIZE).images for image in (None, sty.Image.fromarray(style_image))]
         return float(np.abs(run[0] - run[1]).max())
 
-    assert style_effect(None) > 1e-3
-    assert style_effect({"down": 0.0, "mid": 0.0, "up": 0.0}) < 1e-6
+    everywhere = style_effect(None)
+    one_layer = style_effect({"down": 0.0, "mid": 0.0, "up": {"block_1": [0.0, 1.0]}})
+    assert everywhere > 1e-3 and 1e-6 < one_layer and abs(one_layer - everywhere) > 1e-6
+    with pytest.raises(ModelFileError, match="switch it off in every layer"):
+        style_effect({"down": 0.0, "mid": 0.0, "up": 0.0})
 
 
 def test_wrong_recogniser_and_wrong_file_are_refused(checkpoints, arcface_analyzer, analyzer):

@@ -209,8 +209,14 @@ class FaceStudioMixin:
         adapters' fixed per-block scales (style kept out of the layout blocks)."""
         self.unet.encoder_hid_proj = TokenPassthrough(self.unet.encoder_hid_proj)
         install_region_processors(self.unet)
-        if any(getattr(a.config, "block_scales", None) for a in adapters):
-            self.set_ip_adapter_scale([getattr(a.config, "block_scales", None) or 1.0 for a in adapters])
+        blocks = [getattr(a.config, "block_scales", None) for a in adapters]
+        for adapter, block_scales in zip(adapters, blocks):
+            if block_scales and not sty.acting_layers(self.unet, block_scales):
+                self.unload_adapters()
+                raise ModelFileError(f"the {adapter.kind} adapter's block scales {block_scales} switch it off in every "
+                                     "layer of this UNet (block names differ between SD 1.5 and SDXL)")
+        if any(blocks):
+            self.set_ip_adapter_scale([b or 1.0 for b in blocks])
         self.facestudio_adapters = tuple(adapters)
 
     def unload_adapters(self) -> None:

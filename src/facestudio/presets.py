@@ -50,9 +50,14 @@ VIT_H_ENCODER = "h94/IP-Adapter/models/image_encoder"
 #: The base model of the SD 1.5 presets.
 SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
-#: InstantStyle's block scales (the same block names fit SD 1.5 and SDXL): the style image acts only in the
-#: up-block layer that carries style, so it does not override the layout or the identity.
-STYLE_BLOCKS = {"up": {"block_0": [0.0, 1.0, 0.0]}}
+#: InstantStyle's block scales for SDXL: the style image acts only in the layer that carries style
+#: (`up_blocks.0.attentions.1`), so it does not override the layout or the identity.
+STYLE_BLOCKS_SDXL = {"up": {"block_0": [0.0, 1.0, 0.0]}}
+
+#: The same idea for SD 1.5, whose `up_blocks.0` has no attention: the middle layer of its first up-block with
+#: attention (`up_blocks.1.attentions.1`, the same place in the network). InstantStyle measured SDXL only;
+#: this analogue has not been checked on real SD 1.5 weights here.
+STYLE_BLOCKS_SD15 = {"up": {"block_1": [0.0, 1.0, 0.0]}}
 
 #: The base model of the SDXL presets.
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -92,7 +97,7 @@ class Preset:
     non_commercial: bool
     style_adapter: HubFile | None = HubFile("h94/IP-Adapter", "ip-adapter_sd15.safetensors", "models")
     style_encoder: str = VIT_H_ENCODER
-    style_blocks: dict | None = field(default_factory=lambda: STYLE_BLOCKS)
+    style_blocks: dict | None = field(default_factory=lambda: STYLE_BLOCKS_SD15)
     style_embed_dim: int = 1024
     sdxl: bool = False
     steps: int = 30
@@ -115,7 +120,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            SDXL_BASE, HubFile("h94/IP-Adapter-FaceID", "ip-adapter-faceid_sdxl.bin"), "faceid",
            "arcface", "", _FACEID_LICENCE, True, sdxl=True,
            style_adapter=HubFile("h94/IP-Adapter", "ip-adapter_sdxl.safetensors", "sdxl_models"),
-           style_encoder="h94/IP-Adapter/sdxl_models/image_encoder", style_embed_dim=1280),
+           style_encoder="h94/IP-Adapter/sdxl_models/image_encoder", style_embed_dim=1280,
+           style_blocks=STYLE_BLOCKS_SDXL),
 )}
 
 

@@ -29,7 +29,7 @@ class StyleAdapterConfig(AdapterConfig):
     cross_attention_dim: int = 768
     kind: str = "style"
     projection: str = "ip-adapter"
-    # where style acts, as diffusers' `set_ip_adapter_scale` takes it (InstantStyle for SD 1.5:
+    # where style acts, as diffusers' `set_ip_adapter_scale` takes it (InstantStyle, SDXL:
     # {"up": {"block_0": [0.0, 1.0, 0.0]}}); None: every layer at 1
     block_scales: dict | None = None
 
@@ -127,6 +127,20 @@ def load_style_encoder(name: str, *, local_files_only: bool | None = None) -> St
         raise ModelFileError(f"image encoder {name!r}: could not be loaded ({str(e).splitlines()[0]}); pass a "
                              "local folder with a CLIP vision model or check the name and your connection") from None
     return StyleEncoder(model, processor)
+
+
+def acting_layers(unet, block_scales: dict) -> list[str]:
+    """The cross-attention layers of `unet` that per-block scales leave switched on (scale not 0).
+
+    Block names differ between architectures (SD 1.5's `up_blocks.0` has no attention, SDXL's does), so a
+    block-scale dict written for one UNet can switch an adapter off everywhere in another.
+    """
+    from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
+
+    (expanded,) = _maybe_expand_lora_scales(unet, [block_scales], default_scale=0.0)
+    names = [name for name in unet.attn_processors if name.endswith("attn2.processor")]
+    return [name for name in names
+            if any(name.startswith(prefix) and value != 0 for prefix, value in expanded.items())]
 
 
 def split_hub_path(name: str) -> tuple[str, str | None]:
