@@ -219,3 +219,24 @@ def test_sdxl_faceid_matches_stock_and_keeps_regions(tmp_path, arcface_analyzer,
     both = run(IdentityInput(identity=obama, region=left), IdentityInput(identity=biden, region=right))
     swapped = run(IdentityInput(identity=biden, region=left), IdentityInput(identity=obama, region=right))
     assert np.abs(both - swapped).max() > 1e-3
+
+
+def test_sdxl_float16_vae_runs_in_float32_safely_across_threads():
+    """SDXL's VAE is cast to float32 for each decode; concurrent calls never meet it half cast."""
+    from conftest import run_in_threads
+    from facestudio.models import tiny_xl_components
+    from facestudio.pipeline import FaceStudioXLPipeline
+
+    pipe = FaceStudioXLPipeline(**tiny_xl_components())
+    pipe.set_progress_bar_config(disable=True)
+    pipe.vae.to(torch.float16)
+    assert pipe.vae.config.force_upcast
+
+    def work(seed):
+        return pipe("a photo", generator=torch.Generator().manual_seed(seed), height=64, width=64,
+                    num_inference_steps=1, output_type="np").images
+
+    alone = {seed: work(seed) for seed in (0, 1)}
+    results = run_in_threads(work, [0, 1], repeats=3)
+    assert all(np.array_equal(image, alone[seed]) for seed, images in results.items() for image in images)
+    assert pipe.vae.dtype == torch.float16

@@ -575,13 +575,17 @@ class FaceStudioMixin:
         return torch.cat([negative] + [positive] * (rows - 1)), {}
 
     def decode_latents_to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        return self.run_vae(lambda vae, x: vae.decode(x, return_dict=False)[0], latents / self.vae.config.scaling_factor)
+
+    def run_vae(self, work: Callable, tensor: torch.Tensor):
+        """`work(vae, tensor)` with the tensor in the VAE's dtype (SDXL overrides this to run in float32)."""
+        return work(self.vae, tensor.to(self.vae.dtype))
 
     def _scene_latents(self, scene: np.ndarray, regions, batch, generator, dtype, device):
         """The scene in latent space, the fixed noise used to re-noise it, and the latent blend mask."""
         pixels = torch.from_numpy(scene.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-        posterior = self.vae.encode(pixels.to(device, self.vae.dtype)).latent_dist
-        scene_latents = (posterior.mode() * self.vae.config.scaling_factor).to(dtype).expand(batch, -1, -1, -1)
+        mode = self.run_vae(lambda vae, x: vae.encode(x).latent_dist.mode(), pixels.to(device))
+        scene_latents = (mode * self.vae.config.scaling_factor).to(dtype).expand(batch, -1, -1, -1)
         noise = randn_tensor(scene_latents.shape, generator=generator, device=device, dtype=dtype)
         h, w = scene_latents.shape[-2:]
         union = np.maximum.reduce(regions)
@@ -676,13 +680,16 @@ class FaceStudioXLPipeline(FaceStudioMixin, StableDiffusionXLPipeline):
                  "time_ids": time_ids.repeat(positive.shape[0] * rows, 1)}
         return torch.cat([negative] + [positive] * (rows - 1)), added
 
-    def decode_latents_to_pixels(self, latents):
-        # SDXL's VAE overflows in float16 (its config says force_upcast): decode in float32, one call at a time
-        if self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
-            with self._VAE_UPCAST_LOCK:
-                self.vae.to(torch.float32)
-                try:
-                    return super().decode_latents_to_pixels(latents.float())
-                finally:
-                    self.vae.to(torch.float16)
-        return super().decode_latents_to_pixels(latents)
+    def run_vae(self, work, tensor):
+        # SDXL's VAE overflows in float16 (its config says force_upcast): it runs in float32. The VAE is
+        # shared, so the dtype check, the cast and the work are one step under the lock: a concurrent call
+        # never sees it half cast.
+        if not getattr(self.vae.config, "force_upcast", False):
+            return super().run_vae(work, tensor)
+        with self._VAE_UPCAST_LOCK:
+            dtype = self.vae.dtype
+            self.vae.to(torch.float32)
+            try:
+                return work(self.vae, tensor.float())
+            finally:
+                self.vae.to(dtype)
