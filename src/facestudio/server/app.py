@@ -153,11 +153,10 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
             chosen.append(faces[used])
             described.append({"name": label, "width": image.width, "height": image.height,
                               "faces": [_face_json(f) for f in faces], "used": used})
-        from ..guidance.identity import encode_photos
-
         identity_id = secrets.token_hex(8)
         display = (name or "").strip() or "+".join(Path(d["name"]).stem for d in described)[:100]
-        identity = encode_photos(analyzer, arrays, chosen, name=display)
+        # Encoded the way the loaded identity adapter reads it (facestudio's own, or a public preset's encoders).
+        identity = pipe.encode_photos(arrays, chosen, name=display)
         info = {"id": identity_id, "name": display, "recognizer": identity.recognizer, "created": time.time(),
                 "photos": described}
         data.save_identity(identity_id, identity, info)
@@ -219,13 +218,18 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         plan = generation.prepare(pipe, data, request, max_side=max_side, max_count=max_count,
                                   default_steps=default_steps)
         job = Job(secrets.token_hex(8), plan, plan.total_steps)
+        # The first record is on disk before a worker can touch the job: the worker's final record (written
+        # when the job ends, however fast) then always comes after it and is never overwritten by "queued".
+        data.save_job(job.id, _record(job))
+        with jobs_lock:
+            jobs[job.id] = job
         try:
             queue.submit(job)
         except QueueFull as e:
+            with jobs_lock:
+                jobs.pop(job.id, None)
+            data.delete_job(job.id)
             return JSONResponse({"error": str(e)}, status_code=429, headers={"Retry-After": str(e.retry_after)})
-        with jobs_lock:
-            jobs[job.id] = job
-        data.save_job(job.id, _record(job))
         return _status(job)
 
     @app.get("/v1/generations", response_model=list[JobStatus], summary="Recent jobs, newest first")
@@ -354,22 +358,17 @@ def _face_json(face) -> dict:
 
 
 def _choose_face(faces, index: int | None, label: str) -> int:
-    """The face to use: `index`, or the one clear face; the messages speak of the `face` field, not a CLI flag."""
-    from ..faces.analysis import DOMINANT_FACE_RATIO
+    """The index of the face to use: `index`, or the one clear face (`faces.analysis.select_face`'s rule).
 
-    if not faces:
-        raise NoFaceError(f"{label}: no face found; use a photo where the face is visible and at least about "
-                          "40 pixels across")
-    if index is not None:
-        if index >= len(faces):
-            raise AmbiguousFaceError(f"{label}: face {index} asked for, but {len(faces)} face(s) found "
-                                     f"(numbered 0 to {len(faces) - 1}, largest first)")
-        return index
-    if len(faces) == 1 or faces[0].area >= DOMINANT_FACE_RATIO * faces[1].area:
-        return 0
-    listing = "; ".join(f"{i}: box {[round(v) for v in f.box]}" for i, f in enumerate(faces))
-    raise AmbiguousFaceError(f"{label}: {len(faces)} faces of similar size found ({listing}); choose one with the "
-                             "'face' field (0 is the largest)")
+    `select_face`'s advice names the CLI's `--face N`; here it names the request's `face` field instead.
+    """
+    from ..faces.analysis import select_face
+
+    try:
+        chosen = select_face(faces, index, source=label)
+    except AmbiguousFaceError as e:
+        raise AmbiguousFaceError(str(e).replace("with --face N", "with the 'face' field")) from None
+    return next(i for i, f in enumerate(faces) if f is chosen)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -46,10 +46,16 @@ def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int
     if request.count > max_count:
         raise FaceStudioError(f"count {request.count}: this server makes at most {max_count} images per job")
     people, infos = [], []
+    signature = pipe.identity_signature() if request.identities else None
     for i, placement in enumerate(request.identities):
         identity = data.load_identity(placement.id)
         if identity is None:
             raise NotFound(f"identity {i + 1}: no identity with id {placement.id}")
+        if signature is not None and identity.recognizer != signature:
+            # A data folder kept across a restart with another adapter or preset: its vectors mean nothing here.
+            raise FaceStudioError(f"identity {i + 1} ({identity.name!r}, {placement.id}) was encoded for "
+                                  f"{identity.recognizer!r}, but the loaded identity adapter reads {signature!r}: "
+                                  "upload its photos again to this server")
         infos.append(data.identity_info(placement.id))
         people.append(IdentityInput(identity=identity, region=placement.region, strength=placement.strength,
                                     name=identity.name))
@@ -92,6 +98,8 @@ def _size(request: GenerationRequest, data: DataFolder, default_side: int) -> tu
         return request.width, request.height
     if request.scene_image is not None and request.width is None and request.height is None:
         info = data.image_info(request.scene_image)
+        if info is None:  # trimmed or deleted since it was checked
+            raise NotFound(f"scene_image: no uploaded image with id {request.scene_image}")
         scale = default_side / max(info["width"], info["height"])
         return tuple(max(8, round(side * scale / 8) * 8) for side in (info["width"], info["height"]))
     return request.width or default_side, request.height or default_side

@@ -116,9 +116,12 @@ class JobQueue:
         """Stop a job: a waiting one leaves the queue now, a running one at its next step."""
         with self._cond:
             job.cancel_requested.set()
-            if job.state == QUEUED and job in self.waiting:
+            removed = job.state == QUEUED and job in self.waiting
+            if removed:
                 self.waiting.remove(job)
                 self._finish(job, CANCELLED, None)
+        if removed:
+            self._finished(job)
 
     def position(self, job: Job) -> int | None:
         """How many jobs wait before this one (0: next), or None when it is not waiting."""
@@ -126,14 +129,21 @@ class JobQueue:
             return next((i for i, j in enumerate(self.waiting) if j is job), None)
 
     def close(self, wait: float = 10.0) -> None:
-        """Cancel waiting and running jobs and stop the workers."""
+        """Cancel the waiting jobs and stop the workers, waiting up to `wait` s for each to end its job.
+
+        Running jobs are not cancelled here: they finish (or stop at their time limit) unless
+        `cancel_running` was called first, as the app does on shutdown.
+        """
         with self._cond:
             self._closed = True
-            for job in list(self.waiting):
+            dropped = list(self.waiting)
+            for job in dropped:
                 job.cancel_requested.set()
                 self._finish(job, CANCELLED, None)
             self.waiting.clear()
             self._cond.notify_all()
+        for job in dropped:
+            self._finished(job)
         for thread in self._threads:
             thread.join(wait)
 
@@ -174,10 +184,16 @@ class JobQueue:
                 self.running.discard(job.id)
                 self._durations.append(time.time() - job.started)
                 self._finish(job, state, error)
+            self._finished(job)
 
     def _finish(self, job: Job, state: str, error: str | None) -> None:
+        """Mark a job ended (under the lock); `_finished` then reports it, outside the lock."""
         job.state, job.error, job.finished = state, error, time.time()
         job.changed += 1
+
+    def _finished(self, job: Job) -> None:
+        """Call `on_finish` (which may write and delete files) without holding the lock, so `position` and
+        `submit`, called from the event loop and request threads, never wait on disk work."""
         if self.on_finish is not None:
             try:
                 self.on_finish(job)

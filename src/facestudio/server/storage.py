@@ -1,7 +1,7 @@
 """The server's data folder: what is kept where, written atomically, trimmed to a retention limit.
 
     DATA/
-      identities/<id>/identity.npz   embedding + detail tokens (numpy arrays, read with allow_pickle=False)
+      identities/<id>/identity.npz   embedding, detail tokens, tokens per photo (numpy arrays, allow_pickle=False)
       identities/<id>/identity.json  name, recogniser, the faces found in each photo and which was used
       images/<id>.png                an uploaded style or scene image, decoded and re-encoded (never the raw bytes)
       images/<id>.json               its size and the faces found in it
@@ -90,7 +90,8 @@ class DataFolder:
     def save_identity(self, identity_id: str, identity: Identity, info: dict) -> None:
         folder = self.identities / identity_id
         buffer = io.BytesIO()
-        np.savez(buffer, embedding=identity.embedding, detail=identity.detail)
+        np.savez(buffer, embedding=identity.embedding, detail=identity.detail,
+                 tokens_per_photo=np.int64(identity.tokens_per_photo))
         write_atomically(folder / "identity.npz", buffer.getvalue())
         # The description last: an identity is listed only once its arrays are in place.
         write_json(folder / "identity.json", info)
@@ -105,7 +106,10 @@ class DataFolder:
             return None
         try:
             with np.load(self.identities / identity_id / "identity.npz", allow_pickle=False) as arrays:
-                return Identity(arrays["embedding"], arrays["detail"], info["recognizer"], info["name"])
+                # Files written before `tokens_per_photo` was stored lack it: 0, the recogniser's own count.
+                per_photo = int(arrays["tokens_per_photo"]) if "tokens_per_photo" in arrays.files else 0
+                return Identity(arrays["embedding"], arrays["detail"], info["recognizer"], info["name"],
+                                tokens_per_photo=per_photo)
         except (OSError, ValueError, KeyError) as e:  # a damaged file, or one holding pickled objects: not loaded
             raise FaceStudioError(f"identity {identity_id}: its stored arrays are damaged ({e}); delete it and "
                                   "upload the photos again") from None
@@ -146,6 +150,11 @@ class DataFolder:
 
     def save_job(self, job_id: str, record: dict) -> None:
         write_json(self.job_folder(job_id) / "job.json", record)
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove a job's folder (a job refused after its first record was written)."""
+        if valid_id(job_id):
+            shutil.rmtree(self.job_folder(job_id), ignore_errors=True)
 
     def job_image(self, job_id: str, name: str) -> Path | None:
         path = self.job_folder(job_id) / name
