@@ -141,3 +141,11 @@ def test_style_blocks_act_on_their_presets_unet():
         layers = acting_layers(unets[preset.sdxl], preset.style_blocks)
         assert layers and all(".attentions.1." in name for name in layers), preset.name
     assert acting_layers(unets[False], STYLE_BLOCKS_SDXL) == []
+
+
+def test_sdxl_preset_boxes_are_checked_against_its_1024_default(empty_hub, faces_dir, capsys):
+    args = ["generate", "--preset", "faceid-sdxl", "--prompt", "x", "--identity", str(faces_dir / "obama.jpg")]
+    assert main([*args, "--region", "0,0,700,700"]) == 2
+    assert "cannot load; missing" in capsys.readouterr().err  # the box passed; the weights are what is missing
+    assert main([*args, "--region", "0,0,1100,700"]) == 2
+    assert "not a box inside the 1024x1024 image" in capsys.readouterr().err

@@ -117,8 +117,8 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
                           help="guidance scale of the prompt (default 7.5, or the preset's)")
     sampling.add_argument("--reference-scale", type=float, metavar="G",
                           help="guidance scale of the identities and style (default: --text-scale)")
-    sampling.add_argument("--width", type=int, metavar="W", help="image width, a multiple of 8 (default 512)")
-    sampling.add_argument("--height", type=int, metavar="H", help="image height, a multiple of 8 (default 512)")
+    sampling.add_argument("--width", type=int, metavar="W", help="image width, a multiple of 8 (default 512; 1024 with an SDXL preset)")
+    sampling.add_argument("--height", type=int, metavar="H", help="image height, a multiple of 8 (default 512; 1024 with an SDXL preset)")
     sampling.add_argument("--num-images", type=int, default=1, metavar="N", help="how many images (default 1)")
     output = parser.add_argument_group("output and hardware")
     output.add_argument("--output", default="facestudio-out", metavar="DIR",
@@ -130,7 +130,8 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
     output.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (saves memory)")
 
 
-DEFAULT_SIDE = 512
+DEFAULT_SIDE = 512  # the pipelines' own defaults: FaceStudioPipeline.default_side (SDXL: 1024)
+SDXL_DEFAULT_SIDE = 1024
 
 #: Image files written by `generate`: `NNN-seedS.png`.
 _IMAGE_NAME = re.compile(r"^(\d{3,})-seed\d+\.png$")
@@ -313,7 +314,8 @@ def _check_settings(args, mix):
                               f"{'' if slots == 1 else 's'}: at most one --region per --identity"
                               + (" (one in all with --mix)" if mix else ""))
     width, height = args.width, args.height
-    full_w, full_h = width or DEFAULT_SIDE, height or DEFAULT_SIDE
+    side = SDXL_DEFAULT_SIDE if args.preset and PRESETS[args.preset].sdxl else DEFAULT_SIDE
+    full_w, full_h = width or side, height or side
     regions = [_box(text, full_w, full_h) for text in args.region]
     regions += [None] * (count - len(regions))
     if args.base_model is None and args.preset is None:
