@@ -206,6 +206,11 @@ def test_train_command(cache_dir, tmp_path, capsys):
     assert "not a face cache" in capsys.readouterr().err
     assert main(["train", str(cache_dir), "--output", str(tmp_path / "y"), "--base-model", "./sd15"]) == 2
     assert "--image-encoder" in capsys.readouterr().err
+    for option, value, message in (("--checkpoints-total-limit", "-1", "checkpoints total limit must be at least 1"),
+                                   ("--num-workers", "-1", "num workers must be"),
+                                   ("--max-grad-norm", "-0.5", "max grad norm must be")):
+        assert main(["train", str(cache_dir), "--output", str(tmp_path / "z"), option, value]) == 2
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -110,8 +111,13 @@ class TrainSettings:
             raise FaceStudioError(f"learning rate must be positive, got {self.learning_rate}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise FaceStudioError(f"mixed precision {self.mixed_precision!r}: use auto, no, fp16 or bf16")
-        if self.identity_loss_weight < 0:
-            raise FaceStudioError(f"identity loss weight must be >= 0, got {self.identity_loss_weight}")
+        for name in ("identity_loss_weight", "max_grad_norm", "adam_weight_decay", "num_workers", "lr_warmup_steps"):
+            value = getattr(self, name, 0)
+            if not math.isfinite(value) or value < 0:
+                raise FaceStudioError(f"{name.replace('_', ' ')} must be a finite number >= 0, got {value}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise FaceStudioError(f"checkpoints total limit must be at least 1 (or not given), got "
+                                  f"{self.checkpoints_total_limit}")
         self.dropout().check()
 
     def dropout(self) -> ConditionDropout:
