@@ -17,9 +17,10 @@ def test_saved_adapters_load_back_by_folder(analyzer, tmp_path):
     pipe.save_adapters(tmp_path)
     assert adapter_folder(tmp_path, "identity") == tmp_path / "identity"
     assert style_beside(tmp_path) == tmp_path / "style"
-    again = load_generation_pipeline("tiny", adapter=tmp_path, style_adapter=style_beside(tmp_path),
-                                     face_analyzer=analyzer)
+    again = load_generation_pipeline("tiny", adapter=tmp_path, face_analyzer=analyzer)  # style/ found beside
     assert [a.kind for a in again.facestudio_adapters] == ["identity", "style"]
+    identity_only = load_generation_pipeline("tiny", adapter=tmp_path, face_analyzer=analyzer, with_style=False)
+    assert [a.kind for a in identity_only.facestudio_adapters] == ["identity"]
 
 
 def test_bad_adapter_folders_are_named(tmp_path):

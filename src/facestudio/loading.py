@@ -50,10 +50,11 @@ def load_generation_pipeline(base_model: str | Path | None, *, adapter: str | Pa
     Args:
         base_model: a diffusers pipeline folder, a hub id, or 'tiny'; with a preset, None takes the preset's.
         adapter: identity adapter: a folder (`FOLDER` or `FOLDER/identity`), 'tiny' (untrained), or None.
-        style_adapter: style adapter, the same way.
+        style_adapter: style adapter, the same way; None takes the `style/` beside a folder `adapter`
+            (as `save_adapters` and `facestudio train` write them) when `with_style`.
         preset: a public adapter preset (`facestudio.presets`); it names the adapter itself, so `adapter` and
-            `style_adapter` must be None. `arcface_model` is its ArcFace file (FaceID presets); `with_style`
-            loads its style adapter too.
+            `style_adapter` must be None. `arcface_model` is its ArcFace file (FaceID presets).
+        with_style: load a style adapter when one comes with the preset or the adapter folder.
         face_analyzer: the `FaceAnalyzer` the identity adapter's recogniser must match (made when needed).
 
     Raises:
@@ -72,6 +73,8 @@ def load_generation_pipeline(base_model: str | Path | None, *, adapter: str | Pa
                                     with_style=with_style, arcface_model=arcface_model)
     if base_model is None:
         raise ModelFileError("no base model given (a folder, a hub id or 'tiny'), and no preset")
+    if style_adapter is None and with_style:  # a trained folder holds identity/ and style/ side by side
+        style_adapter = style_beside(adapter)
     identity = None if adapter is None or str(adapter) == TINY else adapter_folder(adapter, "identity")
     style = None if style_adapter is None or str(style_adapter) == TINY else adapter_folder(style_adapter, "style")
     if str(base_model) != TINY and Path(str(base_model)).expanduser().is_dir():

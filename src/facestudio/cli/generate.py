@@ -446,7 +446,7 @@ def _load_models(args, people, adapter, style_adapter, analyzer, with_style: boo
         pipe = load_generation_pipeline(
             args.base_model, adapter=(adapter[0] if adapter else TINY) if people else None,
             style_adapter=style_adapter[0] if style_adapter else None, device=args.device,
-            cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, face_analyzer=analyzer)
+            cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, face_analyzer=analyzer, with_style=with_style)
     pipe.set_progress_bar_config(disable=True)  # the command shows one bar over all images
     return pipe
 
