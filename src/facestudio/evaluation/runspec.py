@@ -172,13 +172,13 @@ class RunOutput:
 def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> RunOutput:
     """Generate every image of `spec` (and its baselines) into `folder/images/<method>/`, timed.
 
-    A group whose photos show no face is skipped with the reason; the others run.
+    A group whose photos show no face is skipped with the reason; the others run. A `pipe` passed in is used
+    as it is and is left without its adapters when the spec times the tuning methods (`tuning_costs`).
     """
     import torch
     from tqdm import tqdm
 
     from ..faces import FaceAnalyzer
-    from ..guidance import identity as idg
     from ..pipeline import IdentityInput
 
     out = RunOutput()
@@ -191,6 +191,9 @@ def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> 
                                             face_analyzer=analyzer)
         out.run["model_load_seconds"] = load["seconds"]
     pipe.set_progress_bar_config(disable=True)
+    # the pipeline's own analyzer: a preset's adapter reads another recogniser (ArcFace) than the default
+    analyzer = getattr(pipe, "face_analyzer", None) or analyzer
+    pipe.face_analyzer = analyzer
     device = pipe.device
     out.run.update(base_model=spec.base_model, adapter=spec.adapter, device=str(device), steps=spec.steps,
                    width=spec.width, height=spec.height, images_planned=spec.images)
@@ -208,7 +211,9 @@ def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> 
             continue
         try:
             with stopwatch() as t:
-                encoded[name] = idg.encode_person(analyzer, entry["photos"], None, name=name)
+                # encoded as the loaded adapter reads identities (facestudio's own or a public kind)
+                (encoded[name],) = pipe.encode_identities([IdentityInput(photos=tuple(entry["photos"]), name=name)],
+                                                          None)
             analysis_time[name] = t["seconds"]
         except FaceStudioError as e:
             out.skipped.append((f"identity {name}", f"{e}; its images were not generated"))
@@ -287,7 +292,11 @@ def _paste(canvas, group, spec: RunSpec, analyzer, skipped) -> "np.ndarray | Non
 
 
 def tuning_costs(pipe, spec: RunSpec, passes: int = 2) -> list[dict]:
-    """DreamBooth-LoRA and Textual Inversion passes timed on this run's base model (adapters unloaded first)."""
+    """DreamBooth-LoRA and Textual Inversion passes timed on this run's base model.
+
+    The pipeline's adapters are unloaded first (the tuning methods train the bare base model) and stay
+    unloaded: a caller that passed its own pipeline reloads them if it needs them again.
+    """
     import torch
 
     if getattr(pipe, "facestudio_adapters", ()):
