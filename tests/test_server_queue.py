@@ -71,3 +71,27 @@ def test_a_failing_job_fails_alone_and_a_slow_one_times_out():
         assert bad.state == FAILED and bad.error == "boom" and "time limit" in slow.error
     finally:
         queue.close()
+
+
+def test_on_finish_runs_outside_the_lock_so_position_and_submit_do_not_wait_on_it():
+    """The app's on_finish writes and trims files; the event loop asks `position` meanwhile."""
+    recording, release = threading.Event(), threading.Event()
+
+    def slow_record(job):
+        recording.set()
+        release.wait(10)
+
+    queue = JobQueue(lambda job: None, max_queued=2, on_finish=slow_record)
+    try:
+        first = Job("f" * 16, None, 1)
+        queue.submit(first)
+        assert recording.wait(10) and first.state == DONE  # the state is set before on_finish runs
+        answered = []
+        asker = threading.Thread(target=lambda: answered.append((queue.position(first),
+                                                                 queue.submit(Job("9" * 16, None, 1)))))
+        asker.start()
+        asker.join(2)
+        assert answered == [(None, None)], "position/submit waited for on_finish"
+    finally:
+        release.set()
+        queue.close()

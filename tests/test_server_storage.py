@@ -93,3 +93,26 @@ def test_pixel_cap_is_judged_from_the_header():
     with pytest.raises(UploadError, match="not an image by its content") as refused:
         decode_upload(b"%PDF-1.7 ...", "doc.png", UploadLimits())
     assert refused.value.status == 415
+
+
+def test_tokens_per_photo_is_stored_and_an_older_file_without_it_reads_as_zero(tmp_path):
+    data = DataFolder(tmp_path)
+    info = {"id": "00000000bbbbbbbb", "name": "x", "recognizer": "clip", "created": 1.0, "photos": []}
+    original = Identity(np.zeros(0, np.float32), np.ones((10, 32), np.float32), "clip", "x", tokens_per_photo=5)
+    data.save_identity("00000000bbbbbbbb", original, info)
+    loaded = data.load_identity("00000000bbbbbbbb")
+    assert loaded.tokens_per_photo == 5 and loaded.num_photos == 2
+    # A file written before the field existed: embedding and detail only.
+    with open(data.identities / "00000000bbbbbbbb" / "identity.npz", "wb") as f:
+        np.savez(f, embedding=original.embedding, detail=original.detail)
+    assert data.load_identity("00000000bbbbbbbb").tokens_per_photo == 0
+
+
+def test_a_scene_image_gone_before_its_size_is_read_is_not_found(tmp_path):
+    from facestudio.server.generation import NotFound, _size
+    from facestudio.server.schemas import GenerationRequest
+
+    data = DataFolder(tmp_path)
+    request = GenerationRequest(prompt="x", scene_image="00000000cccccccc")
+    with pytest.raises(NotFound, match="scene_image"):
+        _size(request, data, 512)
