@@ -1,9 +1,11 @@
-"""`FaceStudioPipeline`: identity-preserving generation on Stable Diffusion 1.x / 2.x.
+"""`FaceStudioPipeline` (Stable Diffusion 1.x / 2.x) and `FaceStudioXLPipeline` (SDXL): identity-preserving
+generation.
 
-Built on `StableDiffusionPipeline` and diffusers' IP-Adapter machinery: adapters load through
-`load_ip_adapter`, identities act through `IPAdapterAttnProcessor2_0` with per-identity masks (facestudio's
-`RegionIPAdapterAttnProcessor` only picks each layer's mask), and guidance has separate text and reference
-scales. Everything a call needs travels in its arguments and locals: two calls may run at once.
+Built on diffusers' Stable Diffusion pipelines and IP-Adapter machinery: adapters load through
+`load_ip_adapter` (facestudio's own, or the public IP-Adapter / FaceID family), identities act through
+`IPAdapterAttnProcessor2_0` with per-identity masks (facestudio's `RegionIPAdapterAttnProcessor` only picks
+each layer's mask), and guidance has separate text and reference scales. Everything a call needs travels in
+its arguments and locals (SDXL's float32 VAE run is serialised), so two calls may run at once.
 """
 
 from __future__ import annotations
@@ -179,6 +181,8 @@ class FaceStudioMixin:
             identity_config.check_recognizer(self._analyzer().recognizer.name, str(identity[0]))
             if pid.READS[identity_config.projection][1]:
                 self.identity_encoder = identity_encoder or sty.load_style_encoder(identity_config.image_encoder)
+            # the "no reference" identity depends only on the adapter and its encoder: made once, here
+            self.public_null_identity = pid.null_identity(identity_config, getattr(self, "identity_encoder", None))
             files.append(identity)
             adapters.append(_Adapter("identity", identity_config, len(adapters)))
         if style is not None:
@@ -349,7 +353,7 @@ class FaceStudioMixin:
         projection, config = self._projection(adapter), adapter.config
         if isinstance(config, pid.PublicIdentityConfig):
             tokens = pid.identity_tokens
-            null = tokens(projection, pid.null_identity(config, getattr(self, "identity_encoder", None)), config)
+            null = tokens(projection, self.public_null_identity, config)
         else:
             tokens = idg.identity_tokens
             null = tokens(projection, config.null_identity(), config)
@@ -454,8 +458,8 @@ class FaceStudioMixin:
             scene_faces (`Sequence[int]`, *optional*): which scene faces (0 is the largest) get identity 1, 2, ...
             text_guidance_scale (`float`, defaults to 7.5): `g_text` of `guidance.cfg.combine_guidance`.
             reference_guidance_scale (`float`, *optional*): `g_ref`; defaults to `text_guidance_scale`.
-            num_inference_steps (`int`, defaults to 25), height, width (`int`, default 512; with a scene image
-                and neither given, the scene's aspect ratio with its longest side 512).
+            num_inference_steps (`int`, defaults to 25), height, width (`int`, default `default_side`: 512, SDXL
+                1024; with a scene image and neither given, the scene's aspect ratio with that longest side).
             generator (`torch.Generator` or a list, one per image): for reproducible images.
             num_images_per_prompt (`int`, defaults to 1).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.

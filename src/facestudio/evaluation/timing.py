@@ -1,7 +1,8 @@
 """Where a generation's time goes: face analysis, encoding, denoising, decoding.
 
 The pipeline's call is one function; rather than edit it, forward pre-hooks on the UNet and the VAE decoder
-mark when denoising and decoding start (hooks are added and removed around one call, in the calling thread).
+mark when denoising and decoding start. The hooks sit on the shared modules for the length of one call, so
+a timed call must not run beside other calls of the same pipeline (the evaluation runs its calls one by one).
 On CUDA every mark synchronises first, so kernels queued before it are counted where they belong.
 """
 
