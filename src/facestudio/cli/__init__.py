@@ -32,6 +32,17 @@ EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 MIN_IMAGE_SIDE = 32
 
 
+def quiet_libraries(debug: bool) -> None:
+    """diffusers' and transformers' notes about features the commands do not use, off unless --debug."""
+    if debug:
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import convert, evaluate, faces, generate, serve, training
 

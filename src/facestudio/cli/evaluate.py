@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import FaceStudioError
-from . import EXIT_INPUT, EXIT_OK
+from . import EXIT_INPUT, EXIT_OK, quiet_libraries
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +66,7 @@ def _named_photos(values: list[str], option: str) -> dict[str, list[str]]:
 
 
 def run_eval(args) -> int:
-    from .generate import _quiet_libraries
-
-    _quiet_libraries(args.debug)
+    quiet_libraries(args.debug)
     if args.calibrate:
         return _run_calibration(args)
     if (args.folder is None) == (args.spec is None):

@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import FaceStudioError
 from ..loading import TINY, adapter_folder, load_generation_pipeline, style_beside
 from ..presets import PRESETS
-from . import EXIT_OK, MIN_IMAGE_SIDE
+from . import EXIT_OK, MIN_IMAGE_SIDE, quiet_libraries
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def run_mix(args) -> int:
 
 def _run_generation(args, mix: list[float] | None, command: str) -> int:
     """Check everything, encode the faces, then load the models and write the images one by one."""
-    _quiet_libraries(args.debug)
+    quiet_libraries(args.debug)
     from ..imaging import load_image
 
     preset = _preset_defaults(args)
@@ -419,17 +419,6 @@ def _style_adapter(args):
     folder = adapter_folder(args.style_adapter, "style", "--style-adapter") if args.style_adapter \
         else style_beside(args.adapter)
     return folder, StyleAdapterConfig.from_dict(read_config(folder), source=str(folder))
-
-
-def _quiet_libraries(debug: bool) -> None:
-    """diffusers' and transformers' warnings off (about features the command does not use), unless --debug."""
-    if debug:
-        return
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
 
 
 def _load_models(args, people, adapter, style_adapter, analyzer, with_style: bool):

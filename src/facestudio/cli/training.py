@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import FaceStudioError
-from . import EXIT_OK
+from . import EXIT_OK, quiet_libraries
 
 
 def add_commands(commands) -> None:
@@ -114,7 +114,7 @@ def run_train(args) -> int:
             raise FaceStudioError("--image-encoder is needed with a real base model: a CLIP vision model folder or "
                                   "hub id for the style condition, or 'none' to train identity only")
         encoder = "tiny"
-    _quiet_libraries(args.debug)
+    quiet_libraries(args.debug)
     settings = TrainSettings(
         cache=args.cache, output=args.output, base_model=args.base_model,
         image_encoder=None if encoder == "none" else encoder, max_steps=args.max_steps,
@@ -140,14 +140,3 @@ def run_train(args) -> int:
     print(f"loss: mean of the first {count} steps {first:.4f}, of the last {count} steps {last:.4f}")
     print(f"guidance written to {args.output} (FaceStudioPipeline.from_pretrained(BASE, guidance={args.output!r}))")
     return EXIT_OK
-
-
-def _quiet_libraries(debug: bool) -> None:
-    """diffusers' and transformers' notes about features training does not use, off unless --debug."""
-    if debug:
-        return
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
