@@ -216,7 +216,7 @@ def test_generation_progress_stream_and_png_equal_to_a_direct_pipeline_call(clie
     assert Image.open(path).info["AI-generated"] == "true"
 
 
-def test_per_job_settings_do_not_leak_into_the_next_job(client, faces_dir, obama_id):
+def test_per_job_settings_do_not_leak_into_the_next_job(client, faces_dir, obama_id, server):
     style = client.post("/v1/images", files=[("image", ("b.jpg", (faces_dir / "biden.jpg").read_bytes(),
                                                         "image/jpeg"))]).json()["id"]
     biden = upload_identity(client, faces_dir / "biden.jpg").json()["id"]
@@ -228,6 +228,14 @@ def test_per_job_settings_do_not_leak_into_the_next_job(client, faces_dir, obama
     assert first["state"] == other["state"] == again["state"] == "done", (first, other, again)
     a, b, c = (png_pixels(client, job["images"][0]["url"]) for job in (first, other, again))
     assert np.array_equal(a, c) and not np.array_equal(a, b)
+    # Each job's record on disk ends in its final state: the submitting request's "queued" record was written
+    # first and never overwrites the worker's (it is written after the state changes, so allow it a moment).
+    data = server.app.state.data
+    for job in (first, other, again):
+        deadline = time.monotonic() + 5
+        while json.loads((data.job_folder(job["id"]) / "job.json").read_text())["state"] != "done":
+            assert time.monotonic() < deadline, f"job {job['id']}: its record on disk is not final"
+            time.sleep(0.02)
 
 
 @pytest.mark.parametrize("change,status,words", [
@@ -264,6 +272,7 @@ def test_models_reports_what_is_loaded(client):
     assert info["base_model"] == "tiny" and info["device"] == "cpu" and info["dtype"] == "float32"
     assert [a["kind"] for a in info["adapters"]] == ["identity", "style"]
     assert info["workers"] == 1 and info["queue_size"] == 2
+    assert info["default_side"] == 512  # SD 1.5's; the page leaves width/height to it when not set
 
 
 def test_openapi_schema_describes_the_v1_api(client):

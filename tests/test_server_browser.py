@@ -20,6 +20,7 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     pipe = new_pipe()
+    pipe.default_side = 64  # the tiny UNet's natural size: what a job makes when the page sets no size
     app = create_app(pipe, tmp_path_factory.mktemp("data"), max_side=256, default_steps=3, base_model="tiny")
     with BackgroundServer(app) as running:
         running.app, running.pipe = app, pipe
@@ -59,9 +60,12 @@ def test_upload_draw_generate_and_see_the_result(page, server, faces_dir, tmp_pa
     page.on("request", lambda r: requests.append(r.url))
     page.goto(server.url + "/")
     page.wait_for_function("() => document.querySelector('#model-info').textContent.includes('tiny')")
-    for field, value in (("#width", "64"), ("#height", "64"), ("#steps", "3"), ("#seed", "11")):
+    # No width or height set: the fields show the pipeline's default side (from /v1/models), the canvas uses it.
+    page.wait_for_function("() => document.querySelector('#width').placeholder === '64'")
+    assert page.input_value("#width") == page.input_value("#height") == ""
+    assert page.get_attribute("#height", "placeholder") == "64"
+    for field, value in (("#steps", "3"), ("#seed", "11")):
         page.fill(field, value)
-    page.dispatch_event("#width", "change")
 
     person = page.locator("#person-1")
     person.locator("input.photos").set_input_files(str(faces_dir / "obama.jpg"))
@@ -80,7 +84,10 @@ def test_upload_draw_generate_and_see_the_result(page, server, faces_dir, tmp_pa
     assert 0 <= region[0] < region[2] <= 64 and 0 <= region[1] < region[3] <= 64 and region[2] <= 40
 
     page.fill("#prompt", "an astronaut, photo")
-    page.click("#generate")
+    with page.expect_request(lambda r: r.url.endswith("/v1/generations") and r.method == "POST") as sent:
+        page.click("#generate")
+    body = sent.value.post_data_json
+    assert "width" not in body and "height" not in body and body["seed"] == 11, body  # the server's default size
     page.wait_for_function("() => { const p = document.querySelector('#progress');"
                            " return p.max > 1 && p.value === p.max; }")
     page.wait_for_selector("#gallery figure img")
@@ -101,7 +108,7 @@ def test_upload_draw_generate_and_see_the_result(page, server, faces_dir, tmp_pa
     # "Use these settings again" puts the seed and region back.
     page.fill("#seed", "")
     page.click("#gallery button")
-    assert page.input_value("#seed") == "11"
+    assert page.input_value("#seed") == "11" and page.input_value("#width") == ""  # unset size stays unset
     page.wait_for_function("() => document.querySelector('#person-1 input.r').value !== ''")
 
 
@@ -116,8 +123,17 @@ def test_a_photo_without_a_face_is_explained_on_the_card(page, server, faces_dir
     assert "error" in page.get_attribute("#person-1 .faces-status", "class")
 
 
-def test_regions_can_be_set_with_the_keyboard_and_mix_appears_for_two_people(page, server):
+def test_regions_can_be_set_with_the_keyboard_and_mix_appears_for_two_people(page, server, faces_dir):
     page.goto(server.url + "/")
+    # With a scene image and no size set, the canvas takes the scene's shape at the default side, as the server
+    # will (626x1200 -> 32x64 at side 64).
+    page.wait_for_function("() => document.querySelector('#width').placeholder === '64'")
+    page.set_input_files("#scene-file", str(faces_dir / "obama2.jpg"))
+    page.wait_for_function("() => document.querySelector('#width').placeholder === '32'")
+    assert page.get_attribute("#height", "placeholder") == "64"
+    assert page.evaluate("() => [document.querySelector('#regions').width, document.querySelector('#regions').height]"
+                         ) == [160, 320]
+    page.click("#scene-clear")
     page.fill("#width", "256")
     page.fill("#height", "128")
     page.dispatch_event("#width", "change")
@@ -128,6 +144,7 @@ def test_regions_can_be_set_with_the_keyboard_and_mix_appears_for_two_people(pag
     page.keyboard.press("Shift+ArrowDown")
     region = [int(page.input_value(f"#person-1 input.r[data-i='{i}']")) for i in range(4)]
     assert region == [64 + 8, 32, 192 + 8, 96 + 8]  # the centred default box, moved right, grown down
+    assert page.evaluate("() => [request().width, request().height]") == [256, 128]  # set sizes are sent
     assert page.is_hidden("#mix-box")
     page.click("#add-person")
     assert page.is_visible("#mix-box") and page.text_content("#person-2 legend") == "Person 2"

@@ -124,6 +124,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     @app.get("/v1/models", response_model=ModelInfo, summary="What is loaded, where, and this server's limits")
     def models():
         return {**model, "workers": queue.workers, "queue_size": queue.max_queued, "max_side": max_side,
+                "default_side": getattr(pipe, "default_side", generation.DEFAULT_SIDE),
                 "max_count": max_count, "default_steps": default_steps, "version": __version__}
 
     @app.get("/v1/queue", response_model=QueueInfo, summary="Jobs waiting and running now")

@@ -118,6 +118,8 @@ class ModelInfo(BaseModel):
     workers: int
     queue_size: int
     max_side: int
+    default_side: int = Field(description="the pipeline's output side when a request sets no size and no scene "
+                                          "(512 for SD 1.5, 1024 for SDXL)")
     max_count: int
     default_steps: int
     version: str

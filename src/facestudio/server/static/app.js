@@ -3,7 +3,8 @@
 
 const COLOURS = ["#e4572e", "#17bebb", "#ffc914", "#76b041"];
 const $ = (selector, root = document) => root.querySelector(selector);
-const state = { people: [], drawing: null, style: null, scene: null, job: null, abort: null, limits: null };
+const state = { people: [], drawing: null, style: null, scene: null, job: null, abort: null, limits: null,
+                defaultSide: 512 };  // the pipeline's default side, from /v1/models
 
 // ------------------------------------------------------------------ talking to the server
 
@@ -156,8 +157,29 @@ async function drawFaces(container, file, photo) {
 
 // ------------------------------------------------------------------ regions on the canvas
 
+function sideSet(id) {
+  const value = $("#" + id).value;
+  return value === "" ? null : Number(value) || null;
+}
+
 function outputSize() {
-  return { w: Number($("#width").value) || 512, h: Number($("#height").value) || 512 };
+  // The size the server will make, by its rules: as set; else the scene image's shape at the pipeline's default
+  // side (when neither is set); else the default side for what is not set.
+  const w = sideSet("width"), h = sideSet("height"), side = state.defaultSide;
+  if (w && h) return { w, h };
+  if (state.scene && state.scene.width && !w && !h) {
+    const scale = side / Math.max(state.scene.width, state.scene.height);
+    const fit = (v) => Math.max(8, Math.round(v * scale / 8) * 8);
+    return { w: fit(state.scene.width), h: fit(state.scene.height) };
+  }
+  return { w: w || side, h: h || side };
+}
+
+function showSizeHints() {
+  // Empty size fields show the size that will be used instead.
+  const { w, h } = outputSize();
+  $("#width").placeholder = String(w);
+  $("#height").placeholder = String(h);
 }
 
 function canvasScale() {
@@ -190,6 +212,7 @@ function setRegion(person, box, fillInputs = true) {
 }
 
 async function drawRegions() {
+  showSizeHints();
   const scale = canvasScale();
   const canvas = $("#regions");
   const ctx = canvas.getContext("2d");
@@ -242,7 +265,7 @@ function setupCanvas() {
     setRegion(person, e.shiftKey ? [box[0], box[1], box[2] + dx, box[3] + dy]
                                  : [box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy]);
   });
-  ["width", "height"].forEach((id) => $("#" + id).addEventListener("change", drawRegions));
+  ["width", "height"].forEach((id) => ["change", "input"].forEach((kind) => $("#" + id).addEventListener(kind, drawRegions)));
 }
 
 // ------------------------------------------------------------------ style and scene images
@@ -255,7 +278,7 @@ async function uploadReference(kind, file) {
   form.append("image", file, file.name);
   try {
     const info = await apiJson("/v1/images", { method: "POST", body: form });
-    state[kind] = { id: info.id, bitmap: await createImageBitmap(file) };
+    state[kind] = { id: info.id, bitmap: await createImageBitmap(file), width: info.width, height: info.height };
     status.textContent = file.name + ": " + info.width + "×" + info.height + ", " + info.faces.length + " face(s)";
     if (kind === "scene") drawRegions();
   } catch (e) {
@@ -282,13 +305,14 @@ function request() {
     identities: people.map((p) => ({ id: p.identity, region: state.scene ? null : p.region, strength: p.strength })),
     text_guidance_scale: Number($("#text-scale").value),
     reference_guidance_scale: Number($("#ref-scale").value),
-    width: Number($("#width").value), height: Number($("#height").value),
     steps: Number($("#steps").value), count: Number($("#count").value),
     style_image: state.style ? state.style.id : null,
     style_strength: Number($("#style-strength").value),
     scene_image: state.scene ? state.scene.id : null,
   };
   if ($("#seed").value !== "") body.seed = Number($("#seed").value);
+  // Sizes only when set: otherwise the server's default (the scene's shape, or the pipeline's default side).
+  for (const id of ["width", "height"]) if (sideSet(id)) body[id] = sideSet(id);
   if (people.length === 2 && $("#mix-on").checked) {
     const share = Number($("#mix").value);
     body.mix = [Number((1 - share).toFixed(4)), Number(share.toFixed(4))];
@@ -373,10 +397,13 @@ async function addResults(job) {
     img.alt = "result: " + job.request.prompt + ", seed " + image.seed;
     const caption = document.createElement("figcaption");
     const r = job.request;
-    caption.textContent = r.prompt + " · seed " + image.seed + " · " + (r.width || "") + "×" + (r.height || "") +
+    const size = document.createElement("span");  // the image's own size (the request may leave it to the server)
+    size.textContent = r.width && r.height ? r.width + "×" + r.height : "";
+    img.addEventListener("load", () => { size.textContent = img.naturalWidth + "×" + img.naturalHeight; });
+    caption.append(r.prompt + " · seed " + image.seed + " · ", size,
       " · " + (r.steps || "") + " steps · text " + r.text_guidance_scale + " / reference " +
       (r.reference_guidance_scale ?? r.text_guidance_scale) +
-      (r.identities.length ? " · " + r.identities.map((p) => "strength " + p.strength).join(", ") : "");
+      (r.identities.length ? " · " + r.identities.map((p) => "strength " + p.strength).join(", ") : ""));
     const download = document.createElement("a");
     download.href = url;
     download.download = "facestudio-" + job.id.slice(0, 8) + "-" + image.name;
@@ -396,7 +423,8 @@ async function reuse(r, seed) {
   $("#negative").value = r.negative_prompt || "";
   $("#text-scale").value = r.text_guidance_scale;
   $("#ref-scale").value = r.reference_guidance_scale ?? r.text_guidance_scale;
-  for (const id of ["width", "height", "steps"]) if (r[id]) $("#" + id).value = r[id];
+  for (const id of ["width", "height"]) $("#" + id).value = r[id] || "";  // unset stays unset
+  if (r.steps) $("#steps").value = r.steps;
   $("#count").value = 1;
   $("#seed").value = seed;
   $("#style-strength").value = r.style_strength;
@@ -444,6 +472,8 @@ async function loadModel() {
     $("#steps").value = info.default_steps;
     $("#count").max = info.max_count;
     ["width", "height"].forEach((id) => { $("#" + id).max = info.max_side; });
+    state.defaultSide = info.default_side || state.defaultSide;
+    drawRegions();
     const style = info.adapters.some((a) => a.kind === "style");
     ["#style-file", "#style-strength", "#style-clear"].forEach((s) => { $(s).disabled = !style; });
     if (!style) $("#style-status").textContent = "needs a style adapter (facestudio serve --style-adapter …)";
