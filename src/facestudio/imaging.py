@@ -11,7 +11,6 @@ import io
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .errors import ImageError
+from .files import write_atomically
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 
@@ -123,42 +123,12 @@ def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict | None 
     Returns:
         The destination as a `Path`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     if metadata is not None:
         info.add_itxt("facestudio", json.dumps(metadata, sort_keys=True))
         if metadata.get("ai_generated") is True:
             info.add_text("AI-generated", "true")
-    if not overwrite and path.exists():
-        raise FileExistsError(f"{path}: exists")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; an image is not
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails, instead of replacing, if the name was taken meanwhile
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where possible (os.umask sets it process-wide)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    return write_atomically(path, lambda f: image.save(f, format="PNG", pnginfo=info), overwrite=overwrite)
 
 
 def read_png_metadata(path: str | os.PathLike) -> dict | None:

@@ -32,6 +32,7 @@ from ..errors import FaceStudioError
 from ..faces.analysis import DOMINANT_FACE_RATIO, FaceAnalyzer
 from ..faces.detection import Face
 from ..faces.regions import Region
+from ..files import write_atomically, write_json, write_npz
 from ..imaging import load_image
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def prepare_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     _check_existing(out_dir, settings)
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     (out_dir / "entries").mkdir(exist_ok=True)
-    _write_json(out_dir / MANIFEST_NAME, _manifest(settings, []))  # marks the folder as a cache of this version
+    write_json(out_dir / MANIFEST_NAME, _manifest(settings, []))  # marks the folder as a cache of this version
     analyzer = analyzer or FaceAnalyzer()
     report, entries = PrepareReport(), []
     for path in tqdm(photos, desc="prepare", unit="photo", disable=not progress or None, dynamic_ncols=True):
@@ -153,7 +154,7 @@ def prepare_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
             report.accepted.append(relative)
         else:
             report.rejected.append({"source": relative, "reason": entry["reason"]})
-    _write_json(out_dir / MANIFEST_NAME, _manifest(settings, [e for e in entries if e["status"] == "ok"]))
+    write_json(out_dir / MANIFEST_NAME, _manifest(settings, [e for e in entries if e["status"] == "ok"]))
     _write_report(out_dir, report, len(photos))
     return report
 
@@ -172,10 +173,8 @@ def _prepare_one(path: Path, relative: str, out_dir: Path, settings: PrepareSett
         caption_file = path.with_suffix(".txt")
         caption = caption_file.read_text(encoding="utf-8", errors="replace").strip() if caption_file.is_file() else ""
         entry.update(status="ok", file=f"samples/{entry['id']}.npz", caption=caption, **extra)
-        tmp = out_dir / "samples" / f".{entry['id']}.tmp.npz"
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, out_dir / entry["file"])
-    _write_json(out_dir / "entries" / f"{entry['id']}.json", entry)  # last: its presence means "done"
+        write_npz(out_dir / entry["file"], **arrays)
+    write_json(out_dir / "entries" / f"{entry['id']}.json", entry)  # last: its presence means "done"
     return entry
 
 
@@ -303,15 +302,7 @@ def read_manifest(cache_dir: str | os.PathLike) -> dict:
 
 
 def _write_report(out_dir: Path, report: PrepareReport, total: int) -> None:
-    _write_json(out_dir / "report.json", {"photos": total, **asdict(report)})
+    write_json(out_dir / "report.json", {"photos": total, **asdict(report)})
     lines = [f"{total} photos: {len(report.accepted)} usable, {len(report.rejected)} rejected"]
     lines += [f"  {r['source']}: {r['reason']}" for r in report.rejected]
-    tmp = out_dir / ".report.txt.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out_dir / "report.txt")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomically(out_dir / "report.txt", ("\n".join(lines) + "\n").encode())

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import FaceStudioError
+from ..files import write_json
 from .dataset import ConditionDropout, FaceCache, ReconstructionDataset, StreamSampler
 from .losses import diffusion_loss, diffusion_target, identity_loss, predicted_clean_latents
 from .modules import GuidanceModules, layer_masks
@@ -438,6 +438,4 @@ def _write_train_config(output: Path, settings: TrainSettings, step: int, losses
     data = {"facestudio": __version__, "base_model": settings.base_model, "image_encoder": settings.image_encoder,
             "steps": step, "mixed_precision": precision, "loss_first_10_mean": float(first),
             "loss_last_10_mean": float(last), "settings": asdict(settings)}
-    tmp = output / f".{CONFIG_NAME}.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, output / CONFIG_NAME)
+    write_json(output / CONFIG_NAME, data)

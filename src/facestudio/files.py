@@ -1,0 +1,69 @@
+"""Files written whole or not at all: a temporary file beside the target, flushed to disk, then renamed.
+
+A crash or a full disk midway leaves the old file (or none), never a half-written one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def write_atomically(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], *,
+                     overwrite: bool = True) -> Path:
+    """Write `data` (bytes, or a function writing into an open binary file) to a hidden temporary file beside
+    `path`, flush it to disk, then rename it into place, readable as the umask allows.
+
+    Raises:
+        FileExistsError: `overwrite` is False and `path` exists (checked again at the rename, so a file that
+            appears meanwhile is not replaced either).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: exists")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data) if isinstance(data, (bytes, bytearray)) else data(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; ours are not
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails, instead of replacing, if the name was taken meanwhile
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: str | os.PathLike, value, **dumps) -> Path:
+    """`value` as JSON (indented), written atomically."""
+    return write_atomically(path, (json.dumps(value, indent=1, **dumps) + "\n").encode())
+
+
+def write_npz(path: str | os.PathLike, **arrays) -> Path:
+    """numpy arrays as a compressed `.npz`, written atomically."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return write_atomically(path, buffer.getvalue())
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where possible (os.umask sets it process-wide)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
