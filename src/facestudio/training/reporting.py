@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..files import write_atomically
 from ..guidance.identity import Identity
 
 
 def plot_loss_curve(losses: list[float], path: Path, smoothing: int = 10) -> Path:
     """Loss per step and its running mean over `smoothing` steps, as a PNG (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no backend switch
 
     steps = np.arange(1, len(losses) + 1)
-    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    figure = Figure(figsize=(7, 4), dpi=100)
+    axes = figure.subplots()
     axes.plot(steps, losses, lw=0.8, alpha=0.4, label="loss")
     if len(losses) >= smoothing:
         mean = np.convolve(losses, np.ones(smoothing) / smoothing, mode="valid")
@@ -30,10 +28,7 @@ def plot_loss_curve(losses: list[float], path: Path, smoothing: int = 10) -> Pat
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: figure.savefig(f, format="png"))
     return path
 
 
