@@ -111,6 +111,24 @@ def test_face_number_out_of_range_is_refused(client, faces_dir):
     assert "face 3 asked for" in response.json()["error"]
 
 
+def test_two_similar_faces_need_the_face_field(client, faces_dir):
+    """The shared dominant-face rule (`select_face`), its advice worded for the API's `face` field."""
+    photo = Image.open(faces_dir / "obama.jpg").convert("RGB").resize((364, 455))
+    pair = Image.new("RGB", (728, 455))
+    pair.paste(photo, (0, 0))
+    pair.paste(photo, (364, 0))
+    buffer = io.BytesIO()
+    pair.save(buffer, "JPEG", quality=92)
+    files = [("photos", ("pair.jpg", buffer.getvalue(), "image/jpeg"))]
+    response = client.post("/v1/identities", files=files)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert "2 faces of similar size" in error and "'face' field" in error and "--face" not in error
+    chosen = client.post("/v1/identities", files=files, data={"face": "1"})
+    assert chosen.status_code == 201 and chosen.json()["photos"][0]["used"] == 1
+    client.delete(f"/v1/identities/{chosen.json()['id']}")
+
+
 # ---------------------------------------------------------------------------------------------- bad uploads
 
 def png_header_claiming(width: int, height: int) -> bytes:
@@ -305,6 +323,8 @@ def test_full_queue_answers_429_and_cancelled_jobs_free_their_slots(client, serv
     full = client.post("/v1/generations", json=LONG)
     assert full.status_code == 429 and "queue is full" in full.json()["error"]
     assert int(full.headers["Retry-After"]) >= 1
+    on_disk = {p.name for p in server.app.state.data.jobs.iterdir()}
+    assert on_disk == set(server.app.state.jobs)  # the refused job left no record behind
 
     cancelled = client.post(f"/v1/generations/{waiting[0].json()['id']}/cancel").json()
     assert cancelled["state"] == "cancelled"  # a waiting job leaves the queue at once

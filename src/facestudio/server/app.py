@@ -226,10 +226,12 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
             jobs[job.id] = job
         try:
             queue.submit(job)
-        except QueueFull as e:
+        except Exception as e:  # not queued (full, or the server is stopping): no trace of it is kept
             with jobs_lock:
                 jobs.pop(job.id, None)
             data.delete_job(job.id)
+            if not isinstance(e, QueueFull):
+                raise
             return JSONResponse({"error": str(e)}, status_code=429, headers={"Retry-After": str(e.retry_after)})
         return _status(job)
 
