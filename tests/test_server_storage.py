@@ -12,7 +12,8 @@ from PIL import Image
 
 from facestudio.errors import FaceStudioError
 from facestudio.guidance.identity import Identity
-from facestudio.server.storage import DataFolder, valid_id, write_atomically
+from facestudio.files import write_atomically
+from facestudio.server.storage import DataFolder, valid_id
 from facestudio.server.uploads import UploadError, UploadLimits, decode_upload, header_size, sniff_format
 
 

@@ -19,12 +19,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from .. import files
 from ..errors import FaceStudioError
 from ..guidance.identity import Identity
 
@@ -36,23 +36,8 @@ def valid_id(value: str) -> bool:
     return bool(_ID.match(value))
 
 
-def write_atomically(path: Path, data: bytes) -> Path:
-    """Write `data` to a hidden temporary file beside `path`, flush it to disk, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
-
-
 def write_json(path: Path, value) -> Path:
-    return write_atomically(path, json.dumps(value, indent=1, sort_keys=True).encode())
+    return files.write_json(path, value, sort_keys=True)
 
 
 def read_json(path: Path):
@@ -92,7 +77,7 @@ class DataFolder:
         buffer = io.BytesIO()
         np.savez(buffer, embedding=identity.embedding, detail=identity.detail,
                  tokens_per_photo=np.int64(identity.tokens_per_photo))
-        write_atomically(folder / "identity.npz", buffer.getvalue())
+        files.write_atomically(folder / "identity.npz", buffer.getvalue())
         # The description last: an identity is listed only once its arrays are in place.
         write_json(folder / "identity.json", info)
 
