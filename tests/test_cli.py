@@ -140,3 +140,13 @@ def test_installed_command_has_no_traceback(bad_inputs):
 def test_bad_options(capsys, faces_dir):
     code, _, err = run(capsys, "faces", faces_dir / "obama.jpg", "--min-score", "3")
     assert code == 2 and "--min-score" in err
+
+
+def test_a_missing_extra_is_one_line_naming_it():
+    from facestudio.cli import require_extra
+    from facestudio.errors import FaceStudioError
+
+    require_extra("eval", "eval", ("json",))  # present: nothing happens
+    with pytest.raises(FaceStudioError, match=r"needs the eval extra \(no_such_module_x missing\): pip install "
+                                              r"'facestudio\[eval\]'"):
+        require_extra("eval", "eval", ("json", "no_such_module_x"))

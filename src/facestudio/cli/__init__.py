@@ -43,6 +43,16 @@ def quiet_libraries(debug: bool) -> None:
     transformers_logging.set_verbosity_error()
 
 
+def require_extra(extra: str, command: str, modules: tuple[str, ...]) -> None:
+    """Stop with one line when an optional dependency of `command` is not installed."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise FaceStudioError(f"facestudio {command} needs the {extra} extra ({', '.join(missing)} missing): "
+                              f"pip install 'facestudio[{extra}]'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import convert, evaluate, faces, generate, serve, training
 

