@@ -100,13 +100,21 @@ def encode_person(analyzer: FaceAnalyzer, photos: Sequence, face: int | None = N
             clear face and asks (`AmbiguousFaceError`) when there are several of similar size.
         name (`str`): label used in errors and metadata.
     """
+    arrays, chosen = photos_and_faces(analyzer, photos, face, name)
+    return encode_photos(analyzer, arrays, chosen, name=name)
+
+
+def photos_and_faces(analyzer: FaceAnalyzer, photos: Sequence, face: int | None = None,
+                     name: str = "") -> tuple[list[np.ndarray], list[Face]]:
+    """Photos (paths, PIL images or RGB arrays) read with `load_image`, and the face to use in each
+    (`select_face`: `face`, or the one clear face)."""
     arrays, chosen = [], []
     for j, photo in enumerate(photos):
         label = str(photo) if isinstance(photo, (str, os.PathLike)) else f"{name or 'identity'} photo {j + 1}"
         array = photo if isinstance(photo, np.ndarray) else np.asarray(load_image(photo, min_side=32, name=label))
         arrays.append(array)
         chosen.append(select_face(analyzer.detect(array), index=face, source=label))
-    return encode_photos(analyzer, arrays, chosen, name=name)
+    return arrays, chosen
 
 
 def pool(identities: Sequence[Identity], name: str | None = None) -> Identity:

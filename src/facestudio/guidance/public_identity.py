@@ -17,7 +17,6 @@ pool, identities mix, regions and strengths act through the same attention proce
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -25,8 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import FaceStudioError, ModelFileError
-from ..faces.analysis import FaceAnalyzer, select_face
-from ..imaging import load_image
+from ..faces.analysis import FaceAnalyzer
 from . import identity as idg
 from .layout import AdapterConfig
 from .style import StyleEncoder
@@ -98,12 +96,7 @@ class PublicIdentityConfig(AdapterConfig):
 def encode_person(analyzer: FaceAnalyzer, encoder: StyleEncoder | None, config: PublicIdentityConfig,
                   photos: Sequence, face: int | None = None, name: str = "") -> idg.Identity:
     """The `Identity` a public adapter reads, from photos (paths, PIL images or RGB arrays) of one person."""
-    arrays, chosen = [], []
-    for j, photo in enumerate(photos):
-        label = str(photo) if isinstance(photo, (str, os.PathLike)) else f"{name or 'identity'} photo {j + 1}"
-        array = photo if isinstance(photo, np.ndarray) else np.asarray(load_image(photo, min_side=32, name=label))
-        arrays.append(array)
-        chosen.append(select_face(analyzer.detect(array), index=face, source=label))
+    arrays, chosen = idg.photos_and_faces(analyzer, photos, face, name)
     return encode_photos(analyzer, encoder, config, arrays, chosen, name)
 
 
