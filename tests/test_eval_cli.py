@@ -126,6 +126,19 @@ def test_bad_spec_is_one_clear_line(tmp_path, capsys):
     assert "unknown key(s) surprise" in capsys.readouterr().err
 
 
+def test_a_spec_with_a_preset_checks_it_and_needs_no_base_model(faces_dir):
+    from facestudio.errors import FaceStudioError
+    from facestudio.evaluation.runspec import parse_spec
+
+    people = {"identities": {"obama": {"photos": [str(faces_dir / "obama.jpg")]}}, "prompts": ["a"]}
+    spec = parse_spec({**people, "preset": "plus-face-sd15"})
+    assert spec.preset == "plus-face-sd15" and spec.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    with pytest.raises(FaceStudioError, match="unknown preset 'nope'"):
+        parse_spec({**people, "preset": "nope"})
+    with pytest.raises(FaceStudioError, match="brings its own adapter"):
+        parse_spec({**people, "preset": "plus-face-sd15", "adapter": "tiny"})
+
+
 @pytest.fixture(scope="module")
 def spec_report(faces_dir, tiny_clip, tmp_path_factory) -> Path:
     """A tiny run spec: one person with a held-out photo, one person whose photo has no face, two guidance

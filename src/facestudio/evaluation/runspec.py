@@ -5,6 +5,8 @@ A spec is a TOML or JSON file (paths relative to it):
 ```toml
 base_model = "tiny"          # a diffusers folder, a hub id, or "tiny"
 adapter = "tiny"             # identity adapter folder, or "tiny"
+# preset = "faceid-plusv2-sd15"   # instead of adapter: public weights by name (base_model then optional)
+# arcface_model = "w600k_r50.onnx"  # the FaceID presets' ArcFace file
 steps = 25
 width = 512
 height = 512
@@ -79,6 +81,8 @@ class RunSpec:
     clip_model: str | None = None
     device: str | None = None
     source: str = ""
+    preset: str | None = None
+    arcface_model: str | None = None
 
     @property
     def images(self) -> int:
@@ -103,11 +107,20 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
         raise FaceStudioError(f"{source}: {message}")
 
     known = {"base_model", "adapter", "identities", "groups", "prompts", "seeds", "settings", "steps", "width",
-             "height", "negative_prompt", "baselines", "tuning_baselines", "tuning_passes", "clip_model", "device"}
+             "height", "negative_prompt", "baselines", "tuning_baselines", "tuning_passes", "clip_model", "device",
+             "preset", "arcface_model"}
     if unknown := sorted(set(data) - known):
         fail(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    if "base_model" not in data:
-        fail("base_model is required (a diffusers folder, a hub id, or 'tiny')")
+    preset = data.get("preset")
+    if preset is not None:
+        from ..presets import PRESETS
+
+        if preset not in PRESETS:
+            fail(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        if data.get("adapter"):
+            fail(f"preset {preset} brings its own adapter: drop adapter")
+    if "base_model" not in data and preset is None:
+        fail("base_model is required (a diffusers folder, a hub id, or 'tiny'), or a preset")
     identities = {}
     for name, entry in (data.get("identities") or {}).items():
         if not isinstance(entry, dict) or not entry.get("photos"):
@@ -121,8 +134,8 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
             fail(f"group {list(group)} names unknown identities {unknown}")
     if not groups:
         fail("no identities: add [identities.NAME] with photos = [...]")
-    if data.get("identities") and not data.get("adapter"):
-        fail("identities need an identity adapter: adapter = FOLDER (or 'tiny' for a smoke test)")
+    if data.get("identities") and not data.get("adapter") and preset is None:
+        fail("identities need an identity adapter: adapter = FOLDER (or 'tiny' for a smoke test), or a preset")
     prompts = tuple(data.get("prompts") or ())
     if not prompts or not all(isinstance(p, str) and p for p in prompts):
         fail("prompts must be a non-empty list of strings")
@@ -145,12 +158,14 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
     steps, width, height = (int(data.get(k, d)) for k, d in (("steps", 25), ("width", 512), ("height", 512)))
     if steps < 1 or width % 8 or height % 8 or width < 8 or height < 8:
         fail("steps must be >= 1, width and height multiples of 8")
-    return RunSpec(base_model=str(data["base_model"]), adapter=data.get("adapter"), identities=identities,
+    base_model = str(data["base_model"]) if "base_model" in data else PRESETS[preset].base_model
+    return RunSpec(base_model=base_model, adapter=data.get("adapter"), identities=identities,
                    groups=groups, prompts=prompts, seeds=seeds, settings=tuple(settings), steps=steps, width=width,
                    height=height, negative_prompt=data.get("negative_prompt"), baselines=baselines,
                    tuning_baselines=bool(data.get("tuning_baselines", False)),
                    tuning_passes=int(data.get("tuning_passes", 2)), clip_model=data.get("clip_model"),
-                   device=data.get("device"), source=source)
+                   device=data.get("device"), source=source, preset=preset,
+                   arcface_model=None if data.get("arcface_model") is None else _path(base, data["arcface_model"]))
 
 
 def _path(base: Path, value: str) -> str:
@@ -187,15 +202,16 @@ def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> 
         from ..loading import load_generation_pipeline
 
         with stopwatch() as load:
-            pipe = load_generation_pipeline(spec.base_model, adapter=spec.adapter, device=spec.device,
-                                            face_analyzer=analyzer)
+            pipe = load_generation_pipeline(spec.base_model, adapter=spec.adapter, preset=spec.preset,
+                                            device=spec.device, face_analyzer=analyzer,
+                                            arcface_model=spec.arcface_model, with_style=False)
         out.run["model_load_seconds"] = load["seconds"]
     pipe.set_progress_bar_config(disable=True)
     # the pipeline's own analyzer: a preset's adapter reads another recogniser (ArcFace) than the default
     analyzer = getattr(pipe, "face_analyzer", None) or analyzer
     pipe.face_analyzer = analyzer
     device = pipe.device
-    out.run.update(base_model=spec.base_model, adapter=spec.adapter, device=str(device), steps=spec.steps,
+    out.run.update(base_model=spec.base_model, adapter=spec.adapter, preset=spec.preset, device=str(device), steps=spec.steps,
                    width=spec.width, height=spec.height, images_planned=spec.images)
     # Face models load before timing (an install cost, like the base model's), so the face analysis timed
     # below is what each new person costs.
@@ -239,7 +255,8 @@ def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> 
                         out.run["time_to_first_image_seconds"] = sum(split.values())
                     base = {"prompt": prompt, "seed": seed, "text_guidance_scale": setting.text_scale,
                             "reference_guidance_scale": setting.reference_scale, "steps": spec.steps,
-                            "base_model": spec.base_model, "adapter": spec.adapter, "eval_scored_as": list(group),
+                            "base_model": spec.base_model, "adapter": spec.adapter, "preset": spec.preset,
+                            "eval_scored_as": list(group),
                             "identities": [{"name": n, "photos": [Path(p).name for p in spec.identities[n]["photos"]],
                                             "region": None, "strength": setting.strength} for n in group]}
                     stem = f"{counter:04d}-seed{seed}"
