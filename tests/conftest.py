@@ -47,6 +47,22 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+#: Debian's Chromium (CI installs it); FACESTUDIO_CHROMIUM points elsewhere.
+CHROMIUM = os.environ.get("FACESTUDIO_CHROMIUM", "/usr/bin/chromium")
+#: The machine may have no network: these flags stop Chromium from trying to reach one.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"]
+
+
+def launch_chromium(playwright, profile: Path, **options):
+    """Headless Chromium with a fresh profile folder, as a Playwright persistent context."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM} (apt install chromium, or set FACESTUDIO_CHROMIUM)")
+    return playwright.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True,
+                                                         args=CHROMIUM_FLAGS, **options)
+
+
 def run_in_threads(work, keys, repeats: int) -> dict:
     """Run `work(key)` `repeats` times in one thread per key, all at once; every result per key, in order.
 

@@ -4,13 +4,13 @@ a real headless Chromium."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from conftest import launch_chromium
 from facestudio import load_image
 from facestudio.cli import main
 from facestudio.evaluation.scoring import THRESHOLDS
@@ -18,7 +18,6 @@ from facestudio.imaging import ai_generated_metadata, save_png
 
 from test_eval_metric import side_by_side
 
-CHROMIUM = "/usr/bin/chromium"
 
 
 def person(name, photo, region=None):
@@ -197,16 +196,12 @@ def test_run_spec_generates_scores_and_reports(spec_report):
     assert meta["ai_generated"] is True and meta["eval_method"] == "facestudio"
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 def test_report_opens_in_headless_chromium_without_errors(spec_report, tmp_path):
     from playwright.sync_api import sync_playwright
 
     errors, failed = [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p, tmp_path / "profile")
         page = browser.new_page()
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))

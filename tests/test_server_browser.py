@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 
 from facestudio.server import BackgroundServer, create_app
+from conftest import launch_chromium
 from test_pipeline import new_pipe
-
-CHROMIUM = os.environ.get("FACESTUDIO_CHROMIUM", "/usr/bin/chromium")
-#: The machine may have no network: these flags stop Chromium from trying to reach one.
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage"]
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -29,15 +23,11 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def page(tmp_path):
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium not found at {CHROMIUM} (apt install chromium, or set FACESTUDIO_CHROMIUM)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         # A fresh profile folder per test: nothing carried over from another run.
-        context = playwright.chromium.launch_persistent_context(
-            tmp_path / "chromium-profile", executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1366, "height": 900})
+        context = launch_chromium(playwright, tmp_path / "chromium-profile", viewport={"width": 1366, "height": 900})
         try:
             page = context.new_page()
             page.set_default_timeout(30_000)
