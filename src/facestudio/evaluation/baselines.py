@@ -65,18 +65,28 @@ def paste_reference(canvas: np.ndarray, reference: np.ndarray, canvas_faces: lis
 
 @dataclass(frozen=True)
 class TuningRecipe:
-    """How long a tuning method usually trains: optimizer steps x forward-backward passes per step."""
+    """How long a tuning method usually trains: optimizer steps x forward-backward passes per step, each pass
+    on `images_per_pass` images; and the class images some recipes sample before training."""
 
     method: str
     steps: int
     passes_per_step: int
     source: str
+    images_per_pass: int = 1
+    class_images: int = 0
+    class_image_steps: int = 0
 
 
 #: The usual step counts, from diffusers' own training examples (the settings their READMEs run).
 DREAMBOOTH_LORA = TuningRecipe(
     "DreamBooth-LoRA", 500, 1,
     "diffusers examples/dreambooth/README_lora.md: --max_train_steps=500, --train_batch_size=1")
+DREAMBOOTH_LORA_PRIOR = TuningRecipe(
+    "DreamBooth-LoRA + prior", 800, 1,
+    "diffusers examples/dreambooth/README.md, prior preservation: --with_prior_preservation, "
+    "--num_class_images=200, --max_train_steps=800, --train_batch_size=1 (each pass: the photo and a class "
+    "image); the class images are sampled first by the base pipeline at its default 50 steps",
+    images_per_pass=2, class_images=200, class_image_steps=50)
 TEXTUAL_INVERSION = TuningRecipe(
     "Textual Inversion", 3000, 4,
     "diffusers examples/textual_inversion/README.md: --max_train_steps=3000, --gradient_accumulation_steps=4, "
@@ -96,11 +106,17 @@ class TuningCost:
     def total_seconds(self) -> float:
         return self.seconds_per_pass * self.recipe.steps * self.recipe.passes_per_step
 
+    def class_image_seconds(self, seconds_per_sampling_step: float) -> float:
+        """Sampling the recipe's class images, at a measured time per guided sampling step."""
+        return self.recipe.class_images * self.recipe.class_image_steps * seconds_per_sampling_step
+
     def to_dict(self) -> dict:
         return {"method": self.recipe.method, "steps": self.recipe.steps,
                 "passes_per_step": self.recipe.passes_per_step, "source": self.recipe.source,
                 "seconds_per_pass": self.seconds_per_pass, "passes_timed": self.passes_timed,
-                "latent_size": list(self.latent_size), "training_seconds": self.total_seconds}
+                "latent_size": list(self.latent_size), "training_seconds": self.total_seconds,
+                "images_per_pass": self.recipe.images_per_pass, "class_images": self.recipe.class_images,
+                "class_image_steps": self.recipe.class_image_steps}
 
 
 def _training_batch(vae, pixels: torch.Tensor, scheduler, generator: torch.Generator):
@@ -108,7 +124,8 @@ def _training_batch(vae, pixels: torch.Tensor, scheduler, generator: torch.Gener
     with torch.no_grad():
         latents = vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=generator).to(latents)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=generator).to(latents.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    t = t.to(latents.device)
     return scheduler.add_noise(latents, noise, t), noise, t
 
 
@@ -126,7 +143,8 @@ def _time_passes(step, passes: int, warmup: int, device) -> float:
 
 
 def time_dreambooth_lora(unet, vae, text_encoder, tokenizer, scheduler, pixels: torch.Tensor, *, passes: int = 2,
-                         warmup: int = 1, rank: int = 4, seed: int = 0) -> TuningCost:
+                         warmup: int = 1, rank: int = 4, seed: int = 0,
+                         recipe: TuningRecipe = DREAMBOOTH_LORA) -> TuningCost:
     """Time DreamBooth-LoRA training passes: LoRA (peft) on the UNet's attention, diffusion loss, AdamW step.
 
     The UNet gets a LoRA adapter named `facestudio_eval_dreambooth` that is deleted afterwards.
@@ -135,9 +153,13 @@ def time_dreambooth_lora(unet, vae, text_encoder, tokenizer, scheduler, pixels: 
         unet, vae, text_encoder, tokenizer: the base model's parts (the UNet without IP-Adapters).
         scheduler: a scheduler whose config gives the training noise schedule.
         pixels (`torch.Tensor`): `[1, 3, H, W]` in [-1, 1], the training photo at the training size.
+        recipe (`TuningRecipe`): `DREAMBOOTH_LORA`, or `DREAMBOOTH_LORA_PRIOR` (each pass on the photo and a
+            class image: the photo twice here, which costs the same).
     """
     from diffusers import DDPMScheduler
     from peft import LoraConfig
+
+    pixels = pixels.expand(recipe.images_per_pass, -1, -1, -1)
 
     device = unet.device
     noise_scheduler = DDPMScheduler.from_config(scheduler.config)
@@ -145,7 +167,7 @@ def time_dreambooth_lora(unet, vae, text_encoder, tokenizer, scheduler, pixels: 
     ids = tokenizer(["a photo of sks person"], padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids.to(device)
     with torch.no_grad():
-        text = text_encoder(ids)[0].to(unet.dtype)
+        text = text_encoder(ids)[0].to(unet.dtype).expand(recipe.images_per_pass, -1, -1)
     pixels = pixels.to(device, vae.dtype)
     name = "facestudio_eval_dreambooth"
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
@@ -166,7 +188,7 @@ def time_dreambooth_lora(unet, vae, text_encoder, tokenizer, scheduler, pixels: 
     finally:
         unet.delete_adapters(name)
         unet.requires_grad_(False)
-    return TuningCost(DREAMBOOTH_LORA, seconds, passes, (pixels.shape[-2] // 8, pixels.shape[-1] // 8))
+    return TuningCost(recipe, seconds, passes, (pixels.shape[-2] // 8, pixels.shape[-1] // 8))
 
 
 def time_textual_inversion(unet, vae, text_encoder, tokenizer, scheduler, pixels: torch.Tensor, *, passes: int = 2,
