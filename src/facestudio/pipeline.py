@@ -30,6 +30,7 @@ from .errors import FaceStudioError, ModelFileError, NoFaceError
 from .faces.analysis import FaceAnalyzer
 from .faces.regions import Region, person_masks, person_regions
 from .guidance import identity as idg
+from .guidance import public_identity as pid
 from .guidance import style as sty
 from .guidance.cfg import combine_guidance, combine_two_way
 from .guidance.layout import ip_layers_from_unet, read_checkpoint, read_config, save_checkpoint
@@ -170,7 +171,6 @@ class FaceStudioMixin:
             identity_encoder, style_encoder: CLIP vision encoders already loaded (else loaded by name).
             hub_kwargs: passed to `load_ip_adapter` (`local_files_only`, `cache_dir`, `token`, ...).
         """
-        from .guidance import public_identity as pid
         from .guidance.public_loading import load_public_adapters
 
         self.face_analyzer = face_analyzer if face_analyzer is not None else getattr(self, "face_analyzer", None)
@@ -234,7 +234,7 @@ class FaceStudioMixin:
         """Write each loaded adapter to `folder/<kind>/` in the public IP-Adapter layout plus its config."""
         written = []
         for adapter in getattr(self, "facestudio_adapters", ()):
-            if type(adapter.config).__name__ == "PublicIdentityConfig":
+            if isinstance(adapter.config, pid.PublicIdentityConfig):
                 raise FaceStudioError("public adapters are not re-saved: use their published files")
             projection = self._projection(adapter)
             to_checkpoint = (idg.projection_to_checkpoint if adapter.kind == "identity"
@@ -309,27 +309,21 @@ class FaceStudioMixin:
 
     def encode_identities(self, identities: list[IdentityInput], mix) -> list[idg.Identity]:
         """Photos -> identities (several photos pooled); mixed into one when `mix` is given."""
-        config = self._adapter("identity").config if identities else None
-        encoded = [person.identity if person.identity is not None else
-                   self._encode_person(config, person.photos, person.face, person.name or f"identity {i + 1}")
-                   for i, person in enumerate(identities)]
+        encoded = []
+        for i, person in enumerate(identities):
+            if person.identity is not None:
+                encoded.append(person.identity)
+                continue
+            name = person.name or f"identity {i + 1}"
+            photos, faces = idg.photos_and_faces(self._analyzer(), person.photos, person.face, name)
+            encoded.append(self.encode_photos(photos, faces, name))
         if mix is not None:
             encoded = [idg.mix(encoded, mix, name="mix of " + ", ".join(i.name for i in encoded))]
         return encoded
 
-    def _encode_person(self, config, photos, face, name) -> idg.Identity:
-        from .guidance import public_identity as pid
-
-        if isinstance(config, pid.PublicIdentityConfig):
-            return pid.encode_person(self._analyzer(), getattr(self, "identity_encoder", None), config, photos, face,
-                                     name)
-        return idg.encode_person(self._analyzer(), photos, face, name)
-
     def encode_photos(self, photos: Sequence[np.ndarray], faces: Sequence, name: str = "") -> idg.Identity:
         """One person's `Identity` from RGB arrays and the detected face to use in each, encoded the way the
         loaded identity adapter reads it (facestudio's own, or a public kind)."""
-        from .guidance import public_identity as pid
-
         adapter = self._adapter("identity")
         if adapter is None:
             raise FaceStudioError("no identity adapter is loaded: identities cannot be encoded")
@@ -347,8 +341,6 @@ class FaceStudioMixin:
 
     def identity_tokens(self, identities: list[idg.Identity], batch: int, three_way: bool) -> torch.Tensor:
         """`[rows * batch, N, T, D]` tokens: "no reference" rows first, identities in the last."""
-        from .guidance import public_identity as pid
-
         adapter = self._adapter("identity")
         projection, config = self._projection(adapter), adapter.config
         if isinstance(config, pid.PublicIdentityConfig):
@@ -487,8 +479,7 @@ class FaceStudioMixin:
         batch = len(prompts) * num_images_per_prompt
 
         # 2. Encode the prompt (the rows of guidance are set once the references are known)
-        has_reference = bool(people) or style is not None
-        three_way = has_reference
+        three_way = bool(people) or style is not None  # a reference is given: (no text), (text), (text + ref)
         text, text_added = self.text_conditioning(prompts, negatives, device, num_images_per_prompt,
                                                   3 if three_way else 2, height, width)
 

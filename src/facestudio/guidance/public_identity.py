@@ -93,13 +93,6 @@ class PublicIdentityConfig(AdapterConfig):
                                  f"face recogniser; the face analyzer has {recognizer!r}")
 
 
-def encode_person(analyzer: FaceAnalyzer, encoder: StyleEncoder | None, config: PublicIdentityConfig,
-                  photos: Sequence, face: int | None = None, name: str = "") -> idg.Identity:
-    """The `Identity` a public adapter reads, from photos (paths, PIL images or RGB arrays) of one person."""
-    arrays, chosen = idg.photos_and_faces(analyzer, photos, face, name)
-    return encode_photos(analyzer, encoder, config, arrays, chosen, name)
-
-
 def encode_photos(analyzer: FaceAnalyzer, encoder: StyleEncoder | None, config: PublicIdentityConfig,
                   photos: Sequence[np.ndarray], faces: Sequence, name: str = "") -> idg.Identity:
     """The `Identity` of one person from RGB arrays and the face to use in each."""
