@@ -25,3 +25,10 @@ class AmbiguousFaceError(FaceStudioError):
 
 class ModelFileError(FaceStudioError):
     """A model file is missing, damaged or of the wrong kind."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message without its final full stop (its type name when empty), for
+    quoting a library's error inside one of ours."""
+    text = str(error).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(error).__name__

@@ -46,7 +46,7 @@ from diffusers import (
 from huggingface_hub.utils import validate_repo_id
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .errors import FaceStudioError, ModelFileError
+from .errors import FaceStudioError, ModelFileError, first_line
 from .presets import PRESETS, HubFile, Preset  # noqa: F401  (re-exported: the table lives beside its loader)
 
 logger = logging.getLogger(__name__)
@@ -544,7 +544,7 @@ def _load_from_folder(path: Path, pipeline_class, dtype: torch.dtype, kwargs: di
     except _FOLDER_ERRORS as error:
         raise ModelFileError(
             f"base model folder {str(path)!r} could not be loaded as a {pipeline_class.__name__}: "
-            f"{_first_line(error)}. Check that every component listed in model_index.json has its folder "
+            f"{first_line(error)}. Check that every component listed in model_index.json has its folder "
             "with config and weights (re-save or re-download the pipeline)."
         ) from error
 
@@ -594,7 +594,7 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
 def _load_from_hub(name: str, pipeline_class, dtype: torch.dtype, local_files_only: bool | None,
                    kwargs: dict[str, Any]):
     if local_files_only is None:
-        local_files_only = _env_offline()
+        local_files_only = hub_offline()
     if local_files_only:
         logger.info("loading base model %r from the local model hub cache only (offline)", name)
     else:
@@ -608,7 +608,7 @@ def _load_from_hub(name: str, pipeline_class, dtype: torch.dtype, local_files_on
             **{**_safety_checker_off(pipeline_class), **kwargs},
         )
     except _HUB_ERRORS as error:
-        reason = _first_line(error)
+        reason = first_line(error)
         if local_files_only:
             reason = f"offline, and not in the local cache: {reason}"
         raise ModelFileError(
@@ -618,11 +618,6 @@ def _load_from_hub(name: str, pipeline_class, dtype: torch.dtype, local_files_on
         ) from error
 
 
-def _env_offline() -> bool:
+def hub_offline() -> bool:
     # Read at call time (huggingface_hub reads it once at import), so a setting made later still counts.
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(error).__name__

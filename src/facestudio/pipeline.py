@@ -26,7 +26,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .attention import LayerMasks, RegionMasks, TokenPassthrough, install_region_processors
-from .errors import FaceStudioError, ModelFileError, NoFaceError
+from .errors import FaceStudioError, ModelFileError, NoFaceError, first_line
 from .faces.analysis import FaceAnalyzer
 from .faces.regions import Region, person_masks, person_regions
 from .guidance import identity as idg
@@ -153,7 +153,7 @@ class FaceStudioMixin:
             self.load_ip_adapter(checkpoints, subfolder=none, weight_name=none, image_encoder_folder=None,
                                  low_cpu_mem_usage=False)
         except (RuntimeError, KeyError, ValueError) as e:
-            raise ModelFileError(f"adapter does not fit this UNet: {str(e).splitlines()[0]}") from None
+            raise ModelFileError(f"adapter does not fit this UNet: {first_line(e)}") from None
         self._install(adapters)
 
     def load_public_adapters(self, identity=None, style=None, *, identity_config=None, style_config=None,

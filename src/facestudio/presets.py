@@ -240,7 +240,9 @@ def _cached(hub_file: HubFile) -> bool:
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Whether huggingface.co answers on its HTTPS port (never when HF_HUB_OFFLINE is set)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+    from .models import hub_offline
+
+    if hub_offline():
         return False
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0]
     host, _, port = endpoint.partition(":")

@@ -40,7 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ModelFileError
+from ..errors import ModelFileError, first_line
 from .identity import SAME_PERSON_THRESHOLDS, l2_normalize
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class ArcFaceRecognizer:
         try:
             self._session = ort.InferenceSession(str(self.model_path), providers=self.providers)
         except Exception as e:  # onnxruntime raises its own pybind exception types for unreadable models
-            raise ModelFileError(f"{self.model_path}: not a readable ONNX model ({_first_line(e)}); "
+            raise ModelFileError(f"{self.model_path}: not a readable ONNX model ({first_line(e)}); "
                                  f"{_MODEL_HELP}") from e
         self._input_name, self._batch_size = self._check_input()
         self._output_name = self._check_output()
@@ -196,7 +196,7 @@ def input_normalization(model_path: str | Path) -> tuple[float, float]:
     try:
         graph = onnx.load(str(model_path), load_external_data=False).graph
     except Exception as e:  # protobuf's DecodeError and friends
-        raise ModelFileError(f"{model_path}: not a readable ONNX model ({_first_line(e)})") from e
+        raise ModelFileError(f"{model_path}: not a readable ONNX model ({first_line(e)})") from e
     names = [node.name for node in graph.node[:8]]
     has_sub = any(n.startswith(("Sub", "_minus")) for n in names)
     has_mul = any(n.startswith(("Mul", "_mul")) for n in names)
@@ -224,7 +224,3 @@ def _show(shape: list) -> str:
     dims = [str(d) if isinstance(d, int) else "N" if i == 0 else repr(d) for i, d in enumerate(shape)]
     return "[" + ", ".join(dims) + "]"
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import ModelFileError
+from ..errors import ModelFileError, first_line
 
 WEIGHTS_NAME = "ip-adapter.safetensors"
 CONFIG_NAME = "facestudio_adapter.json"
@@ -169,7 +169,7 @@ def convert_pickle_checkpoint(source: str | os.PathLike, destination: str | os.P
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle and zip errors come in many types; all mean "not a safe tensor file"
         raise ModelFileError(f"{source}: not a checkpoint that loads safely as tensors only "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                             f"({type(e).__name__}: {first_line(e)})") from None
     if not (isinstance(state, dict) and set(state) == {"image_proj", "ip_adapter"}
             and all(isinstance(part, dict) for part in state.values())):
         keys = sorted(state)[:5] if isinstance(state, dict) else type(state).__name__

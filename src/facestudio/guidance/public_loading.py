@@ -50,7 +50,7 @@ import torch
 from diffusers.utils import USE_PEFT_BACKEND
 from torch import nn
 
-from ..errors import FaceStudioError, ModelFileError
+from ..errors import FaceStudioError, ModelFileError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def load_public_adapters(
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         _unload(pipe, user)
         labels = ", ".join(_label(s, w) for s, w in zip(sources, weight_names))
-        raise ModelFileError(f"could not load the IP-Adapter {labels}: {_first_line(error)}") from error
+        raise ModelFileError(f"could not load the IP-Adapter {labels}: {first_line(error)}") from error
     except BaseException:
         _unload(pipe, user)
         raise
@@ -373,7 +373,3 @@ def _label(source, weight_name) -> str:
         return "<state dict>"
     return f"{source}/{weight_name}" if weight_name else str(source)
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(error).__name__

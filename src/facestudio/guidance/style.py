@@ -13,7 +13,7 @@ import torch
 from diffusers.models.embeddings import ImageProjection
 from PIL import Image
 
-from ..errors import ModelFileError
+from ..errors import ModelFileError, first_line
 from .layout import AdapterConfig, init_ip_layers
 
 #: diffusers' loader gives the plain IP-Adapter layout ("proj.weight") exactly 4 tokens.
@@ -124,7 +124,7 @@ def load_style_encoder(name: str, *, local_files_only: bool | None = None) -> St
                                            crop_size={"height": model.config.image_size,
                                                       "width": model.config.image_size})
     except (OSError, ValueError) as e:
-        raise ModelFileError(f"image encoder {name!r}: could not be loaded ({str(e).splitlines()[0]}); pass a "
+        raise ModelFileError(f"image encoder {name!r}: could not be loaded ({first_line(e)}); pass a "
                              "local folder with a CLIP vision model or check the name and your connection") from None
     return StyleEncoder(model, processor)
 
