@@ -265,13 +265,22 @@ def faceid_plus_tokens(projection: IPAdapterFaceIDPlusImageProjection, embedding
                        shortcut: bool, shortcut_scale: float = 1.0) -> torch.Tensor:
     """`[T, D]` tokens of a FaceID-Plus projection: `embedding` `[E]` as the id input, `detail` `[L, C]` as the
     `clip_embeds` its perceiver reads; `shortcut` adds the id tokens to the output (PlusV2)."""
+    embedding = torch.from_numpy(np.asarray(embedding, np.float32))[None]
+    detail = torch.from_numpy(np.asarray(detail, np.float32))[None]
+    return batched_faceid_plus_tokens(projection, embedding, detail, shortcut, shortcut_scale)[0]
+
+
+def batched_faceid_plus_tokens(projection: IPAdapterFaceIDPlusImageProjection, embeddings: torch.Tensor,
+                               detail: torch.Tensor, shortcut: bool, shortcut_scale: float = 1.0) -> torch.Tensor:
+    """`[B, T, D]` tokens of `[B, E]` embeddings and `[B, L, C]` detail tokens (`faceid_plus_tokens` for a
+    batch, with gradients when the caller allows them); the inputs move to the projection's device and dtype."""
     param = next(projection.parameters())
-    embedding = torch.from_numpy(np.asarray(embedding, np.float32))[None].to(param.device, param.dtype)
-    detail = torch.from_numpy(np.asarray(detail, np.float32))[None, None].to(param.device, param.dtype)
+    embeddings = embeddings.to(param.device, param.dtype)
+    detail = detail[:, None].to(param.device, param.dtype)
     with _PROJECTION_LOCK:
         saved = projection.clip_embeds, projection.shortcut, projection.shortcut_scale
         try:
             projection.clip_embeds, projection.shortcut, projection.shortcut_scale = detail, shortcut, shortcut_scale
-            return projection(embedding)[0]
+            return projection(embeddings)
         finally:
             projection.clip_embeds, projection.shortcut, projection.shortcut_scale = saved

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..attention import LayerMasks, resize_masks
+from ..guidance.identity import batched_faceid_plus_tokens
 
 
 class GuidanceModules(nn.Module):
@@ -53,20 +54,12 @@ class GuidanceModules(nn.Module):
 
 
 def batched_identity_tokens(projection, embeddings: torch.Tensor, detail: torch.Tensor, config) -> torch.Tensor:
-    """`[B, N, T, D]` tokens of `[B, N, 128]` embeddings and `[B, N, L, C]` detail tokens, with gradients.
-
-    diffusers' FaceID-Plus projection reads its detail input from an attribute (`clip_embeds`); it is set
-    for this call only and restored, as `guidance.identity.identity_tokens` does for one identity.
-    """
+    """`[B, N, T, D]` tokens of `[B, N, 128]` embeddings and `[B, N, L, C]` detail tokens, with gradients
+    (inference's `guidance.identity.batched_faceid_plus_tokens`, one row per identity slot)."""
     b, n = embeddings.shape[:2]
-    param = next(projection.parameters())
-    saved = projection.clip_embeds, projection.shortcut, projection.shortcut_scale
-    try:
-        projection.clip_embeds = detail.reshape(b * n, 1, *detail.shape[2:]).to(param.device, param.dtype)
-        projection.shortcut, projection.shortcut_scale = config.shortcut, config.shortcut_scale
-        tokens = projection(embeddings.reshape(b * n, -1).to(param.device, param.dtype))
-    finally:
-        projection.clip_embeds, projection.shortcut, projection.shortcut_scale = saved
+    tokens = batched_faceid_plus_tokens(projection, embeddings.reshape(b * n, -1),
+                                        detail.reshape(b * n, *detail.shape[2:]), config.shortcut,
+                                        config.shortcut_scale)
     return tokens.reshape(b, n, *tokens.shape[1:])
 
 
