@@ -68,9 +68,14 @@ class StyleEncoder:
     @torch.no_grad()
     def encode(self, image: Image.Image) -> torch.Tensor:
         """`[projection_dim]` embedding of one RGB image."""
+        return self.embeds([image])[0]
+
+    @torch.no_grad()
+    def embeds(self, images) -> torch.Tensor:
+        """`[N, projection_dim]` embeddings of RGB images (PIL images or `uint8` arrays), in the model's dtype."""
         param = next(self.model.parameters())
-        pixels = self.processor(images=image, return_tensors="pt").pixel_values.to(param.device, param.dtype)
-        return self.model(pixels).image_embeds[0]
+        pixels = self.processor(images=list(images), return_tensors="pt").pixel_values.to(param.device, param.dtype)
+        return self.model(pixels).image_embeds
 
     @torch.no_grad()
     def hidden_states(self, images) -> torch.Tensor:

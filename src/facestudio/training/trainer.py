@@ -321,7 +321,7 @@ def training_loss(parts: TrainingParts, guidance, accelerator, batch: dict, gene
         posterior = pipe.vae.encode(pixels).latent_dist
         latents = (posterior.mean + posterior.std * _randn(posterior.mean.shape, generator, posterior.mean)) * scaling
         text = pipe.encode_prompt(list(batch["caption"]), device, 1, False)[0]
-        style = _style_embeddings(parts.style_encoder, batch, device, dtype)
+        style = _style_embeddings(parts.style_encoder, batch, device)
     noise = _randn(latents.shape, generator, latents)
     count = parts.noise_scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, count, (latents.shape[0],), generator=generator).to(device)
@@ -352,13 +352,11 @@ def _randn(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tenso
     return torch.randn(shape, generator=generator).to(like.device, like.dtype)
 
 
-def _style_embeddings(encoder, batch: dict, device, dtype) -> torch.Tensor | None:
+def _style_embeddings(encoder, batch: dict, device) -> torch.Tensor | None:
     """`[B, E]` image embeddings of the masked conditioning images; zeros where style is dropped."""
     if encoder is None:
         return None
-    images = list(batch["conditioning"].numpy())
-    pixels = encoder.processor(images=images, return_tensors="pt").pixel_values.to(device, dtype)
-    embeds = encoder.model(pixels).image_embeds.float()
+    embeds = encoder.embeds(batch["conditioning"].numpy()).float()  # the encoder is on `device`, in training dtype
     keep = (~batch["drop_style"]).to(device, embeds.dtype)[:, None]
     return embeds * keep
 
