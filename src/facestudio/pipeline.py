@@ -28,7 +28,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .attention import LayerMasks, RegionMasks, TokenPassthrough, install_region_processors
 from .errors import FaceStudioError, ModelFileError, NoFaceError, first_line
 from .faces.analysis import FaceAnalyzer
-from .faces.regions import Region, person_masks, person_regions
+from .faces.regions import dilated_face_mask, person_masks, person_regions
 from .guidance import identity as idg
 from .guidance import public_identity as pid
 from .guidance import style as sty
@@ -611,10 +611,7 @@ def _region_to_mask(region, height: int, width: int) -> np.ndarray:
 
 def _dilated_face(face, width: int, height: int) -> np.ndarray:
     """A scene face's ellipse grown by a tenth of the face size: the area that is regenerated."""
-    ellipse = Region.from_face(face, (width, height)).mask(width, height, "face")
-    grow = max(1, round(0.1 * max(face.width, face.height)))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
-    return cv2.dilate((ellipse > 0).astype(np.float32), kernel)
+    return dilated_face_mask(face, width, height, 0.1).astype(np.float32)
 
 
 def _feathered(mask: np.ndarray, width: int) -> np.ndarray:

@@ -111,6 +111,15 @@ def _ellipse_polygon(ellipse: tuple, sx: float, sy: float) -> np.ndarray:
     return np.round((np.stack([xs * sx, ys * sy], 1) - 0.5) * 16).astype(np.int32)
 
 
+def dilated_face_mask(face: Face, width: int, height: int, growth: float, threshold: float = 0.0) -> np.ndarray:
+    """The face ellipse of `Region.from_face` (pixels above `threshold`), grown by `growth` of the face size
+    with an elliptical kernel: a binary `[height, width]` mask of the face area to hide or regenerate."""
+    ellipse = Region.from_face(face, (width, height)).mask(width, height, "face") > threshold
+    grow = max(1, round(growth * max(face.width, face.height)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+    return cv2.dilate(ellipse.astype(np.uint8), kernel).astype(bool)
+
+
 def person_regions(faces: list[Face], image_size: tuple[int, int]) -> list[Region]:
     """One `Region` per face, in the same order."""
     return [Region.from_face(face, image_size) for face in faces]

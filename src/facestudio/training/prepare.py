@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import FaceStudioError
 from ..faces.analysis import DOMINANT_FACE_RATIO, FaceAnalyzer
 from ..faces.detection import Face
-from ..faces.regions import Region
+from ..faces.regions import Region, dilated_face_mask
 from ..files import write_atomically, write_json, write_npz
 from ..imaging import load_image
 
@@ -192,7 +192,8 @@ def _sample_arrays(path: Path, settings: PrepareSettings, analyzer: FaceAnalyzer
         "image": crop,
         "landmarks": crop_face.landmark_array(),
         "box": np.asarray(crop_face.box, np.float32),
-        "face_mask": face_mask(region, crop_face, size),
+        # what the condition hides: the face ellipse's inner half grown by FACE_MASK_GROWTH of the face size
+        "face_mask": dilated_face_mask(crop_face, size, size, FACE_MASK_GROWTH, threshold=0.5),
         "person_mask": region.mask(size, size, "person").astype(np.float32),
         "embedding": embeddings[0].astype(np.float32),
         "detail": maps[0].reshape(maps.shape[1], -1).T.astype(np.float16),  # [64, 128]: Identity.detail
@@ -233,14 +234,6 @@ def square_crop(image: np.ndarray, face: Face, size: int) -> tuple[np.ndarray, F
     moved = Face(box=(face.box[0] - x0, face.box[1] - y0, face.box[2] - x0, face.box[3] - y0),
                  landmarks=tuple((x - x0, y - y0) for x, y in face.landmarks), score=face.score)
     return np.ascontiguousarray(resized), moved.scaled(scale)
-
-
-def face_mask(region: Region, face: Face, size: int) -> np.ndarray:
-    """The face ellipse grown by `FACE_MASK_GROWTH` of the face size, binary: what the condition hides."""
-    ellipse = region.mask(size, size, "face") > 0.5
-    grow = max(1, round(FACE_MASK_GROWTH * max(face.width, face.height)))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
-    return cv2.dilate(ellipse.astype(np.uint8), kernel).astype(bool)
 
 
 def _cached_entry(out_dir: Path, relative: str, path: Path) -> dict | None:
