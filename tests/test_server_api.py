@@ -129,6 +129,25 @@ def test_two_similar_faces_need_the_face_field(client, faces_dir):
     client.delete(f"/v1/identities/{chosen.json()['id']}")
 
 
+def test_select_face_advice_is_the_callers_and_the_cli_text_unchanged():
+    from facestudio.errors import AmbiguousFaceError
+    from facestudio.faces import Face
+    from facestudio.faces.analysis import select_face, select_face_index
+
+    def face(x):
+        return Face(box=(x, 0, x + 100, 100), landmarks=((x + 30, 40), (x + 70, 40), (x + 50, 60), (x + 35, 80),
+                                                          (x + 65, 80)), score=0.9)
+
+    a, b = face(0), face(200)
+    with pytest.raises(AmbiguousFaceError) as cli:
+        select_face([a, b], source="pair.jpg")
+    assert str(cli.value).endswith("; choose one with --face N (0 is the largest)")
+    with pytest.raises(AmbiguousFaceError) as server:
+        select_face_index([a, b], source="pair.jpg", advice="the 'face' field")
+    assert str(server.value) == str(cli.value).replace("--face N", "the 'face' field")
+    assert select_face_index([a, b], 1) == 1 and select_face_index([a]) == 0 and select_face([a, b], 1) is b
+
+
 # ---------------------------------------------------------------------------------------------- bad uploads
 
 def png_header_claiming(width: int, height: int) -> bytes:

@@ -76,16 +76,24 @@ class FaceAnalyzer:
         return [Embedding(v, self.recognizer.name) for v in vectors]
 
 
-def select_face(faces: Sequence[Face], index: int | None = None, source: str = "image") -> Face:
+def select_face(faces: Sequence[Face], index: int | None = None, source: str = "image",
+                advice: str = "--face N") -> Face:
     """Pick the face a command should use.
 
     With `index`, that face (0 is the largest). Without it: the only face, or the largest when it is
     clearly the main one (`DOMINANT_FACE_RATIO` times the area of the next, logged); otherwise ask.
+    `advice` names how the caller's user chooses a face ("choose one with ADVICE (0 is the largest)").
 
     Raises:
         NoFaceError: there is no face.
         AmbiguousFaceError: several faces of similar size and no `index`, or `index` out of range.
     """
+    return faces[select_face_index(faces, index, source, advice)]
+
+
+def select_face_index(faces: Sequence[Face], index: int | None = None, source: str = "image",
+                      advice: str = "--face N") -> int:
+    """`select_face`, returning the chosen face's index in `faces` instead of the face."""
     if not faces:
         raise NoFaceError(f"{source}: no face found; use a photo where the face is visible and at least "
                           "about 40 pixels across")
@@ -93,15 +101,15 @@ def select_face(faces: Sequence[Face], index: int | None = None, source: str = "
         if not 0 <= index < len(faces):
             raise AmbiguousFaceError(f"{source}: face {index} asked for, but {len(faces)} face(s) found "
                                      f"(numbered 0 to {len(faces) - 1}, largest first)")
-        return faces[index]
+        return index
     if len(faces) == 1:
-        return faces[0]
+        return 0
     if faces[0].area >= DOMINANT_FACE_RATIO * faces[1].area:
         logger.info("%s: %d faces found; using face 0, the largest", source, len(faces))
-        return faces[0]
+        return 0
     listing = "; ".join(f"{i}: box {[round(v) for v in f.box]}" for i, f in enumerate(faces))
     raise AmbiguousFaceError(f"{source}: {len(faces)} faces of similar size found ({listing}); "
-                             "choose one with --face N (0 is the largest)")
+                             f"choose one with {advice} (0 is the largest)")
 
 
 def _rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
