@@ -95,3 +95,24 @@ def test_on_finish_runs_outside_the_lock_so_position_and_submit_do_not_wait_on_i
     finally:
         release.set()
         queue.close()
+
+
+def test_cancel_running_stops_the_running_jobs_only():
+    release = threading.Event()
+    queue = JobQueue(stepping(release), max_queued=2)
+    try:
+        running, waiting = Job("a" * 16, None, 10), Job("b" * 16, None, 10)
+        queue.submit(running)
+        wait_for(lambda: running.state == "running")
+        queue.submit(waiting)
+        assert queue.running == {running}
+        queue.cancel_running()
+        wait_for(lambda: running.state == CANCELLED)
+        assert not waiting.cancel_requested.is_set()
+        wait_for(lambda: waiting.state == "running")
+        assert queue.running == {waiting}
+        release.set()
+        wait_for(lambda: waiting.state == DONE)
+        assert queue.running == set()
+    finally:
+        queue.close()

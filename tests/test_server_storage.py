@@ -117,3 +117,51 @@ def test_a_scene_image_gone_before_its_size_is_read_is_not_found(tmp_path):
     request = GenerationRequest(prompt="x", scene_image="00000000cccccccc")
     with pytest.raises(NotFound, match="scene_image"):
         _size(request, data, 512)
+
+
+def test_result_names_follow_the_cli_rule_and_ids_one_pattern(tmp_path):
+    """Result names are `NNN-seedS.png` with 3 or more digits (as `facestudio generate` names them); the id and
+    name patterns are defined once, in storage, and used by the app's path parameters and the request schema."""
+    from facestudio.server import app, schemas, storage
+
+    data = DataFolder(tmp_path)
+    folder = data.job_folder("0123456789abcdef")
+    folder.mkdir()
+    for name in ("000-seed1.png", "1000-seed7.png", "00-seed1.png", "000-seed.png", "000-seed1.PNG"):
+        (folder / name).write_bytes(b"png")
+    found = [n for n in ("000-seed1.png", "1000-seed7.png", "00-seed1.png", "000-seed.png", "000-seed1.PNG",
+                         "000-seed1.png\n", "../000-seed1.png") if data.job_image("0123456789abcdef", n)]
+    assert found == ["000-seed1.png", "1000-seed7.png"]
+    assert app.IdParam.__metadata__[0].metadata[0].pattern == storage.ID_PATTERN
+    assert app.NameParam.__metadata__[0].metadata[0].pattern == storage.RESULT_NAME_PATTERN
+    assert schemas.Id.__metadata__[0].metadata[0].pattern == storage.ID_PATTERN
+
+
+def test_identity_info_read_once_and_listing_reads_no_arrays(tmp_path, monkeypatch):
+    data = DataFolder(tmp_path)
+    info = {"id": "00000000aaaaaaaa", "name": "x", "recognizer": "dlib", "created": 1.0, "photos": []}
+    data.save_identity("00000000aaaaaaaa", identity(), info)
+    with np.load(data.identities / "00000000aaaaaaaa" / "identity.npz", allow_pickle=False) as arrays:
+        assert arrays["tokens_per_photo"] == 0 and arrays["embedding"].shape == (128,)
+    opened = []
+    monkeypatch.setattr(np, "load", lambda *a, **k: opened.append(a) or pytest.fail("arrays opened"))
+    assert data.list_identities() == [info]
+    assert not opened
+    monkeypatch.undo()
+    monkeypatch.setattr(type(data), "identity_info", lambda *a: pytest.fail("identity.json read again"))
+    assert data.load_identity("00000000aaaaaaaa", info).name == "x"
+
+
+def test_saved_images_are_trimmed_and_job_records_skip_unreadable_files(tmp_path, caplog):
+    data = DataFolder(tmp_path, max_jobs=1)
+    for k, image_id in enumerate(("00000000aaaaaaaa", "00000000bbbbbbbb")):
+        data.save_image(image_id, Image.new("RGB", (8, 8)), {"id": image_id})
+        os.utime(data.images / f"{image_id}.png", (time.time() - 10 + k, time.time() - 10 + k))
+    data.trim_images()
+    assert data.image_path("00000000aaaaaaaa") is None and data.image_info("00000000bbbbbbbb") == {
+        "id": "00000000bbbbbbbb"}
+    data.save_job("00000000cccccccc", {"id": "00000000cccccccc"})
+    (data.job_folder("00000000dddddddd")).mkdir()
+    (data.job_folder("00000000dddddddd") / "job.json").write_text("{not json")
+    assert data.job_records() == [(data.job_folder("00000000cccccccc") / "job.json", {"id": "00000000cccccccc"})]
+    assert "not a job record" in caplog.text

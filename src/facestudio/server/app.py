@@ -37,11 +37,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import AmbiguousFaceError, FaceStudioError, ImageError, NoFaceError
+from ..faces.analysis import select_face_index
+from ..imaging import to_array
 from . import generation
 from .guard import Guard
 from .jobs import FINISHED, Job, JobQueue, QueueFull
 from .schemas import GenerationRequest, IdentityInfo, ImageInfo, JobStatus, ModelInfo, Problem, QueueInfo
-from .storage import DataFolder
+from .storage import ID_PATTERN, RESULT_NAME_PATTERN, DataFolder
 from .uploads import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, UploadLimits, decode_upload, safe_filename
 from .uploads import UploadError
 
@@ -52,8 +54,8 @@ MAX_PHOTOS = 8
 #: Seconds between event-stream checks of a job, and between keep-alive comments.
 _POLL_S, _KEEPALIVE_S = 0.1, 15.0
 #: Path parameters: ids the server made, and result names; anything else is refused before a file is touched.
-IdParam = Annotated[str, PathParam(pattern=r"^[0-9a-f]{8,64}$")]
-NameParam = Annotated[str, PathParam(pattern=r"^[0-9]{3,}-seed[0-9]+\.png$")]
+IdParam = Annotated[str, PathParam(pattern=ID_PATTERN)]
+NameParam = Annotated[str, PathParam(pattern=RESULT_NAME_PATTERN)]
 _ERRORS = {400: {"model": Problem}, 404: {"model": Problem}, 413: {"model": Problem}, 415: {"model": Problem},
            422: {"model": Problem}}
 
@@ -102,7 +104,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        queue.cancel_running(list(jobs.values()))  # the server is stopping: running jobs end at their next step
+        queue.cancel_running()  # the server is stopping: running jobs end at their next step
         await asyncio.to_thread(queue.close)
 
     app = FastAPI(title="facestudio", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
@@ -124,7 +126,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     @app.get("/v1/models", response_model=ModelInfo, summary="What is loaded, where, and this server's limits")
     def models():
         return {**model, "workers": queue.workers, "queue_size": queue.max_queued, "max_side": max_side,
-                "default_side": getattr(pipe, "default_side", generation.DEFAULT_SIDE),
+                "default_side": pipe.default_side,
                 "max_count": max_count, "default_steps": default_steps, "version": __version__}
 
     @app.get("/v1/queue", response_model=QueueInfo, summary="Jobs waiting and running now")
@@ -147,9 +149,10 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         for i, upload in enumerate(photos):
             label = safe_filename(upload.filename, f"photo {i + 1}")
             image = decode_upload(upload.file.read(limits.max_bytes + 1), label, limits)
-            array = _array(image)
+            array = to_array(image)
             faces = analyzer.detect(array)
-            used = _choose_face(faces, face, label)
+            # The shared rule (`index`, or the one clear face), its advice naming this request's field.
+            used = select_face_index(faces, face, source=label, advice="the 'face' field")
             arrays.append(array)
             chosen.append(faces[used])
             described.append({"name": label, "width": image.width, "height": image.height,
@@ -175,7 +178,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         return _with_embedding(info)
 
     def _with_embedding(info: dict) -> dict:
-        identity = data.load_identity(info["id"])
+        identity = data.load_identity(info["id"], info)  # its JSON already read: only the arrays are opened
         return {**info, "embedding": [] if identity is None else identity.embedding.tolist()}
 
     @app.delete("/v1/identities/{identity_id}", status_code=204, responses=_ERRORS)
@@ -191,16 +194,11 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     def upload_image(image: UploadFile = File(description="the image")):
         label = safe_filename(image.filename, "image")
         decoded = decode_upload(image.file.read(limits.max_bytes + 1), label, limits, min_side=8)
-        faces = pipe._analyzer().detect(_array(decoded))
+        faces = pipe._analyzer().detect(to_array(decoded))
         image_id = secrets.token_hex(8)
         info = {"id": image_id, "name": label, "width": decoded.width, "height": decoded.height,
                 "faces": [_face_json(f) for f in faces]}
-        from ..imaging import save_png
-        from .storage import write_json
-
-        save_png(decoded, data.images / f"{image_id}.png")  # re-encoded: the uploaded bytes are never kept
-        write_json(data.images / f"{image_id}.json", info)
-        data.trim_images()
+        data.save_image(image_id, decoded, info)  # re-encoded: the uploaded bytes are never kept
         return info
 
     @app.get("/v1/images/{image_id}", response_class=FileResponse, responses=_ERRORS)
@@ -325,9 +323,8 @@ class _PastPlan:
 def _past_jobs(data: DataFolder) -> collections.OrderedDict:
     """Jobs recorded in the data folder, oldest first; one the server stopped during is marked failed."""
     restored = []
-    for path in data.jobs.glob("*/job.json"):
+    for path, record in data.job_records():
         try:
-            record = json.loads(path.read_text())
             job = Job(record["id"], _PastPlan(GenerationRequest(**record["request"]), int(record["seed"])),
                       int(record["total_steps"]), state=record["state"], step=int(record["step"]),
                       images=[n for n in record["images"] if data.job_image(record["id"], n)],
@@ -349,29 +346,9 @@ def _record(job: Job) -> dict:
             "seed": plan.seed, "created": job.created, "started": job.started, "finished": job.finished}
 
 
-def _array(image):
-    from ..imaging import to_array
-
-    return to_array(image)
-
-
 def _face_json(face) -> dict:
     return {"box": [round(float(v), 1) for v in face.box], "score": round(float(face.score), 3),
             "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks]}
-
-
-def _choose_face(faces, index: int | None, label: str) -> int:
-    """The index of the face to use: `index`, or the one clear face (`faces.analysis.select_face`'s rule).
-
-    `select_face`'s advice names the CLI's `--face N`; here it names the request's `face` field instead.
-    """
-    from ..faces.analysis import select_face
-
-    try:
-        chosen = select_face(faces, index, source=label)
-    except AmbiguousFaceError as e:
-        raise AmbiguousFaceError(str(e).replace("with --face N", "with the 'face' field")) from None
-    return next(i for i, f in enumerate(faces) if f is chosen)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .. import __version__
 from ..errors import FaceStudioError
 from ..imaging import ai_generated_metadata, load_image, save_png
-from ..pipeline import DEFAULT_SIDE, IdentityInput
+from ..pipeline import IdentityInput
 from .jobs import Job
 from .schemas import GenerationRequest
 from .storage import DataFolder
@@ -48,7 +48,8 @@ def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int
     people, infos = [], []
     signature = pipe.identity_signature() if request.identities else None
     for i, placement in enumerate(request.identities):
-        identity = data.load_identity(placement.id)
+        info = data.identity_info(placement.id)
+        identity = None if info is None else data.load_identity(placement.id, info)
         if identity is None:
             raise NotFound(f"identity {i + 1}: no identity with id {placement.id}")
         if signature is not None and identity.recognizer != signature:
@@ -56,14 +57,14 @@ def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int
             raise FaceStudioError(f"identity {i + 1} ({identity.name!r}, {placement.id}) was encoded for "
                                   f"{identity.recognizer!r}, but the loaded identity adapter reads {signature!r}: "
                                   "upload its photos again to this server")
-        infos.append(data.identity_info(placement.id))
+        infos.append(info)
         people.append(IdentityInput(identity=identity, region=placement.region, strength=placement.strength,
                                     name=identity.name))
     for field in ("style_image", "scene_image"):
         image_id = getattr(request, field)
         if image_id is not None and data.image_path(image_id) is None:
             raise NotFound(f"{field}: no uploaded image with id {image_id}")
-    width, height = _size(request, data, getattr(pipe, "default_side", DEFAULT_SIDE))
+    width, height = _size(request, data, pipe.default_side)
     for name, side in (("width", width), ("height", height)):
         if side > max_side:
             raise FaceStudioError(f"{name} {side}: this server makes images at most {max_side} pixels wide and high")

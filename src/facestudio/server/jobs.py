@@ -88,7 +88,7 @@ class JobQueue:
             raise ValueError("max_queued and workers must be at least 1")
         self.run, self.max_queued, self.timeout, self.on_finish = run, max_queued, timeout, on_finish
         self.waiting: collections.deque[Job] = collections.deque()
-        self.running: set[str] = set()
+        self.running: set[Job] = set()
         self.max_waiting_seen = 0
         self._durations: collections.deque[float] = collections.deque(maxlen=20)
         self._cond = threading.Condition()
@@ -147,9 +147,10 @@ class JobQueue:
         for thread in self._threads:
             thread.join(wait)
 
-    def cancel_running(self, jobs) -> None:
-        for job in jobs:
-            if job.state == RUNNING:
+    def cancel_running(self) -> None:
+        """Ask every running job to stop at its next step."""
+        with self._cond:
+            for job in self.running:
                 job.cancel_requested.set()
 
     def _retry_after(self) -> int:
@@ -168,7 +169,7 @@ class JobQueue:
                 job.state, job.started = RUNNING, time.time()
                 job.deadline = None if self.timeout is None else time.monotonic() + self.timeout
                 job.changed += 1
-                self.running.add(job.id)
+                self.running.add(job)
             state, error = DONE, None
             try:
                 job.check()
@@ -181,7 +182,7 @@ class JobQueue:
                 if not _is_input_error(e):
                     logger.exception("job %s failed", job.id)
             with self._cond:
-                self.running.discard(job.id)
+                self.running.discard(job)
                 self._durations.append(time.time() - job.started)
                 self._finish(job, state, error)
             self._finished(job)

@@ -10,7 +10,9 @@ from typing import Annotated, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Id = Annotated[str, Field(pattern=r"^[0-9a-f]{8,64}$", description="an id the server gave")]
+from .storage import ID_PATTERN
+
+Id = Annotated[str, Field(pattern=ID_PATTERN, description="an id the server gave")]
 Scale = Annotated[float, Field(ge=0, le=50, allow_inf_nan=False)]
 Coordinate = Annotated[float, Field(ge=0, le=8192, allow_inf_nan=False)]
 

@@ -14,8 +14,8 @@ the new one, or a hidden `.NAME.*.tmp` that `DataFolder()` removes on start; nev
 
 from __future__ import annotations
 
-import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,9 +27,17 @@ import numpy as np
 from .. import files
 from ..errors import FaceStudioError
 from ..guidance.identity import Identity
+from ..imaging import save_png
+
+logger = logging.getLogger(__name__)
 
 #: Ids are made by the server (`secrets.token_hex`); anything else in a URL is refused before touching disk.
-_ID = re.compile(r"^[0-9a-f]{8,64}$")
+#: The one definition: the app's path parameters and the request schema use it too.
+ID_PATTERN = r"^[0-9a-f]{8,64}$"
+#: A job's result images, `NNN-seedS.png` as `facestudio generate` names them (3 or more digits).
+RESULT_NAME_PATTERN = r"^[0-9]{3,}-seed[0-9]+\.png$"
+_ID = re.compile(ID_PATTERN)
+_RESULT_NAME = re.compile(RESULT_NAME_PATTERN)
 
 
 def valid_id(value: str) -> bool:
@@ -74,10 +82,8 @@ class DataFolder:
 
     def save_identity(self, identity_id: str, identity: Identity, info: dict) -> None:
         folder = self.identities / identity_id
-        buffer = io.BytesIO()
-        np.savez(buffer, embedding=identity.embedding, detail=identity.detail,
-                 tokens_per_photo=np.int64(identity.tokens_per_photo))
-        files.write_atomically(folder / "identity.npz", buffer.getvalue())
+        files.write_npz(folder / "identity.npz", embedding=identity.embedding, detail=identity.detail,
+                        tokens_per_photo=np.int64(identity.tokens_per_photo))
         # The description last: an identity is listed only once its arrays are in place.
         write_json(folder / "identity.json", info)
 
@@ -85,10 +91,12 @@ class DataFolder:
         path = self.identities / identity_id / "identity.json"
         return read_json(path) if valid_id(identity_id) and path.is_file() else None
 
-    def load_identity(self, identity_id: str) -> Identity | None:
-        info = self.identity_info(identity_id)
+    def load_identity(self, identity_id: str, info: dict | None = None) -> Identity | None:
+        """The stored identity, None when there is none; `info` is its `identity_info` when already read."""
         if info is None:
-            return None
+            info = self.identity_info(identity_id)
+            if info is None:
+                return None
         try:
             with np.load(self.identities / identity_id / "identity.npz", allow_pickle=False) as arrays:
                 # Files written before `tokens_per_photo` was stored lack it: 0, the recogniser's own count.
@@ -96,6 +104,8 @@ class DataFolder:
                 return Identity(arrays["embedding"], arrays["detail"], info["recognizer"], info["name"],
                                 tokens_per_photo=per_photo)
         except (OSError, ValueError, KeyError) as e:  # a damaged file, or one holding pickled objects: not loaded
+            if not (self.identities / identity_id).is_dir():  # deleted since its description was read
+                return None
             raise FaceStudioError(f"identity {identity_id}: its stored arrays are damaged ({e}); delete it and "
                                   "upload the photos again") from None
 
@@ -120,6 +130,12 @@ class DataFolder:
         path = self.images / f"{image_id}.json"
         return read_json(path) if valid_id(image_id) and path.is_file() else None
 
+    def save_image(self, image_id: str, image, info: dict) -> None:
+        """Store an uploaded image, re-encoded (the uploaded bytes are never kept), then trim the oldest."""
+        save_png(image, self.images / f"{image_id}.png")
+        write_json(self.images / f"{image_id}.json", info)
+        self.trim_images()
+
     def trim_images(self) -> None:
         """Delete the oldest uploaded images beyond `max_jobs` (a queued job whose image went fails clearly)."""
         with self._lock:
@@ -136,6 +152,17 @@ class DataFolder:
     def save_job(self, job_id: str, record: dict) -> None:
         write_json(self.job_folder(job_id) / "job.json", record)
 
+    def job_records(self) -> list[tuple[Path, object]]:
+        """Every readable `job.json` as (path, its JSON value), in no particular order; an unreadable one is
+        logged and skipped."""
+        records = []
+        for path in self.jobs.glob("*/job.json"):
+            try:
+                records.append((path, read_json(path)))
+            except (OSError, ValueError) as e:
+                logger.warning("%s: not a job record (%s); ignored", path, e)
+        return records
+
     def delete_job(self, job_id: str) -> None:
         """Remove a job's folder (a job refused after its first record was written)."""
         if valid_id(job_id):
@@ -143,7 +170,7 @@ class DataFolder:
 
     def job_image(self, job_id: str, name: str) -> Path | None:
         path = self.job_folder(job_id) / name
-        ok = valid_id(job_id) and re.fullmatch(r"\d{3}-seed\d+\.png", name) and path.is_file()
+        ok = valid_id(job_id) and _RESULT_NAME.fullmatch(name) and path.is_file()
         return path if ok else None
 
     def trim_jobs(self, keep: set[str] = frozenset()) -> list[str]:
