@@ -162,3 +162,23 @@ def test_with_a_token_the_page_takes_it_from_the_address_and_sends_it(page, serv
         page.evaluate("() => sessionStorage.clear()")
         page.goto(guarded.url + "/")  # no token: the page asks for it
         page.wait_for_selector("#token-box", state="visible")
+
+
+def test_person_cards_share_one_identity_list_refreshed_after_an_upload(page, server, faces_dir):
+    lists = []
+    page.on("request", lambda r: lists.append(r.url) if r.method == "GET" and r.url.endswith("/v1/identities")
+            else None)
+    page.goto(server.url + "/")
+    page.wait_for_function("() => document.querySelector('#model-info').textContent.includes('tiny')")
+    page.click("#add-person")
+    page.click("#add-person")
+    page.wait_for_selector("#person-3")
+    assert len(lists) == 1  # three cards, one list request
+    page.locator("#person-1 input.photos").set_input_files(str(faces_dir / "obama.jpg"))
+    page.wait_for_function("() => document.querySelector('#person-1 .faces-status').textContent"
+                           ".includes('1 face found')")
+    page.click("#add-person")
+    uploaded = page.evaluate("() => state.people[0].identity")
+    page.wait_for_function(f"() => [...document.querySelectorAll('#person-4 .saved option')]"
+                           f".some((o) => o.value === '{uploaded}')")
+    assert len(lists) == 2 and not page.errors

@@ -4,7 +4,8 @@
 const COLOURS = ["#e4572e", "#17bebb", "#ffc914", "#76b041"];
 const $ = (selector, root = document) => root.querySelector(selector);
 const state = { people: [], drawing: null, style: null, scene: null, job: null, abort: null, limits: null,
-                defaultSide: 512 };  // the pipeline's default side, from /v1/models
+                defaultSide: 512,  // the pipeline's default side, from /v1/models
+                saved: null };  // the stored identities: one /v1/identities request for every person card
 
 // ------------------------------------------------------------------ talking to the server
 
@@ -84,9 +85,15 @@ function relabel() {
   drawRegions();
 }
 
+function savedIdentities() {
+  // Fetched once and shared (reusing a job adds several cards at once); forgotten after an upload adds one.
+  if (!state.saved) state.saved = apiJson("/v1/identities").catch((e) => { state.saved = null; throw e; });
+  return state.saved;
+}
+
 async function fillSavedList(person) {
   try {
-    const identities = await apiJson("/v1/identities");
+    const identities = await savedIdentities();
     const select = $(".saved", person.node);
     for (const identity of identities) {
       const option = document.createElement("option");
@@ -114,6 +121,7 @@ async function uploadPhotos(person, files) {
   for (const file of files) form.append("photos", file, file.name);
   try {
     const identity = await apiJson("/v1/identities", { method: "POST", body: form });
+    state.saved = null;
     showIdentity(person, identity, [...files]);
   } catch (e) {
     person.identity = null;
@@ -183,12 +191,9 @@ function showSizeHints() {
 }
 
 function canvasScale() {
+  // Canvas pixels per output pixel; only drawRegions sizes the canvas (setting its size clears it).
   const { w, h } = outputSize();
-  const canvas = $("#regions");
-  const scale = 320 / Math.max(w, h);
-  canvas.width = Math.max(1, Math.round(w * scale));
-  canvas.height = Math.max(1, Math.round(h * scale));
-  return scale;
+  return 320 / Math.max(w, h);
 }
 
 function selectForDrawing(person) {
@@ -213,8 +218,11 @@ function setRegion(person, box, fillInputs = true) {
 
 async function drawRegions() {
   showSizeHints();
+  const { w, h } = outputSize();
   const scale = canvasScale();
   const canvas = $("#regions");
+  canvas.width = Math.max(1, Math.round(w * scale));
+  canvas.height = Math.max(1, Math.round(h * scale));
   const ctx = canvas.getContext("2d");
   ctx.fillStyle = "#2b2b30";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
