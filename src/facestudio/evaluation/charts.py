@@ -10,15 +10,15 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ..files import write_atomically
+
 from .scoring import PRIMARY, THRESHOLDS
 from .timing import STAGES
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 def similarity_vs_reference_scale(settings: list[dict], path: Path) -> Path | None:

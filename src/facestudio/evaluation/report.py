@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import html
-import json
 from collections import defaultdict
 from pathlib import Path
 
+from ..files import write_atomically, write_json
 from ..imaging import contact_sheet, load_image, save_png
 from . import charts
 from .evaluate import Evaluation
@@ -70,6 +70,7 @@ def contact_sheets(evaluation: Evaluation, folder: Path) -> dict[str, Path]:
     for r in evaluation.results:
         for name in r.record.scored_as:
             by_identity[name].append(r)
+    order = {m: i for i, m in enumerate(dict.fromkeys(r.record.method for r in evaluation.results))}
     sheets = {}
     for name, results in by_identity.items():
         thumbs, labels = [], []
@@ -77,7 +78,6 @@ def contact_sheets(evaluation: Evaluation, folder: Path) -> dict[str, Path]:
         if reference is not None:
             thumbs.append(_thumb(load_image(reference.photos[0])))
             labels.append("reference")
-        order = {m: i for i, m in enumerate(dict.fromkeys(r.record.method for r in evaluation.results))}
         results = sorted(results, key=lambda r: (order[r.record.method], r.record.prompt, r.record.setting,
                                                  r.record.seed or 0))
         for r in results[:48]:  # a readable sheet; results.json has every image
@@ -128,7 +128,7 @@ def write_report(evaluation: Evaluation, folder: Path, title: str = "facestudio 
              "people by the Hungarian algorithm on SFace similarity."]
     if evaluation.clip_model:
         notes.append(f"CLIP score: 100 × cosine(text, image) with `{evaluation.clip_model}`.")
-    run = {k: v for k, v in evaluation.run.items()}
+    run = evaluation.run
 
     md = [f"# {title}\n", *(n + "\n" for n in notes)]
     if run:
@@ -141,7 +141,7 @@ def write_report(evaluation: Evaluation, folder: Path, title: str = "facestudio 
     md.append("## Charts and contact sheets\n\n" + "".join(f"- {k}: {p.relative_to(folder)}\n"
                                                           for k, p in chart_paths.items() if p)
               + "".join(f"- contact sheet {k}: {p.relative_to(folder)}\n" for k, p in sheets.items()))
-    (folder / "report.md").write_text("\n".join(md), encoding="utf-8")
+    write_atomically(folder / "report.md", "\n".join(md).encode())
 
     parts = [f"<h1>{html.escape(title)}</h1>", *(f"<p>{_md_inline(n)}</p>" for n in notes)]
     if run:
@@ -164,7 +164,7 @@ def write_report(evaluation: Evaluation, folder: Path, title: str = "facestudio 
             "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
             "td:first-child,th:first-child{text-align:left}img{max-width:100%}figure{margin:1em 0}</style></head>"
             "<body>" + "".join(parts) + "</body></html>")
-    (folder / "report.html").write_text(page, encoding="utf-8")
+    write_atomically(folder / "report.html", page.encode())
 
     per_image = [{"image": str(r.record.path), "method": r.record.method, "prompt": r.record.prompt,
                   "seed": r.record.seed, "text_scale": r.record.text_scale, "reference_scale": r.record.reference_scale,
@@ -176,7 +176,7 @@ def write_report(evaluation: Evaluation, folder: Path, title: str = "facestudio 
     results = {"thresholds": THRESHOLDS, "primary": PRIMARY, "clip_model": evaluation.clip_model, "run": run,
                "tables": tables, "tuning": evaluation.tuning, "skipped": [list(s) for s in skipped],
                "images": per_image}
-    (folder / "results.json").write_text(json.dumps(results, indent=1, default=_json), encoding="utf-8")
+    write_json(folder / "results.json", results, default=_json)
     return {"html": folder / "report.html", "markdown": folder / "report.md", "json": folder / "results.json",
             **{f"chart: {k}": p for k, p in chart_paths.items() if p}}
 
