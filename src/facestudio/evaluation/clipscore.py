@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelFileError
+from ..errors import ModelFileError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class ClipScorer:
             self.model = CLIPModel.from_pretrained(str(local) if local.is_dir() else str(model)).to(device).eval()
             self.processor = CLIPProcessor.from_pretrained(str(local) if local.is_dir() else str(model))
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelFileError(f"CLIP model {model}: could not be loaded ({str(e).splitlines()[0]})") from None
+            raise ModelFileError(f"CLIP model {model}: could not be loaded ({first_line(e)})") from None
         self.device = device
 
     @torch.no_grad()
