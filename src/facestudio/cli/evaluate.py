@@ -8,6 +8,7 @@ Exit status: 0 when at least one image was scored (anything skipped is listed in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -91,9 +92,9 @@ def run_eval(args) -> int:
         spec = load_spec(args.spec)
         output = Path(args.output or "facestudio-eval").expanduser()
         if args.device:
-            spec = type(spec)(**{**vars(spec), "device": args.device})
+            spec = dataclasses.replace(spec, device=args.device)
         result = run_spec(spec, output, progress=True)
-        records, skipped, run, tuning = result.records, list(result.skipped), result.run, result.tuning
+        records, why, run, tuning = result.records, result.skipped, result.run, result.tuning
         given = {**{n: e["photos"] for n, e in spec.identities.items()}, **given}
         held_out = {**{n: e["held_out"] for n, e in spec.identities.items() if e["held_out"]}, **held_out}
         clip_name = clip_name or spec.clip_model
@@ -102,14 +103,13 @@ def run_eval(args) -> int:
         if not folder.is_dir():
             raise FaceStudioError(f"{args.folder}: no such folder")
         output = Path(args.output).expanduser() if args.output else folder / "eval-report"
-        records = []
+        records, why = [], []
         for sub in [folder, *sorted(p for p in (folder / "images").glob("*") if p.is_dir())]:
-            found, why = read_folder(sub)
+            found, unread = read_folder(sub)
             records += found
-            skipped += [(str(sub / name) if sub != folder else name, reason) for name, reason in why]
+            why += [(str(sub / name) if sub != folder else name, reason) for name, reason in unread]
         photo_dirs = photo_dirs or [folder]
-    for what, why in skipped:
-        print(f"facestudio: skipped {what}: {why}", file=sys.stderr)
+    _report_skips(why, skipped)
 
     scorer = Scorer()
     references, why = resolve_references(records, scorer, given, held_out, photo_dirs)
