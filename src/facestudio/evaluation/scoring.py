@@ -15,8 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..faces.alignment import align_face
-from ..faces.analysis import select_face
+from ..faces.analysis import FaceAnalyzer, select_face
 from ..faces.detection import Face, YuNetDetector
 from ..faces.identity import SAME_PERSON_THRESHOLDS, DlibRecognizer
 from ..imaging import load_image, to_array
@@ -104,21 +103,16 @@ class Scorer:
         self.detector = detector if detector is not None else YuNetDetector()
         self.recognizers = recognizers if recognizers is not None else \
             {"sface": SFaceRecognizer(), "dlib": DlibRecognizer()}
+        #: recogniser name -> an analyzer of that recogniser, all sharing `detector`
+        self.analyzers = {name: FaceAnalyzer(self.detector, rec) for name, rec in self.recognizers.items()}
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        return self.detector.detect(image)
+        return next(iter(self.analyzers.values())).detect(image)  # they share one detector
 
     def embed(self, image: np.ndarray, faces: Sequence[Face]) -> dict[str, np.ndarray]:
         """recogniser -> `[len(faces), D]` normalised embeddings."""
-        out = {}
-        for name, recognizer in self.recognizers.items():
-            if not faces:
-                out[name] = np.zeros((0, 128), np.float32)
-                continue
-            crops = np.stack([align_face(image, f.landmark_array(), recognizer.template,
-                                         recognizer.input_size).image for f in faces])
-            out[name] = recognizer.embed_crops(crops)
-        return out
+        return {name: np.stack([e.vector for e in analyzer.embed_faces(image, faces)]) if faces
+                else np.zeros((0, 128), np.float32) for name, analyzer in self.analyzers.items()}
 
     def photo_embeddings(self, photos: Sequence, label: str) -> dict[str, np.ndarray]:
         """Each photo's one clear face, embedded. Raises `NoFaceError`/`AmbiguousFaceError` naming the photo."""
@@ -173,7 +167,7 @@ class Scorer:
             similarity = {rec: float(person.similarity(rec, row[rec])[0]) for rec in row}
             held = {rec: float(s[0]) for rec in row if (s := person.similarity(rec, row[rec], True)) is not None}
             scores.append(PersonScore(person.name, slot, face, tuple(round(v, 1) for v in faces[face].box),
-                                      similarity, held, _inside(faces[face], boxes[slot]), confusion[slot]))
+                                      similarity, held, centre_inside(faces[face], boxes[slot]), confusion[slot]))
         return ImageScore(len(faces), tuple(scores), vectors)
 
 
@@ -183,16 +177,18 @@ def _regions(regions, count: int, width: int, height: int) -> list[tuple | None]
     regions += [None] * (count - len(regions))
     boxes = []
     for i, box in enumerate(regions):
-        if box is not None:
-            boxes.append(tuple(float(v) for v in box))
-        elif count == 1:
-            boxes.append((0.0, 0.0, float(width), float(height)))
-        else:
-            boxes.append((i * width / count, 0.0, (i + 1) * width / count, float(height)))
+        boxes.append(tuple(float(v) for v in box) if box is not None else strip(i, count, width, height))
     return boxes
 
 
-def _inside(face: Face, box: tuple | None) -> bool | None:
+def strip(slot: int, count: int, width: float, height: float) -> tuple[float, float, float, float]:
+    """The default box of person `slot` of `count`: the `slot`-th of `count` equal left-to-right strips (the
+    whole image for one person)."""
+    return (slot * width / count, 0.0, (slot + 1) * width / count, float(height))
+
+
+def centre_inside(face: Face, box: tuple | None) -> bool | None:
+    """Whether the face's centre lies in `box` `(x0, y0, x1, y1)`, edges included; None without a box."""
     if box is None:
         return None
     x, y = face.center
