@@ -85,7 +85,8 @@ def main() -> int:
     from transformers.utils import logging as transformers_logging
 
     from facestudio import FaceAnalyzer, load_image
-    from facestudio.evaluation.baselines import DREAMBOOTH_LORA_PRIOR, time_dreambooth_lora, time_textual_inversion
+    from facestudio.evaluation.baselines import DREAMBOOTH_LORA, DREAMBOOTH_LORA_PRIOR, TEXTUAL_INVERSION
+    from facestudio.evaluation.runspec import tuning_costs
     from facestudio.evaluation.timing import stopwatch, timed_call
     from facestudio.guidance import identity as idg
     from facestudio.pipeline import IdentityInput
@@ -126,12 +127,8 @@ def main() -> int:
     print(f"base model sampling (two-way guidance): {sampling:.1f} s")
 
     # 3. Training passes, timed and scaled
-    photo = load_image(args.photo).resize((size, size))
-    pixels = torch.from_numpy(__import__("numpy").asarray(photo).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-    parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
-    costs = [time_dreambooth_lora(*parts, pixels, passes=args.passes),
-             time_dreambooth_lora(*parts, pixels, passes=args.passes, recipe=DREAMBOOTH_LORA_PRIOR),
-             time_textual_inversion(*parts, pixels, passes=args.passes)]
+    costs = tuning_costs(pipe, args.photo, (size, size), (DREAMBOOTH_LORA, DREAMBOOTH_LORA_PRIOR, TEXTUAL_INVERSION),
+                         passes=args.passes)
     per_sampling_step = plain["denoising"] / args.steps  # one two-way guided step, as class images are sampled
 
     print(f"\n{'method':<24} {'s/pass':>8} {'passes':>8} {'class img s':>12} {'training s':>11} {'sampling s':>11} "
@@ -141,7 +138,7 @@ def main() -> int:
     worst = None
     for cost in costs:
         classes = cost.class_image_seconds(per_sampling_step)
-        total = classes + cost.total_seconds + sampling
+        total = cost.personalisation_seconds(sampling, per_sampling_step)
         ratio = total / facestudio
         worst = ratio if worst is None else min(worst, ratio)
         passes = cost.recipe.steps * cost.recipe.passes_per_step

@@ -90,11 +90,13 @@ def test_identity_without_a_face_is_a_clear_error(scorer):
 
 def test_paste_baseline_puts_the_reference_face_where_the_canvas_face_was(faces_dir, scorer):
     from facestudio.evaluation.baselines import paste_reference
+    from facestudio.faces.analysis import select_face
     from facestudio.imaging import to_array
 
     canvas = to_array(load_image(faces_dir / "biden.jpg"))
     before = scorer.detect(canvas)
-    pasted = paste_reference(canvas, to_array(load_image(faces_dir / "obama.jpg")), before, None, scorer.detector)
+    reference = to_array(load_image(faces_dir / "obama.jpg"))
+    pasted = paste_reference(canvas, reference, select_face(scorer.detect(reference)), before, None)
     obama = scorer.reference("obama", [faces_dir / "obama2.jpg"])  # not the pasted photo
     biden = scorer.reference("biden", [faces_dir / "biden.jpg"])
     result = scorer.score_image(pasted, [obama, biden])

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,31 +18,28 @@ import torch
 import torch.nn.functional as F
 
 from ..faces.alignment import AlignedFace, align_face, paste_back
-from ..faces.analysis import select_face
 from ..faces.detection import Face
+from .scoring import centre_inside
+from .timing import stopwatch
 
 # ----------------------------------------------------------------------------------------------- paste
 
 
-def paste_reference(canvas: np.ndarray, reference: np.ndarray, canvas_faces: list[Face],
-                    region: tuple[float, float, float, float] | None = None, detector=None) -> np.ndarray:
+def paste_reference(canvas: np.ndarray, reference: np.ndarray, reference_face: Face, canvas_faces: list[Face],
+                    region: tuple[float, float, float, float] | None = None) -> np.ndarray:
     """The reference photo's face, aligned onto the canvas's face (the one in `region`, else the largest).
 
     Args:
         canvas (`np.ndarray`): RGB `uint8` image to paste into (the no-identity image).
-        reference (`np.ndarray`): RGB `uint8` reference photo with one clear face.
+        reference (`np.ndarray`): RGB `uint8` reference photo.
+        reference_face (`Face`): the reference photo's face (`select_face` of its detected faces).
         canvas_faces (`list[Face]`): faces detected in `canvas`, largest first.
         region: the person's box in the canvas; with no canvas face inside it the reference face is placed at
             its centre, its crop 60% of the region's shorter side.
-        detector: finds the reference's face (a `FaceDetector`).
-
-    Raises:
-        NoFaceError / AmbiguousFaceError: the reference photo has no single clear face.
     """
     h, w = canvas.shape[:2]
     box = region if region is not None else (0.0, 0.0, float(w), float(h))
-    inside = [f for f in canvas_faces if box[0] <= f.center[0] <= box[2] and box[1] <= f.center[1] <= box[3]]
-    ref_face = select_face(detector.detect(reference), source="paste baseline reference")
+    inside = [f for f in canvas_faces if centre_inside(f, box)]
     if inside:
         target = inside[0]
         size = int(np.clip(round(4 * target.eye_distance / 8) * 8, 64, 512))  # about the face's own scale
@@ -56,7 +52,7 @@ def paste_reference(canvas: np.ndarray, reference: np.ndarray, canvas_faces: lis
         target_alignment = AlignedFace(np.zeros((size, size, 3), np.uint8),
                                        np.array([[1 / k, 0, -x0 / k], [0, 1 / k, -y0 / k]]),
                                        np.array([[k, 0, x0], [0, k, y0]]), "arcface")
-    crop = align_face(reference, ref_face.landmark_array(), "arcface", size).image
+    crop = align_face(reference, reference_face.landmark_array(), "arcface", size).image
     return paste_back(canvas, crop, target_alignment, feather=0.15)
 
 
@@ -110,6 +106,18 @@ class TuningCost:
         """Sampling the recipe's class images, at a measured time per guided sampling step."""
         return self.recipe.class_images * self.recipe.class_image_steps * seconds_per_sampling_step
 
+    def personalisation_seconds(self, sampling_seconds: float, seconds_per_sampling_step: float) -> float:
+        """Photo to first image: the class images (if the recipe has any), training, then one image's sampling
+        (`sampling_seconds`)."""
+        return self.class_image_seconds(seconds_per_sampling_step) + self.total_seconds + sampling_seconds
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TuningCost":
+        """The cost `to_dict` gave."""
+        recipe = TuningRecipe(d["method"], d["steps"], d["passes_per_step"], d["source"], d["images_per_pass"],
+                              d["class_images"], d["class_image_steps"])
+        return cls(recipe, d["seconds_per_pass"], d["passes_timed"], tuple(d["latent_size"]))
+
     def to_dict(self) -> dict:
         return {"method": self.recipe.method, "steps": self.recipe.steps,
                 "passes_per_step": self.recipe.passes_per_step, "source": self.recipe.source,
@@ -129,17 +137,38 @@ def _training_batch(vae, pixels: torch.Tensor, scheduler, generator: torch.Gener
     return scheduler.add_noise(latents, noise, t), noise, t
 
 
-def _time_passes(step, passes: int, warmup: int, device) -> float:
+def _prompt_ids(tokenizer, prompt: str, device) -> torch.Tensor:
+    return tokenizer([prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)
+
+
+def _time_training(recipe: TuningRecipe, unet, vae, scheduler, pixels: torch.Tensor, params, lr: float, text,
+                   restore=None, *, passes: int, warmup: int, seed: int) -> TuningCost:
+    """Time training passes of the diffusion loss: `text()` gives the prompt embeddings (inside the pass, with
+    gradients), AdamW at `lr` steps `params`, then `restore()` (if given) undoes what must not learn."""
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_config(scheduler.config)
+    generator = torch.Generator().manual_seed(seed)
+    pixels = pixels.to(unet.device, vae.dtype)
+    optimizer = torch.optim.AdamW(params, lr=lr)
+
+    def step():
+        noisy, noise, t = _training_batch(vae, pixels, noise_scheduler, generator)
+        with torch.enable_grad():
+            loss = F.mse_loss(unet(noisy.to(unet.dtype), t, text()).sample.float(), noise.float())
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if restore is not None:
+            restore()
+
     for _ in range(warmup):  # first passes allocate and pick kernels: not what a long run costs per step
         step()
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(passes):
-        step()
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / passes
+    with stopwatch(unet.device) as timed:
+        for _ in range(passes):
+            step()
+    return TuningCost(recipe, timed["seconds"] / passes, passes, (pixels.shape[-2] // 8, pixels.shape[-1] // 8))
 
 
 def time_dreambooth_lora(unet, vae, text_encoder, tokenizer, scheduler, pixels: torch.Tensor, *, passes: int = 2,
@@ -156,50 +185,27 @@ def time_dreambooth_lora(unet, vae, text_encoder, tokenizer, scheduler, pixels: 
         recipe (`TuningRecipe`): `DREAMBOOTH_LORA`, or `DREAMBOOTH_LORA_PRIOR` (each pass on the photo and a
             class image: the photo twice here, which costs the same).
     """
-    from diffusers import DDPMScheduler
     from peft import LoraConfig
 
-    pixels = pixels.expand(recipe.images_per_pass, -1, -1, -1)
-
-    device = unet.device
-    noise_scheduler = DDPMScheduler.from_config(scheduler.config)
-    generator = torch.Generator().manual_seed(seed)
-    ids = tokenizer(["a photo of sks person"], padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids.to(device)
+    ids = _prompt_ids(tokenizer, "a photo of sks person", unet.device)
     with torch.no_grad():
         text = text_encoder(ids)[0].to(unet.dtype).expand(recipe.images_per_pass, -1, -1)
-    pixels = pixels.to(device, vae.dtype)
     name = "facestudio_eval_dreambooth"
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]), adapter_name=name)
     try:
-        params = [p for p in unet.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
-
-        def step():
-            noisy, noise, t = _training_batch(vae, pixels, noise_scheduler, generator)
-            with torch.enable_grad():
-                loss = F.mse_loss(unet(noisy.to(unet.dtype), t, text).sample.float(), noise.float())
-                loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        seconds = _time_passes(step, passes, warmup, device)
+        return _time_training(recipe, unet, vae, scheduler, pixels.expand(recipe.images_per_pass, -1, -1, -1),
+                              [p for p in unet.parameters() if p.requires_grad], 1e-4, lambda: text,
+                              passes=passes, warmup=warmup, seed=seed)
     finally:
         unet.delete_adapters(name)
         unet.requires_grad_(False)
-    return TuningCost(recipe, seconds, passes, (pixels.shape[-2] // 8, pixels.shape[-1] // 8))
 
 
 def time_textual_inversion(unet, vae, text_encoder, tokenizer, scheduler, pixels: torch.Tensor, *, passes: int = 2,
                            warmup: int = 1, seed: int = 0) -> TuningCost:
     """Time Textual Inversion passes: one new token's embedding trained through the text encoder and the
     frozen UNet with the diffusion loss (copies of the tokenizer and text encoder; the originals are untouched)."""
-    from diffusers import DDPMScheduler
-
-    device = unet.device
-    noise_scheduler = DDPMScheduler.from_config(scheduler.config)
-    generator = torch.Generator().manual_seed(seed)
     tokenizer = copy.deepcopy(tokenizer)
     encoder = copy.deepcopy(text_encoder).requires_grad_(False)
     tokenizer.add_tokens(["<facestudio-person>"])
@@ -210,27 +216,17 @@ def time_textual_inversion(unet, vae, text_encoder, tokenizer, scheduler, pixels
     original = embeddings.weight.detach().clone()
     keep = torch.ones(len(tokenizer), dtype=torch.bool, device=original.device)
     keep[token_id] = False
-    optimizer = torch.optim.AdamW([embeddings.weight], lr=5e-4)
-    ids = tokenizer(["a photo of <facestudio-person>"], padding="max_length", truncation=True,
-                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids.to(device)
-    pixels = pixels.to(device, vae.dtype)
-    unet_grad = [p.requires_grad for p in unet.parameters()]
-    unet.requires_grad_(False)
+    ids = _prompt_ids(tokenizer, "a photo of <facestudio-person>", unet.device)
 
-    def step():
-        noisy, noise, t = _training_batch(vae, pixels, noise_scheduler, generator)
-        with torch.enable_grad():
-            text = encoder(ids)[0].to(unet.dtype)
-            loss = F.mse_loss(unet(noisy.to(unet.dtype), t, text).sample.float(), noise.float())
-            loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def restore():
         with torch.no_grad():  # only the new token learns (as in diffusers' example)
             embeddings.weight[keep] = original[keep]
 
+    unet_grad = [p.requires_grad for p in unet.parameters()]
+    unet.requires_grad_(False)
     try:
-        seconds = _time_passes(step, passes, warmup, device)
+        return _time_training(TEXTUAL_INVERSION, unet, vae, scheduler, pixels, [embeddings.weight], 5e-4,
+                              lambda: encoder(ids)[0].to(unet.dtype), restore, passes=passes, warmup=warmup, seed=seed)
     finally:
         for p, g in zip(unet.parameters(), unet_grad):
             p.requires_grad_(g)
-    return TuningCost(TEXTUAL_INVERSION, seconds, passes, (pixels.shape[-2] // 8, pixels.shape[-1] // 8))

@@ -19,6 +19,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from .baselines import TuningCost
 from .evaluate import Evaluation, ImageResult
 from .scoring import PRIMARY, THRESHOLDS
 from .timing import STAGES
@@ -113,17 +114,20 @@ def summarise(evaluation: Evaluation) -> dict[str, list[dict]]:
 def personalisation(evaluation: Evaluation, tables: dict) -> list[dict]:
     """Time from photo to first image: facestudio's measured, and each tuning method's training (measured
     passes x usual count) plus one image's sampling on the same base (the no-identity baseline's time, else
-    facestudio's own sampling). `ratio`: how many times facestudio's time."""
+    facestudio's own sampling), plus a recipe's class images at that sampling's time per step (none for the
+    recipes the evaluation times). `ratio`: how many times facestudio's time."""
     first = evaluation.run.get("time_to_first_image_seconds")
     timing = {r["method"]: r for r in tables["timing"]}
     plain = timing.get("no identity") or timing.get("facestudio")
     sampling = sum(plain.get(s) or 0.0 for s in STAGES if s != "face_analysis") if plain else 0.0
+    steps = evaluation.run.get("steps")
+    per_step = (plain.get("denoising") or 0.0) / steps if plain and steps else 0.0  # for a recipe's class images
     rows = []
     if first:
         rows.append({"method": "facestudio", "training_seconds": 0.0, "sampling_seconds": first,
                      "total_seconds": first, "ratio": 1.0, "how": "measured: face analysis + encoding + sampling"})
     for cost in evaluation.tuning:
-        total = cost["training_seconds"] + sampling
+        total = TuningCost.from_dict(cost).personalisation_seconds(sampling, per_step)
         rows.append({"method": cost["method"], "training_seconds": cost["training_seconds"],
                      "sampling_seconds": sampling, "total_seconds": total,
                      "ratio": total / first if first else None,

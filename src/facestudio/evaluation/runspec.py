@@ -42,9 +42,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FaceStudioError
+from ..faces.analysis import select_face
 from ..imaging import ai_generated_metadata, load_image, save_png, to_array
-from .baselines import paste_reference, time_dreambooth_lora, time_textual_inversion
+from .baselines import (DREAMBOOTH_LORA, TEXTUAL_INVERSION, TuningCost, TuningRecipe, paste_reference,
+                        time_dreambooth_lora, time_textual_inversion)
 from .records import FACESTUDIO, ImageRecord, record_from_metadata
+from .scoring import strip
 from .timing import stopwatch, timed_call
 
 logger = logging.getLogger(__name__)
@@ -234,6 +237,9 @@ def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> 
         except FaceStudioError as e:
             out.skipped.append((f"identity {name}", f"{e}; its images were not generated"))
     groups = [g for g in spec.groups if all(n in encoded for n in g)]
+    # The paste baseline's reference photos, each loaded and its face found once.
+    references = _paste_references(dict.fromkeys(n for g in groups for n in g), spec, analyzer, out.skipped) \
+        if PASTE in spec.baselines else {}
     run_start = time.perf_counter()
     total = len(groups) * len(spec.prompts) * len(spec.settings) * len(spec.seeds)
     bar = tqdm(total=total, desc="generating", unit="image", disable=not progress or None)
@@ -271,7 +277,7 @@ def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> 
                                                       {**base, "identities": [], "eval_method": NO_IDENTITY,
                                                        "eval_timing": {"face_analysis": 0.0, **plain_split}}))
                         if PASTE in spec.baselines:
-                            pasted = _paste(plain_image, group, spec, analyzer, out.skipped)
+                            pasted = _paste(plain_image, group, references, analyzer)
                             if pasted is not None:
                                 out.records.append(_write(pasted, folder / "images" / "paste" / f"{stem}.png",
                                                           {**base, "eval_method": PASTE}))
@@ -280,7 +286,9 @@ def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> 
     bar.close()
     out.run["generation_seconds"] = time.perf_counter() - run_start
     if spec.tuning_baselines:
-        out.tuning = tuning_costs(pipe, spec, passes=spec.tuning_passes)
+        photo = spec.identities[next(iter(spec.identities))]["photos"][0]
+        out.tuning = [c.to_dict() for c in tuning_costs(pipe, photo, (spec.width, spec.height),
+                                                          passes=spec.tuning_passes)]
     return out
 
 
@@ -290,26 +298,37 @@ def _write(image, path: Path, metadata: dict) -> ImageRecord:
     return record_from_metadata(path, json.loads(json.dumps(metadata)))
 
 
-def _paste(canvas, group, spec: RunSpec, analyzer, skipped) -> "np.ndarray | None":
-    """The paste baseline: each person's first reference photo onto their face (or strip) of the canvas."""
-    from PIL import Image
-
-    array = to_array(canvas)
-    faces = analyzer.detect(array)
-    width = array.shape[1]
-    for i, name in enumerate(group):
-        region = (i * width / len(group), 0.0, (i + 1) * width / len(group), float(array.shape[0]))
+def _paste_references(names, spec: RunSpec, analyzer, skipped) -> dict[str, tuple]:
+    """name -> (first reference photo as an array, its face); a photo without one clear face is skipped once."""
+    references = {}
+    for name in names:
         try:
             reference = to_array(load_image(spec.identities[name]["photos"][0]))
-            array = paste_reference(array, reference, faces, region if len(group) > 1 else None, analyzer.detector)
+            references[name] = reference, select_face(analyzer.detect(reference), source="paste baseline reference")
         except FaceStudioError as e:
             skipped.append((f"paste baseline of {name}", str(e)))
-            return None
+    return references
+
+
+def _paste(canvas, group, references: dict, analyzer):
+    """The paste baseline: each person's first reference photo onto their face (or strip) of the canvas; None
+    when a person's reference has no usable face (skipped once, by `_paste_references`)."""
+    from PIL import Image
+
+    if not all(n in references for n in group):
+        return None
+    array = to_array(canvas)
+    faces = analyzer.detect(array)
+    for i, name in enumerate(group):
+        region = strip(i, len(group), array.shape[1], array.shape[0]) if len(group) > 1 else None
+        array = paste_reference(array, *references[name], faces, region)
     return Image.fromarray(array)
 
 
-def tuning_costs(pipe, spec: RunSpec, passes: int = 2) -> list[dict]:
-    """DreamBooth-LoRA and Textual Inversion passes timed on this run's base model.
+def tuning_costs(pipe, photo, size: tuple[int, int], recipes: tuple[TuningRecipe, ...] = (DREAMBOOTH_LORA,
+                 TEXTUAL_INVERSION), passes: int = 2) -> list[TuningCost]:
+    """`recipes` (DreamBooth-LoRA variants and Textual Inversion) timed on this pipeline's base model, training
+    on `photo` resized to `size` (width, height).
 
     The pipeline's adapters are unloaded first (the tuning methods train the bare base model) and stay
     unloaded: a caller that passed its own pipeline reloads them if it needs them again.
@@ -318,9 +337,8 @@ def tuning_costs(pipe, spec: RunSpec, passes: int = 2) -> list[dict]:
 
     if getattr(pipe, "facestudio_adapters", ()):
         pipe.unload_adapters()
-    name = next(iter(spec.identities))
-    photo = load_image(spec.identities[name]["photos"][0]).resize((spec.width, spec.height))
-    pixels = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    image = load_image(photo).resize(size)
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
     parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
-    return [time_dreambooth_lora(*parts, pixels, passes=passes).to_dict(),
-            time_textual_inversion(*parts, pixels, passes=passes).to_dict()]
+    return [time_textual_inversion(*parts, pixels, passes=passes) if recipe == TEXTUAL_INVERSION
+            else time_dreambooth_lora(*parts, pixels, passes=passes, recipe=recipe) for recipe in recipes]
