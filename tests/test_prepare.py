@@ -90,6 +90,19 @@ def test_samples_hold_the_photo_face_masks_and_embedding(prepared, faces_dir, an
     assert sample["person_mask"][points[:, 1], points[:, 0]].min() > 0.9
 
 
+def test_the_cached_identity_is_what_inference_encodes(prepared, faces_dir, analyzer):
+    """Training learns from the cache's embedding and detail tokens: they must be inference's, in its layout."""
+    from facestudio.guidance.identity import encode_photos
+
+    root, out, report, bad = prepared
+    entry = next(s for s in read_manifest(out)["samples"] if s["source"] == "biden.jpg")
+    with np.load(out / entry["file"]) as data:
+        embedding, detail = data["embedding"], data["detail"]
+    identity = encode_photos(analyzer, [np.asarray(Image.open(faces_dir / "biden.jpg").convert("RGB"))])
+    np.testing.assert_array_equal(embedding, identity.embedding)
+    np.testing.assert_array_equal(detail, identity.detail.astype(np.float16))
+
+
 def test_a_second_run_resumes(prepared, analyzer, faces_dir):
     root, out, report, bad = prepared
     again = prepare_dataset(root, out, SETTINGS, analyzer=analyzer, progress=False)

@@ -84,10 +84,16 @@ def encode_photos(analyzer: FaceAnalyzer, photos: Sequence[np.ndarray], faces: S
         if face is None:
             face = select_face(analyzer.detect(photo), source=f"{name or 'identity'} photo {i + 1}")
         crops.append(analyzer.align(photo, face, recognizer.template, recognizer.input_size).image)
-    embeddings, maps = recognizer.embed_crops_with_features(np.stack(crops))
-    return pool([
-        Identity(e, m.reshape(m.shape[0], -1).T.copy(), recognizer.name, name) for e, m in zip(embeddings, maps)
-    ], name=name)
+    embeddings, details = embed_aligned(recognizer, np.stack(crops))
+    return pool([Identity(e, d.copy(), recognizer.name, name) for e, d in zip(embeddings, details)], name=name)
+
+
+def embed_aligned(recognizer, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`[N, D]` embeddings and `[N, L, C]` detail tokens (`Identity.detail`'s layout: the `[C, h, w]` feature
+    map of each crop as `h * w` tokens) of aligned face crops `[N, S, S, 3]`; training's face cache keeps the
+    same, so what the adapter learns from is what inference gives it."""
+    embeddings, maps = recognizer.embed_crops_with_features(crops)
+    return embeddings, maps.reshape(maps.shape[0], maps.shape[1], -1).transpose(0, 2, 1)
 
 
 def encode_person(analyzer: FaceAnalyzer, photos: Sequence, face: int | None = None, name: str = "") -> Identity:

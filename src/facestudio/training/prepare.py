@@ -179,12 +179,14 @@ def _prepare_one(path: Path, relative: str, out_dir: Path, settings: PrepareSett
 
 
 def _sample_arrays(path: Path, settings: PrepareSettings, analyzer: FaceAnalyzer) -> tuple[dict, dict]:
+    from ..guidance.identity import embed_aligned  # here: it loads diffusers, which the rest of prepare needs not
+
     image = np.asarray(load_image(path, min_side=32))
     faces = analyzer.detect(image)
     face = choose_training_face(faces, settings)
     recognizer = analyzer.recognizer
     aligned = analyzer.align(image, face, recognizer.template, recognizer.input_size).image
-    embeddings, maps = recognizer.embed_crops_with_features(aligned[None])
+    embeddings, details = embed_aligned(recognizer, aligned[None])
     crop, crop_face = square_crop(image, face, settings.resolution)
     size = settings.resolution
     region = Region.from_face(crop_face, (size, size))
@@ -196,7 +198,7 @@ def _sample_arrays(path: Path, settings: PrepareSettings, analyzer: FaceAnalyzer
         "face_mask": dilated_face_mask(crop_face, size, size, FACE_MASK_GROWTH, threshold=0.5),
         "person_mask": region.mask(size, size, "person").astype(np.float32),
         "embedding": embeddings[0].astype(np.float32),
-        "detail": maps[0].reshape(maps.shape[1], -1).T.astype(np.float16),  # [64, 128]: Identity.detail
+        "detail": details[0].astype(np.float16),  # [64, 128]: Identity.detail
         "aligned": aligned,
     }
     return arrays, {"faces": len(faces), "face_width": round(face.width, 1), "photo_size": list(image.shape[1::-1])}
