@@ -111,3 +111,43 @@ def test_paste_baseline_puts_the_reference_face_where_the_canvas_face_was(faces_
     ys, xs = np.nonzero((pasted != canvas).any(axis=2))
     w, h = x1 - x0, y1 - y0
     assert xs.min() >= x0 - w / 2 and xs.max() <= x1 + w / 2 and ys.min() >= y0 - h / 2 and ys.max() <= y1 + h / 2
+
+
+def test_paste_references_skip_a_faceless_photo_once(faces_dir, scorer, tmp_path):
+    from facestudio.evaluation.runspec import _paste, _paste_references, parse_spec
+
+    Image.new("RGB", (160, 160), (90, 90, 90)).save(tmp_path / "noface.png")
+    spec = parse_spec({"base_model": "tiny", "adapter": "tiny", "prompts": ["p"],
+                       "identities": {"obama": {"photos": [str(faces_dir / "obama.jpg")]},
+                                      "nobody": {"photos": ["noface.png"]}}}, base=tmp_path)
+    skipped = []
+    references = _paste_references(["obama", "nobody"], spec, scorer, skipped)
+    assert set(references) == {"obama"} and len(skipped) == 1
+    assert skipped[0][0] == "paste baseline of nobody" and "no face found" in skipped[0][1]
+    canvas = load_image(faces_dir / "biden.jpg")
+    assert _paste(canvas, ("obama", "nobody"), references, scorer) is None
+    assert _paste(canvas, ("obama",), references, scorer).size == canvas.size
+
+
+def test_tuning_cost_round_trips_and_adds_class_images_training_and_sampling():
+    from facestudio.evaluation.baselines import DREAMBOOTH_LORA, DREAMBOOTH_LORA_PRIOR, TuningCost
+
+    prior = TuningCost(DREAMBOOTH_LORA_PRIOR, 0.5, 2, (32, 32))
+    assert TuningCost.from_dict(prior.to_dict()) == prior
+    assert prior.personalisation_seconds(3.0, 0.1) == pytest.approx(200 * 50 * 0.1 + 0.5 * 800 + 3.0)
+    plain = TuningCost(DREAMBOOTH_LORA, 0.5, 2, (32, 32))
+    assert plain.personalisation_seconds(3.0, 0.1) == plain.total_seconds + 3.0
+
+
+def test_clip_model_error_with_an_empty_message_is_named_by_its_type(monkeypatch, tmp_path):
+    from transformers import CLIPModel
+
+    from facestudio.errors import ModelFileError
+    from facestudio.evaluation.clipscore import ClipScorer
+
+    def fail(*args, **kwargs):
+        raise OSError("")
+
+    monkeypatch.setattr(CLIPModel, "from_pretrained", fail)
+    with pytest.raises(ModelFileError, match=r"could not be loaded \(OSError\)"):
+        ClipScorer(tmp_path)
