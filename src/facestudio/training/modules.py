@@ -79,10 +79,7 @@ class BatchRegionMasks:
 
 
 def layer_masks(adapters, id_masks: torch.Tensor, latent_size: tuple[int, int]) -> LayerMasks:
-    """The `ip_adapter_masks` of a training batch: identities in their regions, the style image everywhere."""
-    batch = id_masks.shape[0]
-    entries = []
-    for adapter in adapters:
-        masks = id_masks if adapter.kind == "identity" else torch.ones(batch, 1, 1, 1, device=id_masks.device)
-        entries.append(BatchRegionMasks(masks))
-    return LayerMasks(tuple(entries), latent_size)
+    """The `ip_adapter_masks` of a training batch: identities in their regions, the style image everywhere
+    (None: `LayerMasks` lets it act everywhere at scale 1)."""
+    return LayerMasks(tuple(BatchRegionMasks(id_masks) if adapter.kind == "identity" else None
+                            for adapter in adapters), latent_size)
