@@ -87,7 +87,7 @@ def identity_loss(recognizer_net, images: torch.Tensor, landmarks: torch.Tensor,
     if rows.numel() == 0:
         return None
     pixels = (images[rows].float().clamp(-1, 1) + 1) * 127.5
-    chips = aligned_faces(pixels, [landmarks[r, s].cpu().numpy() for r, s in zip(rows, slots)])
+    chips = aligned_faces(pixels, list(landmarks[rows, slots].cpu().numpy()))
     predicted = F.normalize(recognizer_net(chips), dim=-1)
     reference = F.normalize(embeddings[rows, slots].float(), dim=-1)
     return (1 - (predicted * reference).sum(-1)).mean()
