@@ -138,9 +138,7 @@ class ReconstructionDataset(Dataset):
             embeddings[:count] = [s["embedding"] for s in samples]
             detail[:count] = [s["detail"].astype(np.float32) for s in samples]
             present[:count] = True
-        hidden = parts["face_mask"]
-        conditioning = parts["image"].copy()
-        conditioning[hidden] = MASK_FILL
+        conditioning = masked_condition(parts["image"], parts["face_mask"])
         captions = [s["caption"] or self.default_caption for s in samples]
         caption = "" if drop_text else ", ".join(c for c in captions if c)
         return {
@@ -155,6 +153,13 @@ class ReconstructionDataset(Dataset):
             "identity_count": count,
             "drop_style": drop_style,
         }
+
+
+def masked_condition(image: np.ndarray, face_mask: np.ndarray) -> np.ndarray:
+    """The style condition of a photo: a copy with the face (`face_mask`) filled with `MASK_FILL`."""
+    condition = image.copy()
+    condition[face_mask] = MASK_FILL
+    return condition
 
 
 def compose_side_by_side(samples: list[dict]) -> dict:

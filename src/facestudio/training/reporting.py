@@ -46,13 +46,12 @@ def sample_grid(pipe, examples: list[dict], steps: int, seed: int, path: Path, a
     """
     from ..imaging import ai_generated_metadata, contact_sheet, save_png
     from ..pipeline import IdentityInput
-    from .dataset import MASK_FILL
+    from .dataset import masked_condition
 
     images, labels = [], []
     for i, sample in enumerate(examples):
         size = sample["image"].shape[0]
-        condition = sample["image"].copy()
-        condition[sample["face_mask"]] = MASK_FILL
+        condition = masked_condition(sample["image"], sample["face_mask"])
         identity = Identity(sample["embedding"], sample["detail"].astype(np.float32), "dlib", f"sample {i}")
         style = Image.fromarray(condition) if any(a.kind == "style" for a in pipe.facestudio_adapters) else None
         with autocast():

@@ -137,7 +137,12 @@ class TrainResult:
     pipeline: object = None
 
     def first_last_means(self, count: int = 10) -> tuple[float, float]:
-        return float(np.mean(self.losses[:count])), float(np.mean(self.losses[-count:]))
+        return first_last_means(self.losses, count)
+
+
+def first_last_means(losses: list[float], count: int = 10) -> tuple[float, float]:
+    """The mean loss of the first and of the last `count` steps."""
+    return float(np.mean(losses[:count])), float(np.mean(losses[-count:]))
 
 
 def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
@@ -432,8 +437,8 @@ def _write_train_config(output: Path, settings: TrainSettings, step: int, losses
                         precision: str) -> None:
     from .. import __version__
 
-    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    first, last = first_last_means(losses, 10)
     data = {"facestudio": __version__, "base_model": settings.base_model, "image_encoder": settings.image_encoder,
-            "steps": step, "mixed_precision": precision, "loss_first_10_mean": float(first),
-            "loss_last_10_mean": float(last), "settings": asdict(settings)}
+            "steps": step, "mixed_precision": precision, "loss_first_10_mean": first,
+            "loss_last_10_mean": last, "settings": asdict(settings)}
     write_json(output / CONFIG_NAME, data)
