@@ -317,6 +317,11 @@ def step_generator(seed: int, micro: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) & (2**63 - 1))
 
 
+#: The batch's inputs used on the training device (the pixels go there in the VAE's dtype, the masked
+#: condition and the style drops are read by `_style_embeddings`).
+_DEVICE_INPUTS = ("id_embeddings", "id_detail", "id_masks", "id_present", "id_landmarks")
+
+
 def training_loss(parts: TrainingParts, guidance, accelerator, batch: dict, generator: torch.Generator) -> torch.Tensor:
     """Diffusion loss of one micro-batch (plus the weighted identity loss when enabled)."""
     pipe, settings, device, dtype = parts.pipe, parts.settings, accelerator.device, parts.weight_dtype
@@ -331,7 +336,7 @@ def training_loss(parts: TrainingParts, guidance, accelerator, batch: dict, gene
     count = parts.noise_scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, count, (latents.shape[0],), generator=generator).to(device)
     noisy = parts.noise_scheduler.add_noise(latents, noise, timesteps)
-    on_device = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    on_device = {k: batch[k].to(device) for k in _DEVICE_INPUTS}
     masks = layer_masks(parts.guidance.adapters, on_device["id_masks"], tuple(latents.shape[-2:]))
     with accelerator.autocast():
         tokens = guidance(on_device, style)
