@@ -98,6 +98,7 @@ class ReconstructionDataset(Dataset):
         self.cache, self.seed, self.dropout = cache, seed, dropout
         self.multi_identity, self.max_identities = multi_identity, max_identities
         self.default_caption = default_caption
+        self._order = (-1, None)  # the last epoch's order: consecutive positions share it
 
     def __len__(self) -> int:
         return len(self.cache)
@@ -106,15 +107,23 @@ class ReconstructionDataset(Dataset):
         """The shuffled sample order of one pass over the cache."""
         return np.random.default_rng([self.seed, epoch, 1]).permutation(len(self.cache))
 
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """`order(epoch)`, computed once per epoch rather than once per example."""
+        if self._order[0] != epoch:
+            self._order = (epoch, self.order(epoch))
+        return self._order[1]
+
     def __getitem__(self, position: int) -> dict:
         n = len(self.cache)
-        main = int(self.order(position // n)[position % n])
+        main = int(self._epoch_order(position // n)[position % n])
         rng = np.random.default_rng([self.seed, position, 2])
         chosen = [main]
         if n > 1 and self.multi_identity > 0 and rng.random() < self.multi_identity:
             count = int(rng.integers(2, min(self.max_identities, n) + 1))
-            others = [i for i in range(n) if i != main]
-            chosen += [int(i) for i in rng.choice(others, count - 1, replace=False)]
+            # `rng.choice` over the n - 1 other samples: it draws positions in that list, and the sample at
+            # position p of [0..n) without `main` is p + (p >= main); no list of all of them is built
+            picks = rng.choice(n - 1, count - 1, replace=False)
+            chosen += [int(p) + int(p >= main) for p in picks]
         samples = [self.cache.load(i) for i in chosen]
         parts = compose_side_by_side(samples) if len(samples) > 1 else samples[0]
         drop_all = rng.random() < self.dropout.all
