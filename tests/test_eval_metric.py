@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,6 +15,7 @@ from facestudio.evaluation.calibration import calibrate
 from facestudio.evaluation.matching import is_confused, match_faces
 from facestudio.evaluation.scoring import THRESHOLDS, Scorer
 from facestudio.evaluation.sface import SFaceRecognizer
+from facestudio.faces.alignment import align_face
 
 from conftest import OBAMA
 
@@ -37,6 +41,39 @@ def test_sface_is_a_different_judge_from_dlib(faces_dir, scorer):
     pair = next(p for p in calibrate({"o": [faces_dir / "obama.jpg"], "b": [faces_dir / "biden.jpg"]}, scorer).pairs)
     assert pair.similarity["dlib"] - pair.similarity["sface"] > 0.4
     assert scorer.recognizers["sface"].name == "sface" and scorer.recognizers["sface"].template == "arcface"
+
+
+#: SFace embeddings of the test photos from OpenCV 5.0.0.93's DNN module (classic engine), with the landmarks
+#: its YuNet found: recorded once in a scratch venv, the judge's values before facestudio left OpenCV's DNN.
+OPENCV_REFERENCE = Path(__file__).parent / "data" / "sface_opencv_5.0.0.93.json"
+
+
+def test_sface_embeddings_equal_opencv_5_0(faces_dir, analyzer):
+    reference = json.loads(OPENCV_REFERENCE.read_text())
+    sface = SFaceRecognizer()
+    assert len(reference["faces"]) == 6
+    for entry in reference["faces"]:
+        image = np.asarray(load_image(faces_dir / entry["photo"]))
+        expected = np.asarray(entry["embedding"])
+        # the recogniser alone, on the crop OpenCV 5.0 saw
+        crop = align_face(image, np.asarray(entry["landmarks"]), "arcface", 112).image
+        assert float(sface.embed_crops(crop[None])[0] @ expected) >= 0.9999, entry["photo"]
+        # the whole path on this machine's OpenCV: detector, alignment, recogniser
+        face = analyzer.detect(image)[entry["face"]]
+        crop = analyzer.align(image, face, "arcface", 112).image
+        assert float(sface.embed_crops(crop[None])[0] @ expected) >= 0.9999, entry["photo"]
+
+
+def test_sface_is_safe_across_threads(faces_dir, analyzer):
+    from conftest import run_in_threads
+
+    image = np.asarray(load_image(faces_dir / "obama.jpg"))
+    crop = analyzer.align(image, analyzer.detect(image)[0], "arcface", 112).image[None]
+    sface = SFaceRecognizer()
+    alone = sface.embed_crops(crop)
+    results = run_in_threads(lambda _: sface.embed_crops(crop), [0, 1, 2], repeats=4)
+    assert all(np.array_equal(e, alone) for runs in results.values() for e in runs)
+    assert sface.embed_crops(np.zeros((0, 112, 112, 3), np.uint8)).shape == (0, 128)
 
 
 def test_sface_refuses_wrong_crops():
