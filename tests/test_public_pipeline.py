@@ -240,3 +240,22 @@ def test_sdxl_float16_vae_runs_in_float32_safely_across_threads():
     results = run_in_threads(work, [0, 1], repeats=3)
     assert all(np.array_equal(image, alone[seed]) for seed, images in results.items() for image in images)
     assert pipe.vae.dtype == torch.float16
+
+
+@pytest.mark.parametrize("xl", [False, True], ids=["sd15", "sdxl"])
+def test_prompt_encoding_is_safe_across_threads(xl):
+    """A tokenizer's padding setting is state: without the pipeline's lock, one of 1,200 concurrent encodings
+    here met another's "longest" padding (8 tokens instead of 77: the size mismatch once seen under load)."""
+    from facestudio.models import tiny_components, tiny_xl_components
+    from facestudio.pipeline import FaceStudioPipeline, FaceStudioXLPipeline
+
+    pipe = (FaceStudioXLPipeline(**tiny_xl_components()) if xl else FaceStudioPipeline(**tiny_components()))
+    alone = pipe.encode_text(["a photo"], None, torch.device("cpu"), 1, 2, 64, 64)[0]
+    assert alone.shape[1] == 77
+
+    def work(_):
+        return [pipe.encode_text(["a photo"], None, torch.device("cpu"), 1, 2, 64, 64)[0] for _ in range(300)]
+
+    from conftest import run_in_threads
+    results = run_in_threads(work, [0, 1, 2, 3], repeats=1)
+    assert all(torch.equal(text, alone) for runs in results.values() for text in runs[0])

@@ -5,7 +5,7 @@ Built on diffusers' Stable Diffusion pipelines and IP-Adapter machinery: adapter
 `load_ip_adapter` (facestudio's own, or the public IP-Adapter / FaceID family), identities act through
 `IPAdapterAttnProcessor2_0` with per-identity masks (facestudio's `RegionIPAdapterAttnProcessor` only picks
 each layer's mask), and guidance has separate text and reference scales. Everything a call needs travels in
-its arguments and locals (SDXL's float32 VAE run is serialised), so two calls may run at once.
+its arguments and locals (prompt encoding and SDXL's float32 VAE run are serialised), so two calls may run at once.
 """
 
 from __future__ import annotations
@@ -93,6 +93,10 @@ class FaceStudioMixin:
 
     #: Output side when none is given: the base model's training size.
     default_side = DEFAULT_SIDE
+    # A tokenizer keeps its padding setting between calls, and diffusers' encode_prompt tokenizes twice with
+    # different ones ("max_length", then "longest" for its truncation warning): two calls encoding at once can
+    # get each other's padding (77 vs 8 tokens, a size mismatch). Prompt encoding is one step under this lock.
+    _TEXT_LOCK = threading.Lock()
 
     # ------------------------------------------------------------------ adapters
 
@@ -480,8 +484,8 @@ class FaceStudioMixin:
 
         # 2. Encode the prompt (the rows of guidance are set once the references are known)
         three_way = bool(people) or style is not None  # a reference is given: (no text), (text), (text + ref)
-        text, text_added = self.text_conditioning(prompts, negatives, device, num_images_per_prompt,
-                                                  3 if three_way else 2, height, width)
+        text, text_added = self.encode_text(prompts, negatives, device, num_images_per_prompt,
+                                            3 if three_way else 2, height, width)
 
         # 3. Faces: photos -> identities; the scene's faces -> regions
         encoded = self.encode_identities(people, mix)
@@ -561,6 +565,11 @@ class FaceStudioMixin:
             image = torch.from_numpy(image).permute(0, 3, 1, 2)
         self.maybe_free_model_hooks()
         return FaceStudioPipelineOutput(image, settings) if return_dict else (image,)
+
+    def encode_text(self, *args) -> tuple[torch.Tensor, dict]:
+        """`text_conditioning(*args)` under the prompt-encoding lock (see `_TEXT_LOCK`); safe from any thread."""
+        with self._TEXT_LOCK:
+            return self.text_conditioning(*args)
 
     def text_conditioning(self, prompts: list[str], negatives: list[str] | None, device, num_images_per_prompt: int,
                           rows: int, height: int, width: int) -> tuple[torch.Tensor, dict]:
