@@ -189,7 +189,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
                 listed.append(_with_embedding(info))
             except DamagedEntry as e:  # its arrays: one damaged entry never hides the others
                 damaged.append({"id": info["id"], "error": str(e)})
-        return {"identities": listed, "damaged": damaged}
+        return {"identities": listed, "damaged": sorted(damaged, key=lambda d: d["id"])}
 
     @app.get("/v1/identities/{identity_id}", response_model=IdentityInfo, responses=_ERRORS)
     def get_identity(identity_id: IdParam):

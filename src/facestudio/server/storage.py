@@ -101,7 +101,7 @@ class DataFolder:
             self.remove_temporary_files()
             self._check_writable()
         except OSError as e:
-            raise storage_error(Path(e.filename or self.root), e) from None
+            raise storage_error(self.root, e) from None
         self._lock = threading.Lock()
 
     def _make_private(self) -> None:
@@ -144,7 +144,11 @@ class DataFolder:
         path = self.identities / identity_id / "identity.json"
         if not (valid_id(identity_id) and path.is_file()):
             return None
-        return _read_entry(path, f"identity {identity_id}", IDENTITY_FIELDS)
+        info = _read_entry(path, f"identity {identity_id}", IDENTITY_FIELDS)
+        if info["id"] != identity_id:  # copied or edited by hand: its arrays and its name would not match
+            raise DamagedEntry(f"identity {identity_id} is damaged: its identity.json names {str(info['id'])[:80]}; "
+                               "delete it and upload the photos again")
+        return info
 
     def load_identity(self, identity_id: str, info: dict | None = None) -> Identity | None:
         """The stored identity, None when there is none; `info` is its `identity_info` when already read."""
@@ -165,7 +169,8 @@ class DataFolder:
                                f"({type(e).__name__}: {str(e)[:200]}); delete it and upload the photos again") from None
 
     def list_identities(self) -> tuple[list[dict], list[dict]]:
-        """The readable descriptions, oldest first, and `{"id", "error"}` for each damaged one (arrays unread)."""
+        """The readable descriptions, oldest first, and `{"id", "error"}` for each damaged one (arrays unread:
+        the caller finds those damaged when it opens them)."""
         infos, damaged = [], []
         for folder in self.identities.iterdir():
             if folder.is_dir() and valid_id(folder.name):
@@ -176,7 +181,7 @@ class DataFolder:
                     continue
                 if info is not None:  # None: an upload that never got its description (interrupted)
                     infos.append(info)
-        return sorted(infos, key=lambda i: i["created"]), sorted(damaged, key=lambda d: d["id"])
+        return sorted(infos, key=lambda i: i["created"]), damaged
 
     def delete_identity(self, identity_id: str) -> bool:
         folder = self.identities / identity_id
