@@ -219,6 +219,7 @@ def test_a_disk_that_fills_during_a_job_fails_it_cleanly_and_refuses_uploads_wit
         upload = upload_identity(client, faces_dir / "obama.jpg")
         assert upload.status_code == 507 and "the disk is full" in upload.json()["error"]
         assert not list(mnt.rglob(".*.tmp")) and not list(mnt.rglob("*.png"))
+        assert not list(server.app.state.data.identities.iterdir())  # no half-written identity left
 
 
 # ---------------------------------------------------------------------------------------------- slow clients

@@ -132,7 +132,8 @@ class DataFolder:
 
     def save_identity(self, identity_id: str, identity: Identity, info: dict) -> None:
         folder = self.identities / identity_id
-        with _writing(folder):
+        # Half an identity (arrays without their description) is never left behind: biometric data, unlisted.
+        with _writing(folder, undo=lambda: shutil.rmtree(folder, ignore_errors=True)):
             folder.mkdir(mode=DIR_MODE, exist_ok=True)
             files.write_npz(folder / "identity.npz", mode=FILE_MODE, embedding=identity.embedding,
                             detail=identity.detail, tokens_per_photo=np.int64(identity.tokens_per_photo))
@@ -206,7 +207,7 @@ class DataFolder:
     def save_image(self, image_id: str, image, info: dict) -> None:
         """Store an uploaded image, re-encoded (the uploaded bytes are never kept), then trim the oldest."""
         png = self.images / f"{image_id}.png"
-        with _writing(png):
+        with _writing(png, undo=lambda: png.unlink(missing_ok=True)):
             save_png(image, png, mode=FILE_MODE)
             write_json(self.images / f"{image_id}.json", info)
         self.trim_images()
@@ -275,14 +276,17 @@ class DataFolder:
 
 
 @contextlib.contextmanager
-def _writing(path: Path):
+def _writing(path: Path, undo=None):
     """Writes under `path` raise `StorageError` naming it (full disk, read-only), not a bare OSError that would
-    read as a bug; FileExistsError (a result name taken twice) is one, and passes."""
+    read as a bug, after `undo()` removed what was written; FileExistsError (a result name taken twice) is a
+    bug, and passes."""
     try:
         yield
     except FileExistsError:
         raise
     except OSError as e:
+        if undo is not None:
+            undo()
         raise storage_error(path, e) from None
 
 def _read_entry(path: Path, label: str, fields: tuple[str, ...]) -> dict:
