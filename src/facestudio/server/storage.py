@@ -109,11 +109,13 @@ class DataFolder:
         os.chmod(self.root, DIR_MODE)
         for top in (self.identities, self.images, self.jobs):
             os.chmod(top, DIR_MODE)
-            for folder, dirs, names in os.walk(top):
+            for folder, dirs, names in os.walk(top):  # links are not ours (the server makes none): left alone
                 for d in dirs:
-                    os.chmod(os.path.join(folder, d), DIR_MODE)
+                    if not os.path.islink(path := os.path.join(folder, d)):
+                        os.chmod(path, DIR_MODE)
                 for n in names:
-                    os.chmod(os.path.join(folder, n), FILE_MODE)
+                    if not os.path.islink(path := os.path.join(folder, n)):
+                        os.chmod(path, FILE_MODE)
 
     def _check_writable(self) -> None:
         """Write and remove a small file, so a read-only or full data folder stops the server at start, not at
