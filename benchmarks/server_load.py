@@ -1,4 +1,4 @@
-"""Load on `facestudio serve`: many generation requests at once against the tiny model on loopback.
+"""Load on `facestudio serve`: many generation requests, or many large uploads, at once, tiny model, loopback.
 
 The server runs as its own process (`facestudio serve --base-model tiny --adapter tiny`), so its memory is
 measured alone. After one warm-up job, N clients post a generation each at the same moment (64x64, 2 steps)
@@ -7,12 +7,19 @@ no 5xx; every request either completes (done) or is refused with 429 and a Retry
 exceeds its bound; no temporary or partial file in the data folder (every PNG decodes); the server's resident
 memory after the run within 10% of before (after warm-up). It prints requests/s, images/s and p50/p95 latency.
 
+With `--scenario uploads`, N clients (default 20) each post an identity of 8 photos of 7000x7000 pixels (JPEGs
+made here from the test photo, about 10 MB a request) at the same moment; a monitor samples the server process's
+resident memory every 20 ms. It checks that every request answers 201, 413, 422 or 429 and that the server's
+peak memory stays under --max-rss-gb (default 1.5), and prints the peak, the answers and their latency.
+
     python benchmarks/server_load.py [--requests 100] [--queue-size 16] [--time-limit 300]
+    python benchmarks/server_load.py --scenario uploads [--uploads 20] [--photos 8] [--side 7000]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import socket
 import subprocess
 import sys
@@ -52,6 +59,85 @@ def start_server(data_dir: Path, queue_size: int, port: int) -> subprocess.Popen
             time.sleep(0.2)
     process.kill()
     sys.exit("the server did not start within 180 s")
+
+
+def large_photo(side: int) -> bytes:
+    """The test photo scaled up onto a `side` x `side` canvas, as a JPEG (a phone's photo, but larger)."""
+    with Image.open(PHOTO) as photo:
+        photo = photo.convert("RGB")
+        height = round(side * 0.8)
+        scaled = photo.resize((round(photo.width * height / photo.height), height), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (side, side), (128, 128, 128))
+    canvas.paste(scaled, ((side - scaled.width) // 2, (side - height) // 2))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="JPEG", quality=40)
+    return buffer.getvalue()
+
+
+def peak_memory(pid: int, stop: threading.Event, peak: list) -> None:
+    """The highest resident memory of process `pid` seen until `stop`, into `peak[0]`."""
+    process = psutil.Process(pid)
+    while not stop.is_set():
+        peak[0] = max(peak[0], process.memory_info().rss)
+        time.sleep(0.02)
+
+
+def upload_load(args) -> int:
+    photo = large_photo(args.side)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir, port = Path(tmp) / "data", free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = start_server(data_dir, args.queue_size, port)
+        try:
+            with httpx.Client(base_url=url, timeout=120) as client:  # warm-up: detector and encoder loaded
+                warm = client.post("/v1/identities", files=[("photos", (PHOTO.name, PHOTO.read_bytes()))])
+                assert warm.status_code == 201, warm.text
+            before = psutil.Process(server.pid).memory_info().rss
+            start, stop, peak = threading.Event(), threading.Event(), [before]
+            watcher = threading.Thread(target=peak_memory, args=(server.pid, stop, peak), daemon=True)
+            watcher.start()
+            files = [("photos", (f"photo{i}.jpg", photo, "image/jpeg")) for i in range(args.photos)]
+
+            def one(i: int) -> dict:
+                with httpx.Client(base_url=url, timeout=args.time_limit) as client:
+                    start.wait()
+                    t0 = time.perf_counter()
+                    response = client.post("/v1/identities", files=files, data={"name": f"person {i}"})
+                    return {"status": response.status_code, "latency": time.perf_counter() - t0,
+                            "body": response.text[:200]}
+
+            with ThreadPoolExecutor(max_workers=args.uploads) as pool:
+                futures = [pool.submit(one, i) for i in range(args.uploads)]
+                time.sleep(0.5)
+                t0 = time.perf_counter()
+                start.set()
+                results = [f.result() for f in futures]
+                wall = time.perf_counter() - t0
+            time.sleep(0.5)
+            stop.set()
+            watcher.join()
+        finally:
+            server.terminate()
+            server.wait(30)
+
+    counts = {code: sum(r["status"] == code for r in results) for code in sorted({r["status"] for r in results})}
+    latencies = [r["latency"] for r in results]
+    print(f"{args.uploads} concurrent identity uploads of {args.photos} photos of {args.side}x{args.side} "
+          f"({len(photo) * args.photos / 1e6:.1f} MB a request), tiny model")
+    print(f"  answers: {', '.join(f'{code}: {n}' for code, n in counts.items())}; wall {wall:.1f} s, latency p50 "
+          f"{percentile(latencies, 0.5):.1f} s, p95 {percentile(latencies, 0.95):.1f} s")
+    print(f"  server memory (RSS): after warm-up {before / 2**20:.0f} MiB, peak {peak[0] / 2**20:.0f} MiB "
+          f"(+{(peak[0] - before) / 2**20:.0f} MiB; limit {args.max_rss_gb:g} GB)")
+    failures = []
+    unexpected = [r for r in results if r["status"] not in (201, 413, 422, 429)]
+    if unexpected:
+        failures.append(f"{len(unexpected)} answers other than 201/413/422/429: {unexpected[:3]}")
+    if peak[0] > args.max_rss_gb * 1e9:
+        failures.append(f"peak memory {peak[0] / 1e9:.2f} GB is over {args.max_rss_gb:g} GB")
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    print("PASS" if not failures else f"{len(failures)} check(s) failed")
+    return 1 if failures else 0
 
 
 def follow(client: httpx.Client, job_id: str, deadline: float) -> dict:
@@ -110,11 +196,19 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=("generations", "uploads"), default="generations")
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--queue-size", type=int, default=16)
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds the whole load may take")
+    parser.add_argument("--uploads", type=int, default=20, help="uploads scenario: concurrent uploads")
+    parser.add_argument("--photos", type=int, default=8, help="uploads scenario: photos per upload")
+    parser.add_argument("--side", type=int, default=7000, help="uploads scenario: photo width and height")
+    parser.add_argument("--max-rss-gb", type=float, default=1.5, help="uploads scenario: allowed peak memory")
     args = parser.parse_args()
+    return upload_load(args) if args.scenario == "uploads" else generation_load(args)
 
+
+def generation_load(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, port = Path(tmp) / "data", free_port()
         url = f"http://127.0.0.1:{port}"

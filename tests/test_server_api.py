@@ -96,7 +96,7 @@ def test_identity_upload_reports_faces_and_embedding_then_list_and_delete(client
     biden = analyzer.embed(load_image(faces_dir / "biden.jpg")).vector
     assert embedding @ obama3 > 0.91 > embedding @ biden
 
-    listed = client.get("/v1/identities").json()
+    listed = client.get("/v1/identities").json()["identities"]
     assert identity["id"] in [i["id"] for i in listed]
     assert client.get(f"/v1/identities/{identity['id']}").json()["embedding"] == identity["embedding"]
     assert client.delete(f"/v1/identities/{identity['id']}").status_code == 204

@@ -158,7 +158,7 @@ def test_with_a_token_the_page_takes_it_from_the_address_and_sends_it(page, serv
         page.locator("#person-1 input.photos").set_input_files(str(faces_dir / "obama.jpg"))
         page.wait_for_function("() => document.querySelector('#person-1 .faces-status').textContent"
                                ".includes('1 face found')")
-        assert len(app.state.data.list_identities()) == 1
+        assert len(app.state.data.list_identities()[0]) == 1
         page.evaluate("() => sessionStorage.clear()")
         page.goto(guarded.url + "/")  # no token: the page asks for it
         page.wait_for_selector("#token-box", state="visible")

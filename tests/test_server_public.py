@@ -72,7 +72,7 @@ def test_an_identity_stored_under_another_adapter_is_refused_after_a_restart(plu
         identity_id = response.json()["id"]
     # The same data folder, served again with the plus-face preset.
     with serve(plus_face_pipe, tmp_path) as server, httpx.Client(base_url=server.url, timeout=60) as client:
-        assert identity_id in [i["id"] for i in client.get("/v1/identities").json()]
+        assert identity_id in [i["id"] for i in client.get("/v1/identities").json()["identities"]]
         response = client.post("/v1/generations", json={"prompt": "a portrait", **SMALL,
                                                          "identities": [{"id": identity_id}]})
         assert 400 <= response.status_code < 500, response.text

@@ -83,8 +83,8 @@ def encoded(fmt: str, size=(40, 30)) -> bytes:
 def test_every_accepted_format_is_known_by_its_content(fmt):
     data = encoded(fmt)
     assert sniff_format(data) == fmt and header_size(data, fmt) == (40, 30)
-    image = decode_upload(data, "x", UploadLimits(), min_side=8)
-    assert image.mode == "RGB" and image.size == (40, 30)
+    decoded = decode_upload(data, "x", UploadLimits(), min_side=8)
+    assert decoded.image.mode == "RGB" and decoded.image.size == (40, 30) and (decoded.width, decoded.height) == (40, 30)
 
 
 def test_pixel_cap_is_judged_from_the_header():
@@ -145,7 +145,7 @@ def test_identity_info_read_once_and_listing_reads_no_arrays(tmp_path, monkeypat
         assert arrays["tokens_per_photo"] == 0 and arrays["embedding"].shape == (128,)
     opened = []
     monkeypatch.setattr(np, "load", lambda *a, **k: opened.append(a) or pytest.fail("arrays opened"))
-    assert data.list_identities() == [info]
+    assert data.list_identities() == ([info], [])
     assert not opened
     monkeypatch.undo()
     monkeypatch.setattr(type(data), "identity_info", lambda *a: pytest.fail("identity.json read again"))
@@ -155,11 +155,11 @@ def test_identity_info_read_once_and_listing_reads_no_arrays(tmp_path, monkeypat
 def test_saved_images_are_trimmed_and_job_records_skip_unreadable_files(tmp_path, caplog):
     data = DataFolder(tmp_path, max_jobs=1)
     for k, image_id in enumerate(("00000000aaaaaaaa", "00000000bbbbbbbb")):
-        data.save_image(image_id, Image.new("RGB", (8, 8)), {"id": image_id})
+        data.save_image(image_id, Image.new("RGB", (8, 8)), {"id": image_id, "width": 8, "height": 8, "faces": []})
         os.utime(data.images / f"{image_id}.png", (time.time() - 10 + k, time.time() - 10 + k))
     data.trim_images()
     assert data.image_path("00000000aaaaaaaa") is None and data.image_info("00000000bbbbbbbb") == {
-        "id": "00000000bbbbbbbb"}
+        "id": "00000000bbbbbbbb", "width": 8, "height": 8, "faces": []}
     data.save_job("00000000cccccccc", {"id": "00000000cccccccc"})
     (data.job_folder("00000000dddddddd")).mkdir()
     (data.job_folder("00000000dddddddd") / "job.json").write_text("{not json")

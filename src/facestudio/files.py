@@ -14,9 +14,10 @@ from typing import BinaryIO, Callable
 
 
 def write_atomically(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], *,
-                     overwrite: bool = True) -> Path:
+                     overwrite: bool = True, mode: int | None = None) -> Path:
     """Write `data` (bytes, or a function writing into an open binary file) to a hidden temporary file beside
-    `path`, flush it to disk, then rename it into place, readable as the umask allows.
+    `path`, flush it to disk, then rename it into place, readable as the umask allows (or with exactly `mode`,
+    e.g. 0o600 for private data: the file never exists under its name with wider permissions).
 
     Raises:
         FileExistsError: `overwrite` is False and `path` exists (checked again at the rename, so a file that
@@ -32,7 +33,7 @@ def write_atomically(path: str | os.PathLike, data: bytes | Callable[[BinaryIO],
             f.write(data) if isinstance(data, (bytes, bytearray)) else data(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; ours are not
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)  # mkstemp's file is private; ours may not be
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -42,18 +43,18 @@ def write_atomically(path: str | os.PathLike, data: bytes | Callable[[BinaryIO],
     return path
 
 
-def write_json(path: str | os.PathLike, value, **dumps) -> Path:
-    """`value` as JSON (indented), written atomically."""
-    return write_atomically(path, (json.dumps(value, indent=1, **dumps) + "\n").encode())
+def write_json(path: str | os.PathLike, value, *, mode: int | None = None, **dumps) -> Path:
+    """`value` as JSON (indented), written atomically (`mode` as for `write_atomically`)."""
+    return write_atomically(path, (json.dumps(value, indent=1, **dumps) + "\n").encode(), mode=mode)
 
 
-def write_npz(path: str | os.PathLike, **arrays) -> Path:
-    """numpy arrays as a compressed `.npz`, written atomically."""
+def write_npz(path: str | os.PathLike, *, mode: int | None = None, **arrays) -> Path:
+    """numpy arrays as a compressed `.npz`, written atomically (`mode` as for `write_atomically`)."""
     import numpy as np
 
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    return write_atomically(path, buffer.getvalue())
+    return write_atomically(path, buffer.getvalue(), mode=mode)
 
 
 def _umask() -> int:

@@ -38,6 +38,7 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = 1,
     name: str | None = None,
+    max_side: int | None = None,
 ) -> Image.Image:
     """Read an image as 8-bit RGB with its EXIF orientation applied.
 
@@ -50,6 +51,9 @@ def load_image(
             Images whose width or height is smaller are refused.
         name (`str`, *optional*):
             How to call the image in error messages; defaults to the path, or `"image"`.
+        max_side (`int`, *optional*):
+            Images larger than this on their longest side come back shrunk to it (aspect kept). A JPEG is then
+            decoded at a reduced scale to begin with, so a huge photo never exists in memory at full size.
 
     Returns:
         `PIL.Image.Image` in mode `"RGB"`.
@@ -71,12 +75,27 @@ def load_image(
     else:
         label, image = _open(source, name, max_pixels)
         _check_pixels(label, image.size, max_pixels)
+        if max_side is not None:
+            _draft(image, max_side, min_side)
         image = _decode(label, image)
     image = _apply_orientation(image)
     if min(image.size) < min_side:
         w, h = image.size
         raise ImageError(f"{label}: image is {w}x{h} pixels; at least {min_side}x{min_side} is needed")
-    return to_rgb(image)
+    image = to_rgb(image)
+    if max_side is not None and max(image.size) > max_side:
+        image = image.copy() if image is source else image  # never resize the caller's own image in place
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image
+
+
+def _draft(image: Image.Image, max_side: int, min_side: int) -> None:
+    """Ask the decoder (JPEG's DCT scaling; other formats ignore it) for the smallest size still at least the
+    final one, keeping the short side at `min_side` or more so the size check sees what the file holds."""
+    w, h = image.size
+    scale = max_side / max(w, h)
+    if scale < 1:
+        image.draft(image.mode, (max(min_side, round(w * scale)), max(min_side, round(h * scale))))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -105,7 +124,7 @@ def to_array(image: Image.Image) -> np.ndarray:
 
 
 def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict | None = None, *,
-             overwrite: bool = True) -> Path:
+             overwrite: bool = True, mode: int | None = None) -> Path:
     """Write a PNG atomically, with `metadata` stored as JSON in its `facestudio` text chunk.
 
     The file is written beside its destination and moved into place, so a crash never leaves a
@@ -119,6 +138,7 @@ def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict | None 
         metadata (`dict`, *optional*): JSON-serialisable settings to embed.
         overwrite (`bool`, defaults to `True`): with False, an existing `path` is never replaced, even one
             that appears while writing: `FileExistsError` instead.
+        mode (`int`, *optional*): the file's permissions (default: as the umask allows).
 
     Returns:
         The destination as a `Path`.
@@ -128,7 +148,8 @@ def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict | None 
         info.add_itxt("facestudio", json.dumps(metadata, sort_keys=True))
         if metadata.get("ai_generated") is True:
             info.add_text("AI-generated", "true")
-    return write_atomically(path, lambda f: image.save(f, format="PNG", pnginfo=info), overwrite=overwrite)
+    return write_atomically(path, lambda f: image.save(f, format="PNG", pnginfo=info), overwrite=overwrite,
+                            mode=mode)
 
 
 def read_png_metadata(path: str | os.PathLike) -> dict | None:

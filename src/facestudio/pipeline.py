@@ -406,15 +406,9 @@ class FaceStudioMixin:
     def scene_faces(self, scene: np.ndarray, count: int, chosen: Sequence[int] | None):
         """The scene's faces that the identities replace: chosen by index, else the `count` largest, left to right."""
         faces = self._analyzer().detect(scene)
-        if not faces:
-            raise NoFaceError("scene image: no face found to put the identities into")
+        check_scene_faces(len(faces), count, chosen)
         if chosen is not None:
-            if len(chosen) != count or any(not 0 <= c < len(faces) for c in chosen):
-                raise FaceStudioError(f"scene faces {list(chosen)}: need {count} indices among the scene's "
-                                      f"{len(faces)} faces (0 is the largest)")
             return [faces[c] for c in chosen]
-        if len(faces) < count:
-            raise FaceStudioError(f"scene image has {len(faces)} face(s) but {count} identities were given")
         return sorted(faces[:count], key=lambda f: f.center[0])
 
     # ------------------------------------------------------------------ the call
@@ -694,3 +688,18 @@ class FaceStudioXLPipeline(FaceStudioMixin, StableDiffusionXLPipeline):
                 return work(self.vae, tensor.float())
             finally:
                 self.vae.to(dtype)
+
+
+def check_scene_faces(found: int, count: int, chosen: Sequence[int] | None) -> None:
+    """Raise unless `count` identities fit a scene with `found` faces (`chosen`: their indices, 0 the largest).
+
+    The one rule for the call and for checks made earlier from a stored face count (the server's submission).
+    """
+    if not found:
+        raise NoFaceError("scene image: no face found to put the identities into")
+    if chosen is not None:
+        if len(chosen) != count or any(not 0 <= c < found for c in chosen):
+            raise FaceStudioError(f"scene faces {list(chosen)}: need {count} indices among the scene's "
+                                  f"{found} faces (0 is the largest)")
+    elif found < count:
+        raise FaceStudioError(f"scene image has {found} face(s) but {count} identities were given")

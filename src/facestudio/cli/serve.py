@@ -8,15 +8,17 @@ images with your photos.
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import os
 import secrets
+import socket
 from pathlib import Path
 
 from ..errors import FaceStudioError
 from ..presets import PRESETS
-from . import EXIT_OK
+from . import EXIT_OK, quiet_libraries
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,12 @@ def add_commands(commands) -> None:
                         help="largest image side a job may ask for (default 1024)")
     server.add_argument("--default-steps", type=int, default=25, metavar="N",
                         help="denoising steps when a job gives none (default 25)")
+    server.add_argument("--upload-workers", type=int, default=2, metavar="N",
+                        help="uploads decoded at once; 16 more may wait, others get 429 (default 2)")
+    server.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="a request's headers must arrive within this, or 408 (default 10)")
+    server.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="a request's body must arrive within this, plus 1 s per 256 KiB, or 408 (default 30)")
     serve.set_defaults(run=run_serve)
 
 
@@ -85,13 +93,14 @@ def is_loopback(host: str) -> bool:
 def run_serve(args) -> int:
     for name, value, low in (("--port", args.port, 0), ("--queue-size", args.queue_size, 1),
                              ("--workers", args.workers, 1), ("--keep-jobs", args.keep_jobs, 1),
-                             ("--max-side", args.max_side, 64), ("--default-steps", args.default_steps, 1)):
+                             ("--max-side", args.max_side, 64), ("--default-steps", args.default_steps, 1),
+                             ("--upload-workers", args.upload_workers, 1)):
         if value < low:
             raise FaceStudioError(f"{name} {value}: must be at least {low}")
     if args.port > 65535:
         raise FaceStudioError(f"--port {args.port}: must be at most 65535")
-    if not args.max_upload_mb > 0 or not args.job_timeout > 0:
-        raise FaceStudioError("--max-upload-mb and --job-timeout must be positive")
+    if not all(v > 0 for v in (args.max_upload_mb, args.job_timeout, args.header_timeout, args.body_timeout)):
+        raise FaceStudioError("--max-upload-mb, --job-timeout, --header-timeout and --body-timeout must be positive")
     if args.token is not None and len(args.token) < 16:
         raise FaceStudioError("--token: use at least 16 characters")
     if args.base_model is None and args.preset is None:
@@ -101,28 +110,37 @@ def run_serve(args) -> int:
         token = secrets.token_urlsafe(24)
     data_dir = Path(args.data_dir).expanduser()
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
         raise FaceStudioError(f"--data-dir {args.data_dir}: cannot create it ({e.strerror})") from None
 
+    quiet_libraries(args.debug)
     try:
         import uvicorn
 
         from ..server import create_app
+        from ..server.storage import DataFolder
+        from ..server.timeouts import uvicorn_config
     except ImportError as e:
         raise FaceStudioError(f"facestudio serve needs the server extra ({e.name} is missing): "
                               "pip install 'facestudio[server]'") from None
     from ..loading import load_generation_pipeline
+
+    # Whatever can fail on the spot fails before the models load: a data folder that cannot be written
+    # (read-only, full: StorageError naming it), a port already taken.
+    data = DataFolder(data_dir, max_jobs=args.keep_jobs)
+    listener = _listen(args.host, args.port)
 
     logger.info("loading models")
     pipe = load_generation_pipeline(args.base_model, adapter=args.adapter, style_adapter=args.style_adapter,
                                     preset=args.preset, device=args.device, cpu_offload=args.cpu_offload,
                                     vae_tiling=args.vae_tiling, arcface_model=args.arcface_model)
     pipe.set_progress_bar_config(disable=True)  # progress goes to the page and the event stream
-    app = create_app(pipe, data_dir, queue_size=args.queue_size, workers=args.workers, token=token,
+    app = create_app(pipe, data, queue_size=args.queue_size, workers=args.workers, token=token,
                      job_timeout=args.job_timeout, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                      max_side=args.max_side, default_steps=args.default_steps, max_jobs=args.keep_jobs,
-                     base_model=str(args.base_model or PRESETS[args.preset].base_model), allowed_hosts={args.host})
+                     base_model=str(args.base_model or PRESETS[args.preset].base_model), allowed_hosts={args.host},
+                     upload_workers=args.upload_workers)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{args.port}/"
     print(f"facestudio: serving {url} (data in {data_dir})", flush=True)
@@ -130,6 +148,27 @@ def run_serve(args) -> int:
         print(f"facestudio: listening on {args.host}, so every API request needs the header "
               f"'Authorization: Bearer {token}'", flush=True)
         print(f"facestudio: page with the token: {url}#token={token}", flush=True)
-    # A bounded graceful shutdown: open progress streams must not keep Ctrl-C waiting.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    # A bounded graceful shutdown (open progress streams must not keep Ctrl-C waiting) and slow-client deadlines.
+    config = uvicorn_config(app, args.host, args.port, header_timeout=args.header_timeout,
+                            body_timeout=args.body_timeout)
+    uvicorn.Server(config).run(sockets=[listener])
     return EXIT_OK
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` (uvicorn listens on it), or one line saying why not."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as e:
+        raise FaceStudioError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as e:
+        listener.close()
+        if e.errno == errno.EADDRINUSE:
+            raise FaceStudioError(f"--port {port}: port {port} is in use on {host} (another server?); "
+                                  "stop it or choose another --port") from None
+        raise FaceStudioError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
+    return listener

@@ -3,7 +3,7 @@
     /                                  the web page (static files, no external resources)
     /v1/models                         what is loaded, device, dtype, this server's limits
     /v1/queue                          jobs waiting and running now
-    /v1/identities                     POST photos of one person -> identity; GET list; GET/DELETE one
+    /v1/identities                     POST photos of one person -> identity; GET list (+ damaged); GET/DELETE one
     /v1/images                         POST a style or scene image -> image id (+ the faces in it)
     /v1/generations                    POST a job -> 202 + status; GET recent jobs
     /v1/generations/{id}               status: state, step i of n, results
@@ -11,7 +11,8 @@
     /v1/generations/{id}/images/{name} a result PNG
     /v1/generations/{id}/cancel        POST: stop it (a waiting job frees its slot at once)
 
-Errors are JSON `{"error": "..."}` naming the problem, with a 4xx status; the OpenAPI schema is /openapi.json.
+Errors are JSON `{"error": "..."}` naming the problem, with a 4xx status (409: a stored entry is damaged; 507:
+the data folder cannot be written); the OpenAPI schema is /openapi.json.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ from ..imaging import to_array
 from . import generation
 from .guard import Guard
 from .jobs import FINISHED, Job, JobQueue, QueueFull
-from .schemas import GenerationRequest, IdentityInfo, ImageInfo, JobStatus, ModelInfo, Problem, QueueInfo
-from .storage import ID_PATTERN, RESULT_NAME_PATTERN, DataFolder
-from .uploads import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, UploadLimits, decode_upload, safe_filename
-from .uploads import UploadError
+from .schemas import GenerationRequest, IdentityInfo, IdentityList, ImageInfo, JobStatus, ModelInfo, Problem
+from .schemas import QueueInfo
+from .storage import ID_PATTERN, RESULT_NAME_PATTERN, DamagedEntry, DataFolder, StorageError
+from .uploads import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, UploadError, UploadLimits, UploadPool
+from .uploads import decode_upload, safe_filename
 
 logger = logging.getLogger(__name__)
 
@@ -56,20 +58,21 @@ _POLL_S, _KEEPALIVE_S = 0.1, 15.0
 #: Path parameters: ids the server made, and result names; anything else is refused before a file is touched.
 IdParam = Annotated[str, PathParam(pattern=ID_PATTERN)]
 NameParam = Annotated[str, PathParam(pattern=RESULT_NAME_PATTERN)]
-_ERRORS = {400: {"model": Problem}, 404: {"model": Problem}, 413: {"model": Problem}, 415: {"model": Problem},
-           422: {"model": Problem}}
+_ERRORS = {400: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}, 413: {"model": Problem},
+           415: {"model": Problem}, 422: {"model": Problem}, 429: {"model": Problem}, 507: {"model": Problem}}
 
 
 def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token: str | None = None,
                job_timeout: float | None = 600.0, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, max_side: int = 1024, max_count: int = 8,
                default_steps: int = 25, max_jobs: int = 200, base_model: str = "(given pipeline)",
-               allowed_hosts=None) -> FastAPI:
+               allowed_hosts=None, upload_workers: int = 2, upload_waiting: int = 16) -> FastAPI:
     """The app serving `pipe` (a loaded `FaceStudioPipeline`) from the data folder `data_dir`.
 
     Args:
         pipe: the pipeline; one call at a time per worker.
-        data_dir (`str` or `Path`): where identities, uploaded images and results live (see `storage`).
+        data_dir (`str`, `Path` or `DataFolder`): where identities, uploaded images and results live (see
+            `storage`); `StorageError` when it cannot be written.
         queue_size (`int`, defaults to 16): jobs allowed to wait; more get 429 with Retry-After.
         workers (`int`, defaults to 1): jobs run at once (one per device).
         token (`str`, *optional*): required as a bearer token on every `/v1/` request.
@@ -79,18 +82,24 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         max_jobs (`int`, defaults to 200): finished jobs (and uploaded images) kept on disk.
         base_model (`str`): the base model's name, reported by /v1/models and written into image metadata.
         allowed_hosts: Host names accepted without a token besides the loopback names.
+        upload_workers (`int`, defaults to 2), upload_waiting (`int`, defaults to 16): uploads decoded at once,
+            and how many more may wait before one gets 429 (see `uploads.UploadPool`: bounds memory).
 
     Returns:
         `FastAPI`; `app.state.queue` is its `JobQueue` (close it, or let the app's shutdown do it).
     """
-    data = DataFolder(data_dir, max_jobs=max_jobs)
+    data = data_dir if isinstance(data_dir, DataFolder) else DataFolder(data_dir, max_jobs=max_jobs)
     limits = UploadLimits(max_upload_bytes, max_upload_pixels)
+    upload_pool = UploadPool(upload_workers, upload_waiting)
     model = _model_info(pipe, base_model)
     jobs: collections.OrderedDict[str, Job] = _past_jobs(data)  # the gallery survives a restart
     jobs_lock = threading.Lock()
 
     def finished(job: Job) -> None:
-        data.save_job(job.id, _record(job))
+        try:
+            data.save_job(job.id, generation.record(job))
+        except StorageError as e:  # a full disk: the job's state is still right in memory, and said once here
+            logger.warning("job %s: its final record was not written: %s", job.id, e)
         with jobs_lock:  # forget the oldest finished jobs beyond the retention limit (their files go too)
             done = [j for j in jobs.values() if j.state in FINISHED]
             for old in done[:max(0, len(done) - max_jobs)]:
@@ -138,25 +147,29 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
 
     @app.post("/v1/identities", status_code=201, response_model=IdentityInfo, responses=_ERRORS,
               summary="Photos of one person -> a stored identity")
-    def create_identity(photos: list[UploadFile] = File(description="one to 8 photos of the same person"),
-                        name: Optional[str] = Form(None, max_length=100),
-                        face: Optional[int] = Form(None, ge=0, le=64,
-                                                   description="which face of each photo (0 is the largest)")):
+    async def create_identity(photos: list[UploadFile] = File(description="one to 8 photos of the same person"),
+                              name: Optional[str] = Form(None, max_length=100),
+                              face: Optional[int] = Form(None, ge=0, le=64,
+                                                         description="which face of each photo (0 is the largest)")):
         if len(photos) > MAX_PHOTOS:
             raise UploadError(f"{len(photos)} photos: at most {MAX_PHOTOS} per identity", 400)
+        return await upload_pool.run(new_identity, photos, name, face)
+
+    def new_identity(photos: list[UploadFile], name: str | None, face: int | None) -> dict:
+        """In an upload-pool thread: each photo decoded, analysed and dropped before the next is read."""
         analyzer = pipe._analyzer()
         arrays, chosen, described = [], [], []
         for i, upload in enumerate(photos):
             label = safe_filename(upload.filename, f"photo {i + 1}")
-            image = decode_upload(upload.file.read(limits.max_bytes + 1), label, limits)
-            array = to_array(image)
+            decoded = decode_upload(upload.file.read(limits.max_bytes + 1), label, limits)
+            array = to_array(decoded.image)
             faces = analyzer.detect(array)
             # The shared rule (`index`, or the one clear face), its advice naming this request's field.
             used = select_face_index(faces, face, source=label, advice="the 'face' field")
             arrays.append(array)
             chosen.append(faces[used])
-            described.append({"name": label, "width": image.width, "height": image.height,
-                              "faces": [_face_json(f) for f in faces], "used": used})
+            described.append({"name": label, "width": decoded.width, "height": decoded.height,
+                              "faces": [_face_json(f.scaled(decoded.scale)) for f in faces], "used": used})
         identity_id = secrets.token_hex(8)
         display = (name or "").strip() or "+".join(Path(d["name"]).stem for d in described)[:100]
         # Encoded the way the loaded identity adapter reads it (facestudio's own, or a public preset's encoders).
@@ -166,9 +179,17 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         data.save_identity(identity_id, identity, info)
         return {**info, "embedding": identity.embedding.tolist()}
 
-    @app.get("/v1/identities", response_model=list[IdentityInfo], summary="Every stored identity")
+    @app.get("/v1/identities", response_model=IdentityList,
+             summary="Every stored identity, and those whose files are damaged (left out of the list)")
     def list_identities():
-        return [_with_embedding(info) for info in data.list_identities()]
+        infos, damaged = data.list_identities()
+        listed = []
+        for info in infos:
+            try:
+                listed.append(_with_embedding(info))
+            except DamagedEntry as e:  # its arrays: one damaged entry never hides the others
+                damaged.append({"id": info["id"], "error": str(e)})
+        return {"identities": listed, "damaged": sorted(damaged, key=lambda d: d["id"])}
 
     @app.get("/v1/identities/{identity_id}", response_model=IdentityInfo, responses=_ERRORS)
     def get_identity(identity_id: IdParam):
@@ -191,14 +212,18 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
 
     @app.post("/v1/images", status_code=201, response_model=ImageInfo, responses=_ERRORS,
               summary="A style or scene image -> an image id for generation requests")
-    def upload_image(image: UploadFile = File(description="the image")):
-        label = safe_filename(image.filename, "image")
-        decoded = decode_upload(image.file.read(limits.max_bytes + 1), label, limits, min_side=8)
-        faces = pipe._analyzer().detect(to_array(decoded))
+    async def upload_image(image: UploadFile = File(description="the image")):
+        return await upload_pool.run(new_image, image)
+
+    def new_image(upload: UploadFile) -> dict:
+        """In an upload-pool thread. Kept at most `ANALYSIS_SIDE` pixels wide and high: what generation needs."""
+        label = safe_filename(upload.filename, "image")
+        image = decode_upload(upload.file.read(limits.max_bytes + 1), label, limits, min_side=8).image
+        faces = pipe._analyzer().detect(to_array(image))
         image_id = secrets.token_hex(8)
-        info = {"id": image_id, "name": label, "width": decoded.width, "height": decoded.height,
+        info = {"id": image_id, "name": label, "width": image.width, "height": image.height,
                 "faces": [_face_json(f) for f in faces]}
-        data.save_image(image_id, decoded, info)  # re-encoded: the uploaded bytes are never kept
+        data.save_image(image_id, image, info)  # re-encoded: the uploaded bytes are never kept
         return info
 
     @app.get("/v1/images/{image_id}", response_class=FileResponse, responses=_ERRORS)
@@ -219,7 +244,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         job = Job(secrets.token_hex(8), plan, plan.total_steps)
         # The first record is on disk before a worker can touch the job: the worker's final record (written
         # when the job ends, however fast) then always comes after it and is never overwritten by "queued".
-        data.save_job(job.id, _record(job))
+        data.save_job(job.id, generation.record(job))
         with jobs_lock:
             jobs[job.id] = job
         try:
@@ -246,7 +271,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         return job
 
     def _status(job: Job) -> dict:
-        return {**_record(job), "queue_position": queue.position(job),
+        return {**generation.record(job), "queue_position": queue.position(job),
                 "images": [{"name": n, "url": f"/v1/generations/{job.id}/images/{n}", "seed": job.request.seed + k}
                            for k, n in enumerate(list(job.images))]}
 
@@ -321,29 +346,32 @@ class _PastPlan:
 
 
 def _past_jobs(data: DataFolder) -> collections.OrderedDict:
-    """Jobs recorded in the data folder, oldest first; one the server stopped during is marked failed."""
+    """Jobs recorded in the data folder, oldest first. One the server stopped during is marked failed and
+    interrupted, with the images that reached the disk (its record may predate the last of them); its record is
+    rewritten so."""
     restored = []
     for path, record in data.job_records():
         try:
             job = Job(record["id"], _PastPlan(GenerationRequest(**record["request"]), int(record["seed"])),
                       int(record["total_steps"]), state=record["state"], step=int(record["step"]),
-                      images=[n for n in record["images"] if data.job_image(record["id"], n)],
-                      error=record["error"], created=record["created"], started=record["started"],
-                      finished=record["finished"])
+                      images=data.job_images(record["id"]), error=record["error"],
+                      interrupted=bool(record.get("interrupted", False)), created=record["created"],
+                      started=record["started"], finished=record["finished"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             logger.warning("%s: not a job record (%s); ignored", path, e)
             continue
         if job.state not in FINISHED:
-            job.state, job.error = "failed", "the server stopped before this job finished"
+            count = job.request.request.count
+            job.error = (f"interrupted: the server stopped while this job ran; {len(job.images)} of {count} images "
+                         "were made and are kept" if job.started is not None else
+                         "interrupted: the server stopped before this job started; submit it again")
+            job.state, job.interrupted, job.finished = "failed", True, job.finished or time.time()
+            try:
+                data.save_job(job.id, generation.record(job))
+            except StorageError as e:
+                logger.warning("job %s: %s", job.id, e)
         restored.append(job)
     return collections.OrderedDict((j.id, j) for j in sorted(restored, key=lambda j: j.created))
-
-
-def _record(job: Job) -> dict:
-    plan = job.request
-    return {"id": job.id, "state": job.state, "step": job.step, "total_steps": job.total_steps,
-            "images": list(job.images), "error": job.error, "request": plan.request.model_dump(mode="json"),
-            "seed": plan.seed, "created": job.created, "started": job.started, "finished": job.finished}
 
 
 def _face_json(face) -> dict:
@@ -356,15 +384,23 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(FaceStudioError)
     async def input_error(request, error: FaceStudioError):
+        headers = None
         if isinstance(error, UploadError):
             status = error.status
+            if error.retry_after is not None:
+                headers = {"Retry-After": str(error.retry_after)}
         elif isinstance(error, generation.NotFound):
             status = 404
+        elif isinstance(error, DamagedEntry):
+            status = 409  # it exists, but its files cannot be read: delete it and make it again
+        elif isinstance(error, StorageError):
+            status = 507  # Insufficient Storage: the data folder is full or read-only
+            logger.warning("%s", error)
         elif isinstance(error, (NoFaceError, AmbiguousFaceError, ImageError)):
             status = 422
         else:
             status = 400
-        return JSONResponse({"error": str(error)}, status_code=status)
+        return JSONResponse({"error": str(error)}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, error: RequestValidationError):

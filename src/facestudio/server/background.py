@@ -7,9 +7,13 @@ import time
 
 import uvicorn
 
+from .timeouts import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, uvicorn_config
+
 
 class BackgroundServer:
     """Serve `app` on `host:port` (port 0: a free one) in a daemon thread; use as a context manager.
+
+    `header_timeout` and `body_timeout` are the slow-client deadlines of `timeouts` (as `facestudio serve`'s).
 
     Example:
         ```py
@@ -18,9 +22,10 @@ class BackgroundServer:
         ```
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
-                                     timeout_graceful_shutdown=5)
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", *,
+                 header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_timeout: float = DEFAULT_BODY_TIMEOUT):
+        self.config = uvicorn_config(app, host, port, header_timeout=header_timeout, body_timeout=body_timeout,
+                                     log_level=log_level)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="facestudio-server", daemon=True)
         self.host = host

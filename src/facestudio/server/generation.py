@@ -1,8 +1,9 @@
 """A generation request checked against what is stored and what the pipeline accepts, then run as a job.
 
 `prepare` does every check that needs no tensor work (identities and images exist, regions fit, the pipeline's
-own `check_call`), so a bad request is a 4xx at submission, not a failed job later. `run` makes the images one by
-one and writes each atomically with the same metadata and AI-generated label as `facestudio generate`.
+own `check_call`, the scene image's stored face count), so a bad request is a 4xx at submission, not a failed
+job later. `run` makes the images one by one and writes each atomically with the same metadata and AI-generated
+label as `facestudio generate`, then the job's record (`record`), so a crash loses at most the image being made.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 
 from .. import __version__
 from ..errors import FaceStudioError
-from ..imaging import ai_generated_metadata, load_image, save_png
-from ..pipeline import IdentityInput
+from ..imaging import ai_generated_metadata, load_image
+from ..pipeline import IdentityInput, check_scene_faces
 from .jobs import Job
 from .schemas import GenerationRequest
 from .storage import DataFolder
@@ -87,6 +88,10 @@ def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int
                     1, request.scene_faces)
     if request.scene_faces is not None and len(request.scene_faces) != (1 if mix else len(people)):
         raise FaceStudioError(f"scene_faces: give {1 if mix else len(people)} face number(s), one per identity")
+    if request.scene_image is not None and people:
+        # The faces found at upload; the job finds them again at its own size (the same faces but in rare cases).
+        check_scene_faces(len(_scene_info(data, request.scene_image)["faces"]), 1 if mix else len(people),
+                          request.scene_faces)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
     if seed + request.count - 1 > 2**53 - 1:
         raise FaceStudioError(f"seed {seed}: seed + count must stay below 2**53")
@@ -98,12 +103,17 @@ def _size(request: GenerationRequest, data: DataFolder, default_side: int) -> tu
     if request.width is not None and request.height is not None:
         return request.width, request.height
     if request.scene_image is not None and request.width is None and request.height is None:
-        info = data.image_info(request.scene_image)
-        if info is None:  # trimmed or deleted since it was checked
-            raise NotFound(f"scene_image: no uploaded image with id {request.scene_image}")
+        info = _scene_info(data, request.scene_image)
         scale = default_side / max(info["width"], info["height"])
         return tuple(max(8, round(side * scale / 8) * 8) for side in (info["width"], info["height"]))
     return request.width or default_side, request.height or default_side
+
+
+def _scene_info(data: DataFolder, image_id: str) -> dict:
+    info = data.image_info(image_id)  # DamagedEntry when its description cannot be read
+    if info is None:  # trimmed or deleted since it was checked
+        raise NotFound(f"scene_image: no uploaded image with id {image_id}")
+    return info
 
 
 def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
@@ -116,7 +126,7 @@ def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
     scene = _stored_image(data, request.scene_image, "scene image")
     negative = None if request.negative_prompt is None else [request.negative_prompt]
     settings = _settings(plan, model, job.id)
-    folder = data.job_folder(job.id)
+    data.save_job(job.id, record(job))  # "running" on disk: a crash from here on reads as interrupted
     for i in range(request.count):
         seed = plan.seed + i
         done_before = i * plan.steps
@@ -131,9 +141,19 @@ def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
         metadata = ai_generated_metadata({**settings, "seed": seed, "width": image.width, "height": image.height,
                                           "scheduler": result.settings.get("scheduler")})
         name = f"{i:03d}-seed{seed}.png"
-        save_png(image, folder / name, metadata, overwrite=False)
+        data.save_result(job.id, name, image, metadata)  # StorageError naming the folder when the disk is full
         job.images.append(name)
         job.changed += 1
+        data.save_job(job.id, record(job))
+
+
+def record(job: Job) -> dict:
+    """What `job.json` holds: enough to list the job, its request and its images after a restart."""
+    plan = job.request
+    return {"id": job.id, "state": job.state, "step": job.step, "total_steps": job.total_steps,
+            "images": list(job.images), "error": job.error, "interrupted": job.interrupted,
+            "request": plan.request.model_dump(mode="json"), "seed": plan.seed, "created": job.created,
+            "started": job.started, "finished": job.finished}
 
 
 def _stored_image(data: DataFolder, image_id: str | None, label: str):

@@ -1,7 +1,9 @@
 """The ASGI layer in front of every route: request-body cap, bearer token, Host and Origin checks.
 
 It runs before FastAPI parses anything, so an oversize upload is refused without being stored, and a request
-without the token never reaches a route. Without a token the server is meant for this machine only: a Host
+without the token never reaches a route. A refusal is answered at once, without waiting for the body: uvicorn
+reads and drops whatever of it still comes (so the client gets to read the answer), within the body deadline
+of `timeouts`. Without a token the server is meant for this machine only: a Host
 header other than a loopback name is refused (DNS rebinding), and a state-changing request from another
 origin is refused (a web page elsewhere cannot post to it).
 """
@@ -14,8 +16,6 @@ from urllib.parse import urlsplit
 
 #: Host names that mean "this machine".
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
-#: Bytes of an oversize body read and thrown away before answering, so the client sees the answer.
-_DRAIN_LIMIT = 256 * 1024 * 1024
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -40,7 +40,6 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = self._refusal(scope, headers)
         if refusal is not None:
-            await _drain(receive)
             return await _answer(send, *refusal)
         if scope["method"] not in _BODY_METHODS:
             return await self.app(scope, receive, send)
@@ -49,7 +48,6 @@ class Guard:
             if not length.isdigit():
                 return await _answer(send, 400, f"Content-Length {length[:40]!r} is not a number")
             if int(length) > self.max_body:
-                await _drain(receive)
                 return await _answer(send, 413, f"request body is {int(length)} bytes, above the limit of "
                                                 f"{self.max_body} bytes")
             return await self.app(scope, receive, send)
@@ -62,7 +60,6 @@ class Guard:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_body:
-                await _drain(receive)
                 return await _answer(send, 413, f"request body is over the limit of {self.max_body} bytes")
             if not message.get("more_body", False):
                 break
@@ -100,18 +97,6 @@ def _hostname(host: str) -> str:
     if host.startswith("["):  # [::1]:7860
         return host[1:host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-async def _drain(receive) -> None:
-    """Read and drop the rest of the body (up to a limit), so the client gets to read the answer."""
-    drained = 0
-    while drained < _DRAIN_LIMIT:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        drained += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
 
 
 async def _answer(send, status: int, message: str, headers=()) -> None:

@@ -49,6 +49,7 @@ class Job:
     step: int = 0
     images: list[str] = field(default_factory=list)
     error: str | None = None
+    interrupted: bool = False  # the server stopped while it ran (restored from its record after a restart)
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None

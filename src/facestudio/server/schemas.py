@@ -82,6 +82,16 @@ class IdentityInfo(BaseModel):
     embedding: list[float] = Field(description="the stored identity embedding (unit length)")
 
 
+class DamagedInfo(BaseModel):
+    id: str
+    error: str = Field(description="what is wrong with its files, and what to do")
+
+
+class IdentityList(BaseModel):
+    identities: list[IdentityInfo]
+    damaged: list[DamagedInfo] = Field(description="stored identities whose files cannot be read, left out above")
+
+
 class ImageInfo(BaseModel):
     id: str
     name: str
@@ -104,6 +114,8 @@ class JobStatus(BaseModel):
     queue_position: Optional[int] = Field(None, description="jobs waiting before this one (0: next)")
     images: list[ResultImage]
     error: Optional[str] = None
+    interrupted: bool = Field(False, description="the server stopped while this job waited or ran; the images "
+                                                 "listed are those made before")
     request: dict
     seed: int
     created: float

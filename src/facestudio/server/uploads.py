@@ -1,6 +1,10 @@
 """Uploaded files are untrusted: their type is judged from their first bytes, their size and pixel count are
 capped, and they are decoded only by `imaging.load_image` (header checked before any pixel is decoded).
 Nothing uploaded is executed, unpickled or stored as given: images are re-encoded as PNG before they are kept.
+
+Memory is bounded too: `UploadPool` runs the decoding and face analysis of a few uploads at a time (the rest
+wait without a thread, or get 429 beyond a bound), and each photo is decoded, analysed and dropped in turn, at
+most `ANALYSIS_SIDE` pixels on its longest side (a JPEG is decoded at a reduced scale to begin with).
 """
 
 from __future__ import annotations
@@ -8,6 +12,8 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+import anyio
+import anyio.to_thread
 from PIL import Image
 
 from ..errors import FaceStudioError, ImageError
@@ -17,6 +23,9 @@ from ..imaging import load_image
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: Largest uploaded image, in pixels (a 40-megapixel phone photo passes; a decompression bomb does not).
 DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
+#: Longest side an upload is decoded at. Face detection searches at 640 and 1280 pixels and face crops are
+#: smaller still, so more only costs memory: a 7000x7000 photo is 147 MB as RGB, 12 MB at this side.
+ANALYSIS_SIDE = 2048
 
 #: File signatures of the formats `load_image` accepts, so a text file named .png is refused before PIL sees it.
 _SIGNATURES = (
@@ -31,17 +40,57 @@ _SIGNATURES = (
 
 
 class UploadError(FaceStudioError):
-    """An upload was refused; `status` is the HTTP status that says why."""
+    """An upload was refused; `status` is the HTTP status that says why (429 comes with `retry_after` seconds)."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, retry_after: int | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.retry_after = status, retry_after
 
 
 @dataclass(frozen=True)
 class UploadLimits:
     max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """An uploaded image as decoded (at most the `max_side` asked for), and the size of the file's own image."""
+
+    image: Image.Image
+    width: int
+    height: int
+
+    @property
+    def scale(self) -> float:
+        """From the decoded image's pixels to the file's: boxes found in `image` times this are the photo's."""
+        return self.width / self.image.width
+
+
+class UploadPool:
+    """Runs upload work (decoding, face analysis, encoding) `workers` at a time in threads of its own.
+
+    Uploads beyond those wait in the event loop, holding no thread and no decoded pixels; beyond `waiting`
+    of them a new one is refused with `UploadError` 429, so memory stays bounded whatever the number of clients.
+    State is per pool (one per app); the counter is only touched from the event loop.
+    """
+
+    def __init__(self, workers: int = 2, waiting: int = 16, retry_after: int = 5):
+        if workers < 1 or waiting < 0:
+            raise ValueError("an upload pool needs at least one worker and a waiting bound >= 0")
+        self.workers, self.waiting, self.retry_after = workers, waiting, retry_after
+        self._limiter = anyio.CapacityLimiter(workers)
+        self._admitted = 0
+
+    async def run(self, work, *args):
+        if self._admitted >= self.workers + self.waiting:
+            raise UploadError(f"the server is busy with {self._admitted} uploads; retry in about "
+                              f"{self.retry_after} s", 429, retry_after=self.retry_after)
+        self._admitted += 1
+        try:
+            return await anyio.to_thread.run_sync(work, *args, limiter=self._limiter)
+        finally:
+            self._admitted -= 1
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -53,8 +102,10 @@ def sniff_format(data: bytes) -> str | None:
     return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
 
 
-def decode_upload(data: bytes, name: str, limits: UploadLimits, min_side: int = 32) -> Image.Image:
-    """An uploaded file as an RGB image, or `UploadError` naming the file and the problem.
+def decode_upload(data: bytes, name: str, limits: UploadLimits, min_side: int = 32,
+                  max_side: int | None = ANALYSIS_SIDE) -> Decoded:
+    """An uploaded file as an RGB image at most `max_side` on its longest side (None: as large as it is), with
+    the file's own size, or `UploadError` naming the file and the problem.
 
     Raises:
         UploadError: empty (400), over the byte cap (413), not an image by its content (415), too many
@@ -73,9 +124,14 @@ def decode_upload(data: bytes, name: str, limits: UploadLimits, min_side: int = 
         raise UploadError(f"{name}: image header says {width}x{height} pixels ({width * height / 1e6:.1f} "
                           f"megapixels), above this server's limit of {limits.max_pixels / 1e6:.0f} megapixels", 422)
     try:
-        return load_image(data, max_pixels=limits.max_pixels, min_side=min_side, name=name)
+        image = load_image(data, max_pixels=limits.max_pixels, min_side=min_side, name=name, max_side=max_side)
     except ImageError as e:
         raise UploadError(str(e), 422) from None
+    if max(image.size) == max(width, height) or not width:  # not shrunk: its size is the file's (oriented)
+        return Decoded(image, image.width, image.height)
+    # Shrunk: the header's size, turned as the EXIF orientation turned the image.
+    same_way = (image.width >= image.height) == (width >= height)
+    return Decoded(image, *((width, height) if same_way else (height, width)))
 
 
 def header_size(data: bytes, kind: str) -> tuple[int, int]:

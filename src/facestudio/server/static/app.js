@@ -87,7 +87,9 @@ function relabel() {
 
 function savedIdentities() {
   // Fetched once and shared (reusing a job adds several cards at once); forgotten after an upload adds one.
-  if (!state.saved) state.saved = apiJson("/v1/identities").catch((e) => { state.saved = null; throw e; });
+  // Damaged entries (listed apart by the server) are not offered.
+  if (!state.saved) state.saved = apiJson("/v1/identities").then((r) => r.identities)
+    .catch((e) => { state.saved = null; throw e; });
   return state.saved;
 }
 
