@@ -26,19 +26,26 @@ def write_atomically(path: str | os.PathLike, data: bytes | Callable[[BinaryIO],
     path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and path.exists():
         raise FileExistsError(f"{path}: exists")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}."
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data) if isinstance(data, (bytes, bytearray)) else data(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; ours are not
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails, instead of replacing, if the name was taken meanwhile
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data) if isinstance(data, (bytes, bytearray)) else data(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; ours are not
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # fails, instead of replacing, if the name was taken meanwhile
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as e:
+        # A full disk names no file, a failed rename names the hidden temporary one: name the target instead.
+        if e.errno is not None and (e.filename is None or Path(str(e.filename)).name.startswith(prefix)):
+            raise OSError(e.errno, e.strerror, str(path)) from e  # OSError(errno, ...) picks the subclass
+        raise
     return path
 
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 from .. import __version__
-from ..errors import FaceStudioError
+from ..errors import FaceStudioError, os_error_message
 
 EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="note: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("facestudio").setLevel(logging.INFO)
+    if not args.debug:  # libraries' Future/DeprecationWarnings speak to developers; facestudio itself logs
+        warnings.simplefilter("ignore")
     try:
         return args.run(args)
     except FaceStudioError as e:
@@ -84,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         print("facestudio: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
+        # A full or read-only disk, a folder in a file's place: the file system's answer, for the user to act
+        # on. An OSError without an errno is no file system's answer but a library's complaint.
+        if isinstance(e, OSError) and e.errno is not None:
+            print(f"facestudio: error: {os_error_message(e)}", file=sys.stderr)
+            return EXIT_INPUT
         if args.debug:
             raise
         print(f"facestudio: internal error: {type(e).__name__}: {e} (run with --debug for the traceback, "
