@@ -107,8 +107,11 @@ class TrainSettings:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "sample_steps", "num_samples"):
             if getattr(self, name) < 1:
                 raise FaceStudioError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise FaceStudioError(f"learning rate must be positive, got {self.learning_rate}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise FaceStudioError(f"learning rate must be a finite number > 0, got {self.learning_rate}")
+        if not 0 <= self.seed < 2**63:
+            raise FaceStudioError(f"seed {self.seed}: must be between 0 and 2**63 - 1")
+        _check_scheduler(self.lr_scheduler)
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise FaceStudioError(f"mixed precision {self.mixed_precision!r}: use auto, no, fp16 or bf16")
         for name in ("identity_loss_weight", "max_grad_norm", "adam_weight_decay", "num_workers", "lr_warmup_steps"):
@@ -247,6 +250,16 @@ class TrainingParts:
     recognizer_net: object
     weight_dtype: torch.dtype
     settings: TrainSettings
+
+
+def _check_scheduler(name: str) -> None:
+    """`name` is one of diffusers' schedules that need no more than warmup and total steps (piecewise_constant
+    needs step rules the command does not take)."""
+    from diffusers.optimization import SchedulerType
+
+    usable = [t.value for t in SchedulerType if t is not SchedulerType.PIECEWISE_CONSTANT]
+    if name not in usable:
+        raise FaceStudioError(f"lr scheduler {name!r}: use one of {', '.join(usable)}")
 
 
 def _mixed_precision(settings: TrainSettings) -> str:
