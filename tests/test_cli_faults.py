@@ -140,6 +140,19 @@ def test_generate_refuses_a_disk_without_room_before_loading_models(capsys, face
     assert_clean(code, err, read_only, "not writable")
 
 
+def test_train_refuses_a_disk_without_room_for_its_checkpoints(capsys, faces_dir, tmpfs, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(faces_dir / "obama.jpg", photos)
+    code, _, err = run(capsys, "prepare", photos, tmp_path / "cache", "--resolution", 64)
+    assert code == 0, err
+    full = full_disk(tmpfs)
+    code, _, err = run(capsys, "train", tmp_path / "cache", "--output", full / "run", "--max-steps", 3,
+                       "--checkpoint-every", 1, "--sample-every", -1)
+    assert_clean(code, err, f"--output {full / 'run'}", "not enough room for 3 checkpoints")
+    assert os.listdir(full) == ["filler"]
+
+
 def test_generate_failing_at_its_first_file_leaves_no_folder(capsys, faces_dir, tmpfs):
     """A tmpfs with room for the bytes but no inode left once the output folder is made: the byte check
     passes, the first file creation fails."""

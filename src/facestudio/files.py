@@ -1,6 +1,7 @@
 """Files written whole or not at all: a temporary file beside the target, flushed to disk, then renamed.
 
-A crash or a full disk midway leaves the old file (or none), never a half-written one.
+A crash or a full disk midway leaves the old file (or none), never a half-written one; `check_free_space`
+refuses a long run whose output cannot fit before it starts.
 """
 
 from __future__ import annotations
@@ -8,9 +9,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+from .errors import FaceStudioError
 
 
 def write_atomically(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], *,
@@ -61,6 +65,28 @@ def write_npz(path: str | os.PathLike, **arrays) -> Path:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return write_atomically(path, buffer.getvalue())
+
+
+def existing_ancestor(path: Path) -> Path | None:
+    """`path` itself or its nearest parent that exists: the folder whose file system a new `path` lands on."""
+    return next((p for p in (path, *path.parents) if p.exists()), None)
+
+
+def check_free_space(folder: Path, needed: int, what: str, option: str = "--output") -> None:
+    """Refuse, before any work, to write `needed` bytes into `folder` when its file system has less free.
+
+    Raises:
+        FaceStudioError: naming the folder, the bytes needed and free, and what to do.
+    """
+    where = existing_ancestor(folder.absolute())
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        raise FaceStudioError(f"{option} {folder}: not enough room for {what} (up to {_megabytes(needed)} "
+                              f"needed, {_megabytes(free)} free); free some space or choose another {option}")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.0f} kB"
 
 
 def _umask() -> int:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import FaceStudioError
+from ..files import check_free_space, existing_ancestor
 from ..loading import TINY, adapter_folder, load_generation_pipeline, style_beside
 from ..presets import PRESETS
 from . import EXIT_OK, MIN_IMAGE_SIDE, quiet_libraries
-from .output import check_free_space, existing_ancestor, png_bytes_bound, removed_if_left_empty
+from .output import png_bytes_bound, removed_if_left_empty
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ interrupted one would have taken: same loss at the same step.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import FaceStudioError
-from ..files import write_json
+from ..files import check_free_space, existing_ancestor, write_json
 from .dataset import ConditionDropout, FaceCache, ReconstructionDataset, StreamSampler
 from .losses import diffusion_loss, diffusion_target, identity_loss, predicted_clean_latents
 from .modules import GuidanceModules, layer_masks
@@ -182,6 +183,8 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
         losses, start_step = state["losses"], state["step"]
         logger.info("resumed from %s at step %d", resume_dir, start_step)
         _note_changed_settings(state["settings"], settings)
+    if accelerator.is_main_process:
+        _check_room(settings, output, parts.guidance, start_step)
     output.mkdir(parents=True, exist_ok=True)
 
     dataset = ReconstructionDataset(cache, settings.seed, settings.dropout(), settings.multi_identity,
@@ -394,7 +397,13 @@ def _save_checkpoint(accelerator, parts: TrainingParts, settings: TrainSettings,
                      losses: list[float]) -> Path:
     """`checkpoints/checkpoint-STEP`: accelerate's state, the loadable guidance, and the loss history."""
     folder = output / "checkpoints" / f"checkpoint-{step}"
-    accelerator.save_state(str(folder))
+    try:
+        accelerator.save_state(str(folder))
+    except Exception as e:  # safetensors and torch report a full disk in their own error types
+        shutil.rmtree(folder, ignore_errors=True)  # half a checkpoint is none (its state file comes last)
+        if shutil.disk_usage(existing_ancestor(folder)).free < _checkpoint_bytes(parts.guidance):
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder)) from e
+        raise
     parts.pipe.save_adapters(folder / "guidance")
     (folder / STATE_NAME).write_text(json.dumps({"step": step, "losses": losses, "settings": asdict(settings)}))
     limit = settings.checkpoints_total_limit
@@ -402,6 +411,23 @@ def _save_checkpoint(accelerator, parts: TrainingParts, settings: TrainSettings,
         for old in _checkpoints(output)[:-limit]:
             shutil.rmtree(old)
     return folder
+
+
+def _checkpoint_bytes(guidance) -> int:
+    """Most bytes one checkpoint takes: the trainable weights in accelerate's state and in the loadable
+    guidance copy, and AdamW's two moments, all float32; 1 MB more for the small files."""
+    weights = sum(p.numel() for p in guidance.parameters() if p.requires_grad) * 4
+    return 4 * weights + 2**20
+
+
+def _check_room(settings: TrainSettings, output: Path, guidance, start_step: int) -> None:
+    """The checkpoints kept at once and the final guidance fit on --output's file system, before training."""
+    every = settings.checkpoint_every
+    count = 1 + (max(0, settings.max_steps - 1 - start_step) // every if every else 0)
+    if settings.checkpoints_total_limit:
+        count = min(count, settings.checkpoints_total_limit + 1)  # the oldest goes after the newest is written
+    needed = count * _checkpoint_bytes(guidance) + _checkpoint_bytes(guidance) // 4
+    check_free_space(output, needed, f"{count} checkpoint{'s' if count > 1 else ''} and the trained guidance")
 
 
 def _checkpoints(output: Path) -> list[Path]:
