@@ -248,8 +248,8 @@ def odd_files(tmp_path_factory, faces_dir):
         (d / f"cache-{name}" / "manifest.json").write_text(json.dumps(manifest))
     spec = {"base_model": "tiny", "adapter": "tiny", "identities": {"a": {"photos": ["a.jpg"]}}, "prompts": ["x"]}
     specs = {"list.json": "[1, 2]", "prompt.json": json.dumps({**spec, "prompts": "a photo"}),
-             "steps.json": json.dumps({**spec, "steps": "many"}), "baselines.json": json.dumps({**spec, "baselines": 5}),
-             "identities.json": json.dumps({**spec, "identities": [1]}),
+             "steps.json": json.dumps({**spec, "steps": "many"}),
+             "baselines.json": json.dumps({**spec, "baselines": 5}), "identities.json": json.dumps({**spec, "identities": [1]}),
              "photos.toml": 'base_model = "tiny"\nadapter = "tiny"\nprompts = ["x"]\n[identities.a]\nphotos = 5\n'}
     for name, text in specs.items():
         (d / name).write_text(text)

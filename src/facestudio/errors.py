@@ -37,20 +37,22 @@ def first_line(error: BaseException) -> str:
 
 
 
-#: An operating-system error in words, and what the user can do about it, by errno (others: the system's words).
+#: What the user can do about an operating-system error.
+_FREE_SPACE, _ANOTHER_PATH = "free some space or write elsewhere", "remove it or give another path"
+_PERMISSIONS = "change the permissions or use another path"
+#: An operating-system error in words, and the remedy, by errno (others: the system's own words).
 _OS_ERROR_WORDS = {
-    errno.ENOSPC: ("no space left on the device", "free some space or write elsewhere"),
-    errno.EDQUOT: ("disk quota exceeded", "free some space or write elsewhere"),
+    errno.ENOSPC: ("no space left on the device", _FREE_SPACE),
+    errno.EDQUOT: ("disk quota exceeded", _FREE_SPACE),
     errno.EFBIG: ("file too large for the file system or the file size limit (ulimit -f)",
                   "raise the limit or write elsewhere"),
     errno.EROFS: ("read-only file system", "write elsewhere"),
-    errno.EACCES: ("permission denied", "change the permissions or use another path"),
-    errno.EPERM: ("operation not permitted", "change the permissions or use another path"),
-    errno.EISDIR: ("is a folder where a file should be", "remove it or give another path"),
-    errno.ENOTDIR: ("a file is in the way where a folder should be", "remove it or give another path"),
-    errno.EEXIST: ("exists and is in the way (a file where a folder should be, or the reverse)",
-                   "remove it or give another path"),
-    errno.ENOTEMPTY: ("a folder that is not empty is in the way", "remove it or give another path"),
+    errno.EACCES: ("permission denied", _PERMISSIONS),
+    errno.EPERM: ("operation not permitted", _PERMISSIONS),
+    errno.EISDIR: ("is a folder where a file should be", _ANOTHER_PATH),
+    errno.ENOTDIR: ("a file is in the way where a folder should be", _ANOTHER_PATH),
+    errno.EEXIST: ("exists and is in the way (a file where a folder should be, or the reverse)", _ANOTHER_PATH),
+    errno.ENOTEMPTY: ("a folder that is not empty is in the way", _ANOTHER_PATH),
     errno.ENOENT: ("no such file or folder", "check the path"),
     errno.ENAMETOOLONG: ("file name too long", "give a shorter path"),
     errno.EIO: ("input/output error: the disk or device failed", "check the device"),
