@@ -140,17 +140,31 @@ def test_generate_refuses_a_disk_without_room_before_loading_models(capsys, face
     assert_clean(code, err, read_only, "not writable")
 
 
-def test_train_refuses_a_disk_without_room_for_its_checkpoints(capsys, faces_dir, tmpfs, tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, faces_dir):
+    """A face cache of one photo at 64 pixels, made by `facestudio prepare`."""
+    photos, out = tmp_path_factory.mktemp("photos"), tmp_path_factory.mktemp("cache") / "cache"
     shutil.copy(faces_dir / "obama.jpg", photos)
-    code, _, err = run(capsys, "prepare", photos, tmp_path / "cache", "--resolution", 64)
-    assert code == 0, err
+    assert main(["prepare", str(photos), str(out), "--resolution", "64"]) == 0
+    return out
+
+
+def test_train_refuses_a_disk_without_room_for_its_checkpoints(capsys, cache, tmpfs):
     full = full_disk(tmpfs)
-    code, _, err = run(capsys, "train", tmp_path / "cache", "--output", full / "run", "--max-steps", 3,
-                       "--checkpoint-every", 1, "--sample-every", -1)
+    code, _, err = run(capsys, "train", cache, "--output", full / "run", "--max-steps", 3, "--checkpoint-every", 1,
+                       "--sample-every", -1)
     assert_clean(code, err, f"--output {full / 'run'}", "not enough room for 3 checkpoints")
     assert os.listdir(full) == ["filler"]
+
+
+def test_train_resuming_a_damaged_checkpoint_says_so(capsys, cache, tmp_path):
+    checkpoint = tmp_path / "checkpoint-1"
+    checkpoint.mkdir()
+    (checkpoint / "training_state.json").write_text(json.dumps({"step": 1, "losses": [1.0], "settings": {}}))
+    (checkpoint / "model.safetensors").write_bytes(b"damaged")
+    code, _, err = run(capsys, "train", cache, "--output", tmp_path / "run", "--max-steps", 2, "--sample-every", -1,
+                       "--resume", checkpoint)
+    assert_clean(code, err, f"--resume {checkpoint}: damaged checkpoint")
 
 
 def test_generate_failing_at_its_first_file_leaves_no_folder(capsys, faces_dir, tmpfs):
@@ -246,6 +260,9 @@ def odd_files(tmp_path_factory, faces_dir):
                                                         "settings": {}}}.items():
         (d / f"cache-{name}").mkdir()
         (d / f"cache-{name}" / "manifest.json").write_text(json.dumps(manifest))
+    for name, text in {"broken": "{", "list": "[1]"}.items():
+        (d / f"state-{name}").mkdir()
+        (d / f"state-{name}" / "training_state.json").write_text(text)
     spec = {"base_model": "tiny", "adapter": "tiny", "identities": {"a": {"photos": ["a.jpg"]}}, "prompts": ["x"]}
     specs = {"list.json": "[1, 2]", "prompt.json": json.dumps({**spec, "prompts": "a photo"}),
              "steps.json": json.dumps({**spec, "steps": "many"}),
@@ -279,6 +296,10 @@ ODD = {
     "train unknown scheduler": (["train", "{odd}/cache-list", "--output", "{out}", "--lr-scheduler", "bogus"],
                                 "lr scheduler 'bogus'"),
     "train negative seed": (["train", "{odd}/cache-list", "--output", "{out}", "--seed", "-1"], "seed -1"),
+    "train resume unreadable state": (["train", "{odd}/cache-list", "--output", "{out}", "--resume",
+                                       "{odd}/state-broken"], "training_state.json: unreadable"),
+    "train resume state a list": (["train", "{odd}/cache-list", "--output", "{out}", "--resume", "{odd}/state-list"],
+                                  "training_state.json: damaged"),
     "train fp16 on the cpu": (["train", "{odd}/cache-list", "--output", "{out}", "--cpu", "--mixed-precision",
                                "fp16"], "needs a CUDA GPU"),
     "eval spec a list": (["eval", "--spec", "{odd}/list.json"], "a table of settings expected, found list"),

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import FaceStudioError
+from ..errors import FaceStudioError, first_line
 from ..files import check_free_space, existing_ancestor, write_json
 from .dataset import ConditionDropout, FaceCache, ReconstructionDataset, StreamSampler
 from .losses import diffusion_loss, diffusion_target, identity_loss, predicted_clean_latents
@@ -170,6 +170,7 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     settings.check()
     output = Path(settings.output)
     resume_dir = _resume_dir(settings, output)
+    state = None if resume_dir is None else _read_state(resume_dir)
     cache = FaceCache(settings.cache)
     accelerator = Accelerator(mixed_precision=_mixed_precision(settings), cpu=settings.cpu,
                               gradient_accumulation_steps=settings.gradient_accumulation_steps,
@@ -178,8 +179,11 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     guidance, optimizer, scheduler = accelerator.prepare(parts.guidance, parts.optimizer, parts.lr_scheduler)
     losses, start_step = [], 0
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
-        state = json.loads((resume_dir / STATE_NAME).read_text())
+        try:
+            accelerator.load_state(str(resume_dir))
+        except Exception as e:  # accelerate, torch and safetensors each raise their own types for damaged files
+            raise FaceStudioError(f"--resume {resume_dir}: damaged checkpoint ({type(e).__name__}: {first_line(e)}); "
+                                  "resume from another one or start a new --output") from None
         losses, start_step = state["losses"], state["step"]
         logger.info("resumed from %s at step %d", resume_dir, start_step)
         _note_changed_settings(state["settings"], settings)
@@ -455,6 +459,19 @@ def _resume_dir(settings: TrainSettings, output: Path) -> Path | None:
     if not (folder / STATE_NAME).is_file():
         raise FaceStudioError(f"--resume {settings.resume}: not a training checkpoint (no {STATE_NAME})")
     return folder
+
+
+def _read_state(folder: Path) -> dict:
+    """A checkpoint's `training_state.json` (step, losses, settings), checked before anything loads."""
+    path = folder / STATE_NAME
+    try:
+        state = json.loads(path.read_text())
+    except ValueError as e:
+        raise FaceStudioError(f"{path}: unreadable ({e}); resume from another checkpoint") from None
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("losses"), list)
+            and isinstance(state.get("settings"), dict)):
+        raise FaceStudioError(f"{path}: damaged (step, losses and settings expected); resume from another checkpoint")
+    return state
 
 
 #: Settings that may change on resume without changing what the earlier steps were.
