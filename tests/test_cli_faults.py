@@ -212,6 +212,15 @@ def test_library_warnings_only_with_debug(tmp_path):
     assert proc.returncode == 2 and "UserWarning" in proc.stderr
 
 
+def test_a_reader_that_leaves_early_is_no_error(faces_dir):
+    """`facestudio faces ... | head -c 1`: stdout's pipe is closed before the table is written."""
+    proc = subprocess.Popen([sys.executable, "-m", "facestudio.cli", "faces", str(faces_dir / "obama.jpg")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and err == "", err
+
+
 # --- odd files and options: never an internal error -----------------------------------------------------
 
 

@@ -1,7 +1,9 @@
 """Exceptions that name the bad input.
 
 Every error a user can cause derives from :class:`FaceStudioError`; the CLI prints its message and exits
-non-zero without a traceback. Anything else reaching the CLI is a bug.
+non-zero without a traceback. An `OSError` with an errno (a full or read-only disk, a folder in a file's
+place) is the machine's answer, printed by :func:`os_error_message` the same way. Anything else reaching the
+CLI is a bug.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ def write_atomically(path: str | os.PathLike, data: bytes | Callable[[BinaryIO],
     Raises:
         FileExistsError: `overwrite` is False and `path` exists (checked again at the rename, so a file that
             appears meanwhile is not replaced either).
+        OSError: the file system's refusal (full, read-only, a folder in the way), naming `path` rather than
+            the temporary file; nothing is left behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

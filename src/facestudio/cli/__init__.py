@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 
@@ -79,13 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:  # libraries' Future/DeprecationWarnings speak to developers; facestudio itself logs
         warnings.simplefilter("ignore")
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handlers, not in the interpreter's exit
+        return code
     except FaceStudioError as e:
         print(f"facestudio: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("facestudio: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of stdout left (`| head`): nothing to report, nothing more to print
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush stays quiet
+        return EXIT_OK
     except Exception as e:
         # A full or read-only disk, a folder in a file's place: the file system's answer, for the user to act
         # on. An OSError without an errno is no file system's answer but a library's complaint.

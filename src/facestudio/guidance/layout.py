@@ -160,7 +160,9 @@ def convert_pickle_checkpoint(source: str | os.PathLike, destination: str | os.P
 
     Raises:
         ModelFileError: missing or unreadable file, a pickle that holds more than tensors, not the
-            IP-Adapter layout, or an existing destination without `overwrite`.
+            IP-Adapter layout, a folder given as source or destination, or an existing destination without
+            `overwrite`.
+        OSError: the destination cannot be written (full or read-only disk); nothing is left behind.
     """
     source = Path(source)
     destination = Path(destination) if destination is not None else source.with_suffix(".safetensors")
