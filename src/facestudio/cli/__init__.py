@@ -11,10 +11,11 @@
     facestudio serve [--base-model MODEL --adapter A | --preset NAME] [--host 127.0.0.1] [--port 7860]
     facestudio eval FOLDER | --spec RUN.toml [--identity NAME=PHOTO,...] [--held-out ...] [--clip MODEL]
 
-Input errors (unreadable image, no face, ambiguous face, missing model, bad settings) print one line naming
-the problem and exit with status 2; `--debug` shows the traceback of anything unexpected. One module per group
-of commands: `faces.py` (faces, compare), `generate.py` (generate, mix), `convert.py`, `training.py` (prepare,
-train), `serve.py`, `evaluate.py` (eval).
+Input errors (unreadable image, no face, ambiguous face, missing model, bad settings) and the file system's
+refusals (full or read-only disk, a folder in a file's place) print one line naming the problem and exit with
+status 2; `--debug` shows the traceback of anything unexpected, and the libraries' warnings. One module per
+group of commands: `faces.py` (faces, compare), `generate.py` (generate, mix), `convert.py`, `training.py`
+(prepare, train), `serve.py`, `evaluate.py` (eval); `output.py` keeps a failed run from leaving empty folders.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="facestudio", description="Identity-preserving image generation.")
     parser.add_argument("--version", action="version", version=f"facestudio {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks of unexpected errors")
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks of unexpected errors, and the libraries' warnings")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     faces.add_commands(commands)
     generate.add_commands(commands)
