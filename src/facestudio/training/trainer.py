@@ -113,9 +113,10 @@ class TrainSettings:
         if not 0 <= self.seed < 2**63:
             raise FaceStudioError(f"seed {self.seed}: must be between 0 and 2**63 - 1")
         _check_scheduler(self.lr_scheduler)
-        if self.mixed_precision == "fp16" and (self.cpu or not torch.cuda.is_available()):
-            raise FaceStudioError("mixed precision fp16 needs a CUDA GPU (the CPU has no fp16 autocast): use bf16 "
-                                  "or no on the CPU")
+        if self.mixed_precision == "fp16" and (self.cpu or not (torch.cuda.is_available()
+                                                               or torch.backends.mps.is_available())):
+            raise FaceStudioError("mixed precision fp16 needs a GPU (on the CPU attention meets fp16 and fp32 "
+                                  "tensors): use bf16 or no on the CPU")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise FaceStudioError(f"mixed precision {self.mixed_precision!r}: use auto, no, fp16 or bf16")
         for name in ("identity_loss_weight", "max_grad_norm", "adam_weight_decay", "num_workers", "lr_warmup_steps"):
