@@ -287,16 +287,10 @@ def contact_sheet(images: list[Image.Image], labels: list[str] | None = None,
         raise ValueError("a contact sheet needs at least one image")
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    count = len(images)
-    columns = max(1, min(count, columns if columns else int(np.ceil(np.sqrt(count)))))
-    rows = -(-count // columns)
     cell_w = max(im.width for im in images)
     cell_h = max(im.height for im in images)
-    gap = max(4, cell_w // 32)
-    font_size = max(10, min(32, cell_w // 12))
-    caption = 0 if labels is None else font_size + gap
-    sheet = Image.new("RGB", (gap + columns * (cell_w + gap), gap + rows * (cell_h + caption + gap)),
-                      ALPHA_BACKGROUND)
+    size, columns, gap, font_size, caption = _sheet_layout(len(images), cell_w, cell_h, labels is not None, columns)
+    sheet = Image.new("RGB", size, ALPHA_BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     for i, image in enumerate(images):
         x = gap + (i % columns) * (cell_w + gap)
@@ -306,3 +300,20 @@ def contact_sheet(images: list[Image.Image], labels: list[str] | None = None,
             draw.text((x + cell_w // 2, y + cell_h + gap // 2), labels[i], fill=(0, 0, 0), anchor="mt",
                       font_size=font_size)
     return sheet
+
+
+def contact_sheet_size(count: int, width: int, height: int, labelled: bool = True) -> tuple[int, int]:
+    """`(width, height)` of the `contact_sheet` of `count` images of `width` x `height` pixels, before it is
+    made (to know the room its file needs)."""
+    return _sheet_layout(count, width, height, labelled, None)[0]
+
+
+def _sheet_layout(count: int, cell_w: int, cell_h: int, labelled: bool, columns: int | None):
+    """The sheet's size, columns, gap, caption font size and caption height."""
+    columns = max(1, min(count, columns if columns else int(np.ceil(np.sqrt(count)))))
+    rows = -(-count // columns)
+    gap = max(4, cell_w // 32)
+    font_size = max(10, min(32, cell_w // 12))
+    caption = font_size + gap if labelled else 0
+    size = (gap + columns * (cell_w + gap), gap + rows * (cell_h + caption + gap))
+    return size, columns, gap, font_size, caption

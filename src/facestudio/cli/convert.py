@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import EXIT_OK
+from .output import removed_if_left_empty
 
 
 def add_commands(commands) -> None:
@@ -20,5 +23,7 @@ def add_commands(commands) -> None:
 def run_convert(args) -> int:
     from ..guidance.layout import convert_pickle_checkpoint
 
-    print(convert_pickle_checkpoint(args.source, args.output, overwrite=args.force))
+    folder = Path(args.output).parent if args.output else Path(args.source).parent
+    with removed_if_left_empty(folder):  # a conversion that cannot be written leaves no folder behind
+        print(convert_pickle_checkpoint(args.source, args.output, overwrite=args.force))
     return EXIT_OK

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import FaceStudioError
 from . import EXIT_INPUT, EXIT_OK, MIN_IMAGE_SIDE
+from .output import removed_if_left_empty
 
 
 def add_commands(commands) -> None:
@@ -71,7 +72,8 @@ def run_faces(args) -> int:
                     entry["embedding"] = {"model": emb.model, "vector": [round(float(v), 6) for v in emb.vector]}
             if args.draw:
                 out = Path(args.draw) if draw_dir is None else draw_dir / f"{Path(path).stem}.faces.png"
-                record["drawing"] = str(_write_drawing(image, faces, out, record))
+                with removed_if_left_empty(out.parent):  # a drawing that cannot be written leaves no folder
+                    record["drawing"] = str(_write_drawing(image, faces, out, record))
         except FaceStudioError as e:
             if len(args.images) == 1:
                 raise

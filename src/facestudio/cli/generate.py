@@ -17,9 +17,11 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import FaceStudioError
+from ..files import check_free_space, existing_ancestor
 from ..loading import TINY, adapter_folder, load_generation_pipeline, style_beside
 from ..presets import PRESETS
 from . import EXIT_OK, MIN_IMAGE_SIDE, quiet_libraries
+from .output import png_bytes_bound, removed_if_left_empty
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +182,7 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     # 1. Settings, then files: everything a user can get wrong fails here, before any model loads
     people, mix, width, height, scene_faces = _check_settings(args, mix)
     output = _check_output_folder(args.output)
+    _check_room(args, output, width, height)
     if args.device is not None:
         from ..models import choose_device
 
@@ -239,7 +242,8 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
                 style_image=style, style_strength=args.style_strength, scene_image=scene, scene_faces=scene_faces,
                 text_guidance_scale=args.text_scale, reference_guidance_scale=args.reference_scale,
                 num_inference_steps=args.steps, width=width, height=height)
-    written = _write_images(pipe, call, settings, args.seed, args.num_images, output)
+    with removed_if_left_empty(output):
+        written = _write_images(pipe, call, settings, args.seed, args.num_images, output)
     for path in written:
         print(path)
     return EXIT_OK
@@ -314,7 +318,7 @@ def _check_settings(args, mix):
                               f"{'' if slots == 1 else 's'}: at most one --region per --identity"
                               + (" (one in all with --mix)" if mix else ""))
     width, height = args.width, args.height
-    side = SDXL_DEFAULT_SIDE if args.preset and PRESETS[args.preset].sdxl else DEFAULT_SIDE
+    side = _default_side(args)
     full_w, full_h = width or side, height or side
     regions = [_box(text, full_w, full_h) for text in args.region]
     regions += [None] * (count - len(regions))
@@ -342,6 +346,10 @@ def _check_settings(args, mix):
                                   "scene's largest face), one per " + ("mixed face" if mix else "--identity"))
     people = [_Person(tuple(p), f, r, s) for p, f, r, s in zip(specs, faces, regions, strengths)]
     return people, mix, width, height, scene_faces
+
+
+def _default_side(args) -> int:
+    return SDXL_DEFAULT_SIDE if args.preset and PRESETS[args.preset].sdxl else DEFAULT_SIDE
 
 
 def _photo_list(spec: str, index: int) -> list[str]:
@@ -388,10 +396,24 @@ def _check_output_folder(folder: str) -> Path:
     path = Path(folder).expanduser()
     if path.exists() and not path.is_dir():
         raise FaceStudioError(f"--output {folder}: is a file; give a folder")
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    existing = existing_ancestor(path)
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise FaceStudioError(f"--output {folder}: {existing} is not writable")
     return path
+
+
+def _check_room(args, output: Path, width: int | None, height: int | None) -> None:
+    """The images and the contact sheet fit on --output's file system (at their largest), before models load.
+    Without --width/--height the side is the default one, which also bounds a --scene's size."""
+    from ..imaging import contact_sheet_size
+
+    side = _default_side(args)
+    width, height, count = width or side, height or side, args.num_images
+    needed = count * png_bytes_bound(width, height)
+    if count > 1:
+        needed += png_bytes_bound(*contact_sheet_size(count, width, height))
+    check_free_space(output, needed, f"{count} image{'s' if count > 1 else ''} of {width}x{height}"
+                                     + (" and their contact sheet" if count > 1 else ""))
 
 
 def _identity_adapter(args):

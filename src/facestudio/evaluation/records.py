@@ -71,9 +71,16 @@ def read_folder(folder: Path) -> tuple[list[ImageRecord], list[tuple[str, str]]]
         if metadata is None:
             skipped.append((path.name, "no facestudio metadata: cannot tell which identities it should show"))
             continue
+        if not isinstance(metadata, dict):
+            skipped.append((path.name, f"its facestudio metadata is not a JSON object ({type(metadata).__name__})"))
+            continue
         if "contact_sheet_of" in metadata:
             continue  # a contact sheet, not an image to score
-        records.append(record_from_metadata(path, metadata))
+        try:
+            records.append(record_from_metadata(path, metadata))
+        except (TypeError, ValueError, KeyError, AttributeError) as e:  # hand-edited or foreign metadata
+            skipped.append((path.name, f"its facestudio metadata has values of the wrong type ({type(e).__name__}: "
+                                       f"{e})"))
     return records, skipped
 
 

@@ -109,6 +109,24 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
     def fail(message):
         raise FaceStudioError(f"{source}: {message}")
 
+    def strings(value, what: str) -> list[str]:  # TOML and JSON give any type anywhere: checked before use
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            fail(f"{what} must be a list of strings, got {value!r}")
+        return value
+
+    def integer(key: str, default: int) -> int:
+        value = data.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            fail(f"{key} must be an integer, got {value!r}")
+        return value
+
+    if not isinstance(data, dict):
+        fail(f"a table of settings expected, found {type(data).__name__}")
+    for key in ("base_model", "adapter", "negative_prompt", "clip_model", "device", "preset", "arcface_model"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            fail(f"{key} must be a string, got {data[key]!r}")
+    if not isinstance(data.get("identities", {}), dict):
+        fail("identities must be a table: [identities.NAME] with photos = [...]")
     known = {"base_model", "adapter", "identities", "groups", "prompts", "seeds", "settings", "steps", "width",
              "height", "negative_prompt", "baselines", "tuning_baselines", "tuning_passes", "clip_model", "device",
              "preset", "arcface_model"}
@@ -128,10 +146,13 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
     for name, entry in (data.get("identities") or {}).items():
         if not isinstance(entry, dict) or not entry.get("photos"):
             fail(f"identities.{name} needs photos = [...]")
-        identities[name] = {"photos": [_path(base, p) for p in entry["photos"]],
-                            "held_out": [_path(base, p) for p in entry.get("held_out", [])]}
-    groups = tuple(tuple(g["identities"] if isinstance(g, dict) else g) for g in data.get("groups", [])) or \
-        tuple((n,) for n in identities)
+        identities[name] = {"photos": [_path(base, p) for p in strings(entry["photos"], f"identities.{name}.photos")],
+                            "held_out": [_path(base, p) for p in strings(entry.get("held_out", []),
+                                                                          f"identities.{name}.held_out")]}
+    if not isinstance(data.get("groups", []), list):
+        fail("groups must be a list of identity lists")
+    groups = tuple(tuple(strings(g.get("identities") if isinstance(g, dict) else g, "a group's identities"))
+                   for g in data.get("groups", [])) or tuple((n,) for n in identities)
     for group in groups:
         if unknown := [n for n in group if n not in identities]:
             fail(f"group {list(group)} names unknown identities {unknown}")
@@ -139,13 +160,16 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
         fail("no identities: add [identities.NAME] with photos = [...]")
     if data.get("identities") and not data.get("adapter") and preset is None:
         fail("identities need an identity adapter: adapter = FOLDER (or 'tiny' for a smoke test), or a preset")
-    prompts = tuple(data.get("prompts") or ())
-    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+    prompts = data.get("prompts") or []
+    if not (isinstance(prompts, list) and prompts and all(isinstance(p, str) and p for p in prompts)):
         fail("prompts must be a non-empty list of strings")
-    seeds = tuple(data.get("seeds", [0]))
-    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+    seeds = data.get("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)):
         fail("seeds must be a list of integers >= 0")
+    prompts, seeds = tuple(prompts), tuple(seeds)
     settings = []
+    if not isinstance(data.get("settings") or [{}], list):
+        fail("settings must be a list of tables ([[settings]] in TOML)")
     for i, s in enumerate(data.get("settings") or [{}]):
         try:
             setting = Setting(float(s.get("text_scale", 7.5)), float(s.get("reference_scale", s.get("text_scale", 7.5))),
@@ -155,10 +179,10 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
         if not all(math.isfinite(v) and v >= 0 for v in vars(setting).values()):
             fail(f"settings[{i}]: scales and strength must be finite numbers >= 0")
         settings.append(setting)
-    baselines = tuple(data.get("baselines", BASELINES))
+    baselines = tuple(strings(data["baselines"], "baselines") if "baselines" in data else BASELINES)
     if unknown := [b for b in baselines if b not in BASELINES]:
         fail(f"unknown baseline(s) {unknown}; known: {list(BASELINES)}")
-    steps, width, height = (int(data.get(k, d)) for k, d in (("steps", 25), ("width", 512), ("height", 512)))
+    steps, width, height = (integer(k, d) for k, d in (("steps", 25), ("width", 512), ("height", 512)))
     if steps < 1 or width % 8 or height % 8 or width < 8 or height < 8:
         fail("steps must be >= 1, width and height multiples of 8")
     base_model = str(data["base_model"]) if "base_model" in data else PRESETS[preset].base_model
@@ -166,7 +190,7 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
                    groups=groups, prompts=prompts, seeds=seeds, settings=tuple(settings), steps=steps, width=width,
                    height=height, negative_prompt=data.get("negative_prompt"), baselines=baselines,
                    tuning_baselines=bool(data.get("tuning_baselines", False)),
-                   tuning_passes=int(data.get("tuning_passes", 2)), clip_model=data.get("clip_model"),
+                   tuning_passes=integer("tuning_passes", 2), clip_model=data.get("clip_model"),
                    device=data.get("device"), source=source, preset=preset,
                    arcface_model=None if data.get("arcface_model") is None else _path(base, data["arcface_model"]))
 

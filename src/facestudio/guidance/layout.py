@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from ..errors import ModelFileError, first_line
+from ..files import write_atomically
 
 WEIGHTS_NAME = "ip-adapter.safetensors"
 CONFIG_NAME = "facestudio_adapter.json"
@@ -101,12 +103,9 @@ def save_checkpoint(folder: str | os.PathLike, image_proj: dict, ip_adapter: dic
     folder.mkdir(parents=True, exist_ok=True)
     flat = {f"image_proj.{k}": v.detach().contiguous().cpu() for k, v in image_proj.items()}
     flat.update({f"ip_adapter.{k}": v.detach().contiguous().cpu() for k, v in ip_adapter.items()})
-    tmp = folder / f".{WEIGHTS_NAME}.tmp"
-    save_file(flat, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / WEIGHTS_NAME)
-    tmp = folder / f".{CONFIG_NAME}.tmp"
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, folder / CONFIG_NAME)
+    # Bytes through write_atomically: a full disk is an OSError naming the file, and leaves no temporary file.
+    write_atomically(folder / WEIGHTS_NAME, safetensors_bytes(flat, metadata={"format": "pt"}))
+    write_atomically(folder / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     return folder
 
 
@@ -116,9 +115,13 @@ def read_config(folder: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ModelFileError(f"{folder}: not a facestudio adapter folder (no {CONFIG_NAME})")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{path}: unreadable adapter config ({e})") from None
+    if not isinstance(config, dict):  # valid JSON, but `[1, 2]` or `null` has no settings to read
+        raise ModelFileError(f"{path}: not an adapter config (a JSON object of settings expected, found "
+                             f"{type(config).__name__})")
+    return config
 
 
 def read_checkpoint(folder: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
@@ -157,35 +160,63 @@ def convert_pickle_checkpoint(source: str | os.PathLike, destination: str | os.P
 
     Raises:
         ModelFileError: missing or unreadable file, a pickle that holds more than tensors, not the
-            IP-Adapter layout, or an existing destination without `overwrite`.
+            IP-Adapter layout, a folder given as source or destination, or an existing destination without
+            `overwrite`.
+        OSError: the destination cannot be written (full or read-only disk); nothing is left behind.
     """
     source = Path(source)
     destination = Path(destination) if destination is not None else source.with_suffix(".safetensors")
+    if source.is_dir():
+        raise ModelFileError(f"{source}: is a folder; give the checkpoint file (.bin) itself")
     if not source.is_file():
         raise ModelFileError(f"{source}: no such file")
+    if destination.is_dir():
+        raise ModelFileError(f"{destination}: is a folder; give a file path for the output (.safetensors)")
     if destination.exists() and not overwrite:
         raise ModelFileError(f"{destination}: exists; remove it or choose another output")
+    flat = _flat_tensors(source, _load_tensors_only(source))
+    data = safetensors_bytes(flat, metadata={"format": "pt", "converted_from": source.name})
+    return write_atomically(destination, data, overwrite=overwrite)
+
+
+def _load_tensors_only(source: Path):
+    """`torch.load(weights_only=True)`, its refusals in our words (torch's advice to load with
+    `weights_only=False` would run whatever code the file holds)."""
+    import pickle
+    import re
+
     try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle and zip errors come in many types; all mean "not a safe tensor file"
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # the safe unpickler met a class, a function or an instruction
+        named = re.search(r"GLOBAL (\S+)", str(e))
+        raise ModelFileError(f"{source}: not a checkpoint that loads safely as tensors only: it holds code or "
+                             "objects besides tensors" + (f" ({named.group(1)})" if named else "")
+                             + ", and is refused for safety") from None
+    except Exception as e:  # zip, struct and EOF errors of damaged or foreign files
         raise ModelFileError(f"{source}: not a checkpoint that loads safely as tensors only "
                              f"({type(e).__name__}: {first_line(e)})") from None
+
+
+def _flat_tensors(source: Path, state) -> dict[str, torch.Tensor]:
+    """The nested IP-Adapter state as flat `part.key` tensors that safetensors can store, checked."""
     if not (isinstance(state, dict) and set(state) == {"image_proj", "ip_adapter"}
             and all(isinstance(part, dict) for part in state.values())):
-        keys = sorted(state)[:5] if isinstance(state, dict) else type(state).__name__
+        keys = sorted(state, key=repr)[:5] if isinstance(state, dict) else type(state).__name__
         raise ModelFileError(f"{source}: not an IP-Adapter checkpoint (expected the keys image_proj and "
                              f"ip_adapter, found {keys})")
-    flat = {}
+    flat, storages = {}, set()
     for part, tensors in state.items():
         for key, value in tensors.items():
+            name = f"{part}.{key}"
             if not isinstance(value, torch.Tensor):
-                raise ModelFileError(f"{source}: {part}.{key} is not a tensor")
-            flat[f"{part}.{key}"] = value.contiguous()
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = destination.with_name(f".{destination.name}.tmp")
-    try:
-        save_file(flat, str(tmp), metadata={"format": "pt", "converted_from": source.name})
-        os.replace(tmp, destination)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return destination
+                raise ModelFileError(f"{source}: {name} is not a tensor")
+            if value.layout != torch.strided or value.is_meta or value.is_nested:
+                raise ModelFileError(f"{source}: {name} is not a dense tensor with data (layout {value.layout}"
+                                     f"{', meta' if value.is_meta else ''})")
+            if name in flat:
+                raise ModelFileError(f"{source}: the key {name!r} appears twice (as a number and as text)")
+            # safetensors refuses tensors that share memory (tied weights, views): those get their own copy
+            storage = value.untyped_storage().data_ptr()
+            flat[name] = value.clone() if storage in storages else value.contiguous()
+            storages.add(storage)
+    return flat

@@ -289,10 +289,16 @@ def read_manifest(cache_dir: str | os.PathLike) -> dict:
         data = json.loads(path.read_text())
     except ValueError as e:
         raise FaceStudioError(f"{path}: unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise FaceStudioError(f"{path}: not a face cache manifest (a JSON object expected, found "
+                              f"{type(data).__name__})")
     if data.get("format") != FORMAT or data.get("version") != VERSION:
         raise FaceStudioError(f"{cache_dir}: cache format {data.get('format')!r} version {data.get('version')!r}; "
                               f"this facestudio reads {FORMAT!r} version {VERSION}: run `facestudio prepare` again "
                               "into a new folder")
+    if not (isinstance(data.get("settings"), dict) and isinstance(data.get("samples"), list)):
+        raise FaceStudioError(f"{path}: damaged manifest (its settings or samples are missing); run `facestudio "
+                              "prepare` again into a new folder")
     return data
 
 

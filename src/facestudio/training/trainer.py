@@ -12,6 +12,7 @@ interrupted one would have taken: same loss at the same step.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -25,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import FaceStudioError
-from ..files import write_json
+from ..errors import FaceStudioError, first_line
+from ..files import check_free_space, existing_ancestor, write_json
 from .dataset import ConditionDropout, FaceCache, ReconstructionDataset, StreamSampler
 from .losses import diffusion_loss, diffusion_target, identity_loss, predicted_clean_latents
 from .modules import GuidanceModules, layer_masks
@@ -107,8 +108,15 @@ class TrainSettings:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "sample_steps", "num_samples"):
             if getattr(self, name) < 1:
                 raise FaceStudioError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise FaceStudioError(f"learning rate must be positive, got {self.learning_rate}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise FaceStudioError(f"learning rate must be a finite number > 0, got {self.learning_rate}")
+        if not 0 <= self.seed < 2**63:
+            raise FaceStudioError(f"seed {self.seed}: must be between 0 and 2**63 - 1")
+        _check_scheduler(self.lr_scheduler)
+        if self.mixed_precision == "fp16" and (self.cpu or not (torch.cuda.is_available()
+                                                               or torch.backends.mps.is_available())):
+            raise FaceStudioError("mixed precision fp16 needs a GPU (on the CPU attention meets fp16 and fp32 "
+                                  "tensors): use bf16 or no on the CPU")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise FaceStudioError(f"mixed precision {self.mixed_precision!r}: use auto, no, fp16 or bf16")
         for name in ("identity_loss_weight", "max_grad_norm", "adam_weight_decay", "num_workers", "lr_warmup_steps"):
@@ -163,6 +171,7 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     settings.check()
     output = Path(settings.output)
     resume_dir = _resume_dir(settings, output)
+    state = None if resume_dir is None else _read_state(resume_dir)
     cache = FaceCache(settings.cache)
     accelerator = Accelerator(mixed_precision=_mixed_precision(settings), cpu=settings.cpu,
                               gradient_accumulation_steps=settings.gradient_accumulation_steps,
@@ -171,11 +180,16 @@ def train(settings: TrainSettings, progress: bool = True) -> TrainResult:
     guidance, optimizer, scheduler = accelerator.prepare(parts.guidance, parts.optimizer, parts.lr_scheduler)
     losses, start_step = [], 0
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
-        state = json.loads((resume_dir / STATE_NAME).read_text())
+        try:
+            accelerator.load_state(str(resume_dir))
+        except Exception as e:  # accelerate, torch and safetensors each raise their own types for damaged files
+            raise FaceStudioError(f"--resume {resume_dir}: damaged checkpoint ({type(e).__name__}: {first_line(e)}); "
+                                  "resume from another one or start a new --output") from None
         losses, start_step = state["losses"], state["step"]
         logger.info("resumed from %s at step %d", resume_dir, start_step)
         _note_changed_settings(state["settings"], settings)
+    if accelerator.is_main_process:
+        _check_room(settings, output, parts.guidance, start_step)
     output.mkdir(parents=True, exist_ok=True)
 
     dataset = ReconstructionDataset(cache, settings.seed, settings.dropout(), settings.multi_identity,
@@ -247,6 +261,16 @@ class TrainingParts:
     recognizer_net: object
     weight_dtype: torch.dtype
     settings: TrainSettings
+
+
+def _check_scheduler(name: str) -> None:
+    """`name` is one of diffusers' schedules that need no more than warmup and total steps (piecewise_constant
+    needs step rules the command does not take)."""
+    from diffusers.optimization import SchedulerType
+
+    usable = [t.value for t in SchedulerType if t is not SchedulerType.PIECEWISE_CONSTANT]
+    if name not in usable:
+        raise FaceStudioError(f"lr scheduler {name!r}: use one of {', '.join(usable)}")
 
 
 def _mixed_precision(settings: TrainSettings) -> str:
@@ -378,7 +402,13 @@ def _save_checkpoint(accelerator, parts: TrainingParts, settings: TrainSettings,
                      losses: list[float]) -> Path:
     """`checkpoints/checkpoint-STEP`: accelerate's state, the loadable guidance, and the loss history."""
     folder = output / "checkpoints" / f"checkpoint-{step}"
-    accelerator.save_state(str(folder))
+    try:
+        accelerator.save_state(str(folder))
+    except Exception as e:  # safetensors and torch report a full disk in their own error types
+        shutil.rmtree(folder, ignore_errors=True)  # half a checkpoint is none (its state file comes last)
+        if shutil.disk_usage(existing_ancestor(folder)).free < _checkpoint_bytes(parts.guidance):
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder)) from e
+        raise
     parts.pipe.save_adapters(folder / "guidance")
     (folder / STATE_NAME).write_text(json.dumps({"step": step, "losses": losses, "settings": asdict(settings)}))
     limit = settings.checkpoints_total_limit
@@ -386,6 +416,23 @@ def _save_checkpoint(accelerator, parts: TrainingParts, settings: TrainSettings,
         for old in _checkpoints(output)[:-limit]:
             shutil.rmtree(old)
     return folder
+
+
+def _checkpoint_bytes(guidance) -> int:
+    """Most bytes one checkpoint takes: the trainable weights in accelerate's state and in the loadable
+    guidance copy, and AdamW's two moments, all float32; 1 MB more for the small files."""
+    weights = sum(p.numel() for p in guidance.parameters() if p.requires_grad) * 4
+    return 4 * weights + 2**20
+
+
+def _check_room(settings: TrainSettings, output: Path, guidance, start_step: int) -> None:
+    """The checkpoints kept at once and the final guidance fit on --output's file system, before training."""
+    every = settings.checkpoint_every
+    count = 1 + (max(0, settings.max_steps - 1 - start_step) // every if every else 0)
+    if settings.checkpoints_total_limit:
+        count = min(count, settings.checkpoints_total_limit + 1)  # the oldest goes after the newest is written
+    needed = count * _checkpoint_bytes(guidance) + _checkpoint_bytes(guidance) // 4
+    check_free_space(output, needed, f"{count} checkpoint{'s' if count > 1 else ''} and the trained guidance")
 
 
 def _checkpoints(output: Path) -> list[Path]:
@@ -413,6 +460,19 @@ def _resume_dir(settings: TrainSettings, output: Path) -> Path | None:
     if not (folder / STATE_NAME).is_file():
         raise FaceStudioError(f"--resume {settings.resume}: not a training checkpoint (no {STATE_NAME})")
     return folder
+
+
+def _read_state(folder: Path) -> dict:
+    """A checkpoint's `training_state.json` (step, losses, settings), checked before anything loads."""
+    path = folder / STATE_NAME
+    try:
+        state = json.loads(path.read_text())
+    except ValueError as e:
+        raise FaceStudioError(f"{path}: unreadable ({e}); resume from another checkpoint") from None
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("losses"), list)
+            and isinstance(state.get("settings"), dict)):
+        raise FaceStudioError(f"{path}: damaged (step, losses and settings expected); resume from another checkpoint")
+    return state
 
 
 #: Settings that may change on resume without changing what the earlier steps were.
