@@ -38,7 +38,6 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0].rstrip(".") if text else type(error).__name__
 
 
-
 #: What the user can do about an operating-system error.
 _FREE_SPACE, _ANOTHER_PATH = "free some space or write elsewhere", "remove it or give another path"
 _PERMISSIONS = "change the permissions or use another path"
