@@ -13,7 +13,6 @@ import torch
 
 from facestudio.errors import ModelFileError
 from facestudio.guidance import identity as idg
-from facestudio.guidance import public_layouts as layouts
 from facestudio.guidance import style as sty
 from facestudio.guidance.kinds import KINDS, AdapterKind, kind_for, public_identity_kinds, register
 from facestudio.guidance.public_identity import PublicIdentityConfig
@@ -66,19 +65,6 @@ def test_the_layout_check_names_the_first_wrong_key_and_shape():
     with pytest.raises(ModelFileError, match=r"unexpected key image_proj.latents \[1, 16, 64\]"):
         kind.check_layout(extra, pipe.unet, None, "x")
     assert pipe.unet.encoder_hid_proj is None  # refused before diffusers loaded anything
-
-
-@pytest.fixture(scope="module")
-def arcface_analyzer(tmp_path_factory):
-    from test_arcface import _export, _tiny_arcface
-
-    from facestudio.faces import FaceAnalyzer
-    from facestudio.faces.arcface import ArcFaceRecognizer
-
-    pytest.importorskip("onnxscript")
-    pytest.importorskip("onnxruntime")
-    path = _export(_tiny_arcface(0), tmp_path_factory.mktemp("arcface") / "w600k_r50.onnx")
-    return FaceAnalyzer(recognizer=ArcFaceRecognizer(path))
 
 
 def test_each_public_kind_layout_loads_as_its_projection_class(arcface_analyzer):

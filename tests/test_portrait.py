@@ -16,9 +16,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 
-from test_arcface import _export, _tiny_arcface
+from conftest import unet_output
 from facestudio.errors import ModelFileError
-from facestudio.faces import FaceAnalyzer
 from facestudio.guidance import public_layouts as layouts
 from facestudio.guidance.kinds import KINDS, FaceIDPortraitKind, kind_for
 from facestudio.guidance.public_identity import PublicIdentityConfig
@@ -51,15 +50,6 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def arcface_analyzer(tmp_path_factory):
-    from facestudio.faces.arcface import ArcFaceRecognizer
-
-    pytest.importorskip("onnxscript")
-    path = _export(_tiny_arcface(0), tmp_path_factory.mktemp("arcface") / "w600k_r50.onnx")
-    return FaceAnalyzer(recognizer=ArcFaceRecognizer(path))
-
-
-@pytest.fixture(scope="module")
 def pipe(checkpoint, arcface_analyzer):
     pipe = FaceStudioPipeline(**tiny_components())
     pipe.set_progress_bar_config(disable=True)
@@ -77,13 +67,6 @@ def stock(checkpoint):
     return stock
 
 
-def _unet(pipe, image_embeds) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(3)
-    sample, text = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 7, 64, generator=generator)
-    with torch.no_grad():
-        return pipe.unet(sample, 10, text, added_cond_kwargs={"image_embeds": image_embeds}).sample
-
-
 def test_one_class_and_one_preset_row():
     assert KINDS["faceid-portrait"] is FaceIDPortraitKind
     preset = PRESETS["faceid-portrait-sd15"]
@@ -99,11 +82,11 @@ def test_photos_side_by_side_equal_stock_diffusers(pipe, stock, faces_dir):
     tokens = pipe.identity_tokens([person], batch=1, three_way=False)  # [2, 1, 48, 64]: [no reference; person]
     assert tokens.shape == (2, 1, 3 * 16, 64)
     embeds = torch.from_numpy(person.detail)[None]  # [1, N, 512]: N images of the one adapter
-    ours, theirs = _unet(pipe, [tokens[1:]]), _unet(stock, [embeds])
+    ours, theirs = unet_output(pipe, [tokens[1:]]), unet_output(stock, [embeds])
     assert (ours - theirs).abs().max() < 1e-5
     # not the average: the mean embedding's 16 tokens give another output
     mean = torch.from_numpy(person.embedding)[None, None]
-    assert (ours - _unet(stock, [mean])).abs().max() > 1e-4
+    assert (ours - unet_output(stock, [mean])).abs().max() > 1e-4
 
 
 def test_images_equal_the_reference_pipeline(pipe, stock, faces_dir):
@@ -129,7 +112,7 @@ def test_people_with_different_photo_counts_in_regions(pipe, faces_dir):
     tokens = pipe.identity_tokens([obama, biden], batch=1, three_way=False)
     assert tokens.shape == (2, 2, 48, 64)
     alone = pipe.identity_tokens([biden], batch=1, three_way=False)  # 16 tokens
-    assert (_unet(pipe, [tokens[1:, 1:]]) - _unet(pipe, [alone[1:]])).abs().max() < 1e-5
+    assert (unet_output(pipe, [tokens[1:, 1:]]) - unet_output(pipe, [alone[1:]])).abs().max() < 1e-5
 
     def run(*people):
         return pipe("two people", identities=list(people), generator=torch.Generator().manual_seed(0),

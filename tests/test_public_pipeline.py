@@ -14,13 +14,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 
-from test_arcface import _export, _tiny_arcface
+from conftest import unet_output
 from facestudio.errors import ModelFileError
-from facestudio.faces import FaceAnalyzer
 from facestudio.guidance import public_identity as pid
-from facestudio.guidance.kinds import public_identity_kinds
 from facestudio.guidance import public_layouts as layouts
 from facestudio.guidance import style as sty
+from facestudio.guidance.kinds import public_identity_kinds
 from facestudio.models import tiny_components
 from facestudio.pipeline import FaceStudioPipeline, IdentityInput
 
@@ -58,15 +57,6 @@ def checkpoints(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def arcface_analyzer(tmp_path_factory):
-    from facestudio.faces.arcface import ArcFaceRecognizer
-
-    pytest.importorskip("onnxscript")
-    path = _export(_tiny_arcface(0), tmp_path_factory.mktemp("arcface") / "w600k_r50.onnx")
-    return FaceAnalyzer(recognizer=ArcFaceRecognizer(path))
-
-
 def _config(kind: str) -> pid.PublicIdentityConfig:
     reads = public_identity_kinds()[kind]
     return pid.PublicIdentityConfig(projection=kind, recognizer="arcface" if reads.reads_embedding else "",
@@ -91,13 +81,6 @@ def _stock(kind, checkpoints) -> StableDiffusionPipeline:
     return stock
 
 
-def _unet(pipe, tokens) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(3)
-    sample, text = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 7, 64, generator=generator)
-    with torch.no_grad():
-        return pipe.unet(sample, 10, text, added_cond_kwargs={"image_embeds": tokens}).sample
-
-
 @pytest.mark.parametrize("kind", PUBLIC_KINDS)
 def test_unet_output_equals_stock_diffusers(kind, checkpoints, arcface_analyzer, faces_dir):
     """Photo -> facestudio's tokens -> UNet equals stock diffusers fed the same encoder outputs the documented way."""
@@ -111,10 +94,10 @@ def test_unet_output_equals_stock_diffusers(kind, checkpoints, arcface_analyzer,
     if kind.startswith("faceid-plus"):
         projection.clip_embeds, projection.shortcut = detail, kind == "faceid-plusv2"
     embeds = embedding if kind.startswith("faceid") else detail
-    assert torch.allclose(_unet(pipe, [tokens]), _unet(stock, [embeds]), atol=1e-5)
+    assert torch.allclose(unet_output(pipe, [tokens]), unet_output(stock, [embeds]), atol=1e-5)
     if kind.startswith("faceid"):  # and the FaceID LoRA is active: without it the output changes
         stock.disable_lora()
-        assert (_unet(pipe, [tokens]) - _unet(stock, [embeds])).abs().max() > 1e-4
+        assert (unet_output(pipe, [tokens]) - unet_output(stock, [embeds])).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("kind", ["faceid", "plus-face"])

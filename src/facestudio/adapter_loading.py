@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FaceStudioError, ModelFileError
+from .errors import ModelFileError
 from .faces.analysis import FaceAnalyzer
 from .guidance import identity as idg
 from .guidance import style as sty
