@@ -109,7 +109,8 @@ class AdapterLoadingMixin:
             if config.cross_attention_dim != self.unet.config.cross_attention_dim:
                 raise ModelFileError(f"adapter made for a UNet with cross_attention_dim {config.cross_attention_dim}; "
                                      f"this UNet has {self.unet.config.cross_attention_dim}")
-            kind.check_recognizer(self._analyzer().recognizer.name, label)
+            if kind.reads_embedding:  # only these need a face analyzer (made here if none was given)
+                kind.check_recognizer(self._analyzer().recognizer.name, label)
             if kind.image_encoder:
                 encoder = encoder or encoders.get(kind.image_encoder) or sty.load_style_encoder(kind.image_encoder)
                 encoders[kind.image_encoder] = encoder

@@ -2,7 +2,8 @@
 generation.
 
 Built on diffusers' Stable Diffusion pipelines and IP-Adapter machinery: adapters load through
-`load_ip_adapter` (facestudio's own, or the public IP-Adapter / FaceID family), identities act through
+`load_ip_adapter` (facestudio's own, or the public IP-Adapter / FaceID family; `adapter_loading.py`), each held
+as a kind object that says how its inputs become tokens (`guidance/kinds/`), identities act through
 `IPAdapterAttnProcessor2_0` with per-identity masks (facestudio's `RegionIPAdapterAttnProcessor` only picks
 each layer's mask), and guidance has separate text and reference scales. Everything a call needs travels in
 its arguments and locals (prompt encoding and SDXL's float32 VAE run are serialised), so two calls may run at once.
@@ -45,7 +46,8 @@ class IdentityInput:
     """One person to put in the image.
 
     Attributes:
-        photos (`tuple`): photos of the person (PIL images, RGB arrays or paths); pooled into one identity.
+        photos (`tuple`): photos of the person (PIL images, RGB arrays or paths); combined into one identity
+            the way the identity adapter's kind reads several photos (pooled, or side by side for Portrait).
         identity (`Identity`, *optional*): an already encoded identity, instead of photos.
         region: where the person goes: a box `(x0, y0, x1, y1)` in output pixels, or a mask (PIL image or
             array, any size, resized to the output). None: the whole image for one identity, else an
