@@ -17,6 +17,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 
 from conftest import unet_output
+from test_presets import empty_hub  # noqa: F401  (a fixture)
 from facestudio.errors import ModelFileError
 from facestudio.guidance import public_layouts as layouts
 from facestudio.guidance.kinds import KINDS, FaceIDPortraitKind, kind_for
@@ -133,3 +134,29 @@ def test_a_faceid_file_is_refused_as_portrait(checkpoint, arcface_analyzer):
         pipe.load_public_adapters((str(checkpoint), "faceid.safetensors", None), identity_config=CONFIG,
                                   face_analyzer=arcface_analyzer)
     assert pipe.unet.encoder_hid_proj is None
+
+
+def test_the_preset_row_loads_the_published_file_name_from_the_hub_cache(empty_hub, tmp_path, faces_dir):
+    """`load_preset_pipeline("faceid-portrait-sd15")` with the `.bin` (a nested pickle, as published) in the cache."""
+    from test_arcface import _export, _tiny_arcface
+    from test_presets import _cache_file
+
+    from facestudio.presets import load_preset_pipeline
+
+    base = tmp_path / "tiny-base"
+    FaceStudioPipeline(**tiny_components()).save_pretrained(base)
+    generator = torch.Generator().manual_seed(0)
+    flat = {k: 0.2 * torch.randn(shape, generator=generator)
+            for k, shape in layouts.faceid(tiny_components()["unet"], lora_rank=0, num_tokens=16).items()}
+    nested = {part: {k.removeprefix(part + "."): v for k, v in flat.items() if k.startswith(part + ".")}
+              for part in ("image_proj", "ip_adapter")}
+    _cache_file(empty_hub, "h94/IP-Adapter-FaceID", "ip-adapter-faceid-portrait_sd15.bin",
+                lambda path: torch.save(nested, path))
+    arcface = _export(_tiny_arcface(0), tmp_path / "w600k_r50.onnx")
+    pipe = load_preset_pipeline("faceid-portrait-sd15", base_model=str(base), arcface_model=arcface)
+    pipe.set_progress_bar_config(disable=True)
+    (person,) = pipe.encode_identities([IdentityInput(photos=(faces_dir / OBAMA[0], faces_dir / OBAMA[1]))], None)
+    assert pipe.identity_tokens([person], batch=1, three_way=False).shape == (2, 1, 32, 64)
+    image = pipe("a portrait", identities=[IdentityInput(identity=person)], output_type="np",
+                 generator=torch.Generator().manual_seed(0), **SIZE).images
+    assert np.isfinite(image).all()
