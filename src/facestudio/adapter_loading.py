@@ -94,12 +94,18 @@ class AdapterLoadingMixin:
             ModelFileError: a folder is not a facestudio adapter, an adapter was built for another face
                 recogniser, image encoder or UNet, or a checkpoint's layout differs (the first wrong key named).
         """
+        from .guidance.public_loading import HUB_ARGUMENTS, load_public_adapters
+
+        unknown = sorted(set(hub_kwargs) - set(HUB_ARGUMENTS))
+        if unknown:
+            raise TypeError(f"load_adapters got unknown arguments {unknown}; hub arguments: {list(HUB_ARGUMENTS)}")
         if face_analyzer is not None:
             self.face_analyzer = face_analyzer
         given = {"identity": (identity, identity_config, identity_encoder), "style": (style, style_config, style_encoder)}
         wanted = [(role, *entry) for role, entry in given.items() if entry[0] is not None]
         if not wanted:
             raise ValueError("give an identity adapter, a style adapter or both")
+        # 1. Read each adapter and let its kind check it, before anything is loaded
         checked, encoders = [], {}
         for role, source, config, encoder in wanted:
             state, config, label = _read(role, source, config, hub_kwargs)
@@ -117,12 +123,12 @@ class AdapterLoadingMixin:
                 kind.check_encoder(encoder)
             kind.check_layout(state, self.unet, encoder, label)
             checked.append((kind, state, encoder if kind.image_encoder else None))
+        # 2. diffusers loads them all in one call (FaceID LoRAs kept right), the encoders become components
         if self.facestudio_adapters:
             self.unload_adapters()
-        from .guidance.public_loading import load_public_adapters
-
         load_public_adapters(self, [state for _, state, _ in checked], [None] * len(checked))
         self._set_encoders({f"{kind.role}_image_encoder": encoder for kind, _, encoder in checked})
+        # 3. The kind objects held, with their "no reference" identities; region processors installed
         adapters = [LoadedAdapter(kind, i, kind.null_identity(encoder)) for i, (kind, _, encoder) in enumerate(checked)]
         for adapter in adapters:  # the layout check makes this hold; a diffusers that sniffs formats otherwise fails here
             found = self.unet.encoder_hid_proj.image_projection_layers[adapter.index]
