@@ -35,6 +35,29 @@ def photos(faces_dir) -> dict[str, np.ndarray]:
     return {name: np.asarray(load_image(faces_dir / name)) for name in PHOTOS}
 
 
+@pytest.fixture(scope="session")
+def arcface_analyzer(tmp_path_factory) -> FaceAnalyzer:
+    """A face analyzer with a tiny ArcFace network exported to ONNX (test_arcface.py), as the FaceID kinds read."""
+    from test_arcface import _export, _tiny_arcface
+
+    from facestudio.faces.arcface import ArcFaceRecognizer
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    path = _export(_tiny_arcface(0), tmp_path_factory.mktemp("arcface") / "w600k_r50.onnx")
+    return FaceAnalyzer(recognizer=ArcFaceRecognizer(path))
+
+
+def unet_output(pipe, image_embeds):
+    """`pipe.unet` once on fixed random latents and text (64 wide: the tiny UNet) with these `image_embeds`."""
+    import torch
+
+    generator = torch.Generator().manual_seed(3)
+    sample, text = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 7, 64, generator=generator)
+    with torch.no_grad():
+        return pipe.unet(sample, 10, text, added_cond_kwargs={"image_embeds": image_embeds}).sample
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """For modules of tiny models: they gain nothing from threads, and on a shared machine busy threads wait

@@ -14,12 +14,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 
-from test_arcface import _export, _tiny_arcface
+from conftest import unet_output
 from facestudio.errors import ModelFileError
-from facestudio.faces import FaceAnalyzer
 from facestudio.guidance import public_identity as pid
 from facestudio.guidance import public_layouts as layouts
 from facestudio.guidance import style as sty
+from facestudio.guidance.kinds import public_identity_kinds
 from facestudio.models import tiny_components
 from facestudio.pipeline import FaceStudioPipeline, IdentityInput
 
@@ -28,6 +28,7 @@ pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a .peft_config. attribute:UserWarning")
 
 CLIP = sty.tiny_style_encoder()
+PUBLIC_KINDS = [k for k in public_identity_kinds() if k != "faceid-portrait"]  # Portrait: test_portrait.py
 CLIP_DIM = CLIP.model.config.hidden_size  # 32: the tiny stand-in for ViT-H's 1280
 SIZE = dict(height=64, width=64, num_inference_steps=2)
 
@@ -49,26 +50,18 @@ def checkpoints(tmp_path_factory):
     """`kind -> folder` with a random flat `<kind>.safetensors` each (LoRA up-weights non-zero)."""
     folder = tmp_path_factory.mktemp("public")
     unet = tiny_components()["unet"]
-    for i, kind in enumerate([*pid.READS, "ip-adapter"]):
+    for i, kind in enumerate([*PUBLIC_KINDS, "ip-adapter"]):
         generator = torch.Generator().manual_seed(i)
         state = {k: 0.2 * torch.randn(shape, generator=generator) for k, shape in _layout(kind, unet).items()}
         save_file(state, str(folder / f"{kind}.safetensors"))
     return folder
 
 
-@pytest.fixture(scope="module")
-def arcface_analyzer(tmp_path_factory):
-    from facestudio.faces.arcface import ArcFaceRecognizer
-
-    pytest.importorskip("onnxscript")
-    path = _export(_tiny_arcface(0), tmp_path_factory.mktemp("arcface") / "w600k_r50.onnx")
-    return FaceAnalyzer(recognizer=ArcFaceRecognizer(path))
-
-
 def _config(kind: str) -> pid.PublicIdentityConfig:
-    embedding, detail = pid.READS[kind]
-    return pid.PublicIdentityConfig(projection=kind, recognizer="arcface" if embedding else "",
-                                    image_encoder="tiny" if detail else "", cross_attention_dim=64)
+    reads = public_identity_kinds()[kind]
+    return pid.PublicIdentityConfig(projection=kind, recognizer="arcface" if reads.reads_embedding else "",
+                                    image_encoder="tiny" if reads.reads_detail else "", cross_attention_dim=64,
+                                    lora_rank=4)
 
 
 def _pipe(kind, checkpoints, analyzer, style=None) -> FaceStudioPipeline:
@@ -88,14 +81,7 @@ def _stock(kind, checkpoints) -> StableDiffusionPipeline:
     return stock
 
 
-def _unet(pipe, tokens) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(3)
-    sample, text = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 7, 64, generator=generator)
-    with torch.no_grad():
-        return pipe.unet(sample, 10, text, added_cond_kwargs={"image_embeds": tokens}).sample
-
-
-@pytest.mark.parametrize("kind", list(pid.READS))
+@pytest.mark.parametrize("kind", PUBLIC_KINDS)
 def test_unet_output_equals_stock_diffusers(kind, checkpoints, arcface_analyzer, faces_dir):
     """Photo -> facestudio's tokens -> UNet equals stock diffusers fed the same encoder outputs the documented way."""
     pipe = _pipe(kind, checkpoints, arcface_analyzer)
@@ -108,10 +94,10 @@ def test_unet_output_equals_stock_diffusers(kind, checkpoints, arcface_analyzer,
     if kind.startswith("faceid-plus"):
         projection.clip_embeds, projection.shortcut = detail, kind == "faceid-plusv2"
     embeds = embedding if kind.startswith("faceid") else detail
-    assert torch.allclose(_unet(pipe, [tokens]), _unet(stock, [embeds]), atol=1e-5)
+    assert torch.allclose(unet_output(pipe, [tokens]), unet_output(stock, [embeds]), atol=1e-5)
     if kind.startswith("faceid"):  # and the FaceID LoRA is active: without it the output changes
         stock.disable_lora()
-        assert (_unet(pipe, [tokens]) - _unet(stock, [embeds])).abs().max() > 1e-4
+        assert (unet_output(pipe, [tokens]) - unet_output(stock, [embeds])).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("kind", ["faceid", "plus-face"])
@@ -173,8 +159,8 @@ def test_wrong_recogniser_and_wrong_file_are_refused(checkpoints, arcface_analyz
     with pytest.raises(ModelFileError, match="needs the 'arcface' face recogniser"):
         _pipe("faceid", checkpoints, analyzer)  # the default analyzer recognises with dlib
     pipe = FaceStudioPipeline(**tiny_components())
-    with pytest.raises(ModelFileError, match="IPAdapterPlusImageProjection projection, not the "
-                                             "IPAdapterFullImageProjection"):
+    with pytest.raises(ModelFileError, match=r"plus-face.safetensors does not fit this UNet as a full-face adapter: "
+                                             r"image_proj.proj.0.weight \[32, 32\] is missing"):
         pipe.load_public_adapters((str(checkpoints), "plus-face.safetensors", None),
                                   identity_config=_config("full-face"), face_analyzer=arcface_analyzer)
     assert pipe.unet.encoder_hid_proj is None and not pipe.get_list_adapters().get("unet")

@@ -116,6 +116,22 @@ class RegionIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
                                 ip_adapter_masks)
 
 
+def side_by_side(tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`[T_i, D]` token sets made the same length (the lcm of the T_i) by repeating each set whole.
+
+    Each identity is one image of the adapter, with its own softmax over its tokens (`ip_adapter_masks`), so
+    the images of one call must have one token count; a FaceID-Portrait identity has 16 per photo, and people
+    may come with different numbers of photos. Repeating every key/value pair of a set k times multiplies
+    each term of its softmax's numerator and denominator by k: the attention output is unchanged (up to
+    rounding). Sets of equal length are returned as they are.
+    """
+    lengths = {t.shape[0] for t in tokens}
+    if len(lengths) == 1:
+        return list(tokens)
+    common = math.lcm(*lengths)
+    return [t.repeat(common // t.shape[0], 1) for t in tokens]
+
+
 class TokenPassthrough(nn.Module):
     """Stands in for the UNet's `encoder_hid_proj`, so identities are projected once per call, not per step.
 

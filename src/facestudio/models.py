@@ -47,7 +47,6 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .errors import FaceStudioError, ModelFileError, first_line
-from .presets import PRESETS, HubFile, Preset  # noqa: F401  (re-exported: the table lives beside its loader)
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 generation.
 
 Built on diffusers' Stable Diffusion pipelines and IP-Adapter machinery: adapters load through
-`load_ip_adapter` (facestudio's own, or the public IP-Adapter / FaceID family), identities act through
+`load_ip_adapter` (facestudio's own, or the public IP-Adapter / FaceID family; `adapter_loading.py`), each held
+as a kind object that says how its inputs become tokens (`guidance/kinds/`), identities act through
 `IPAdapterAttnProcessor2_0` with per-identity masks (facestudio's `RegionIPAdapterAttnProcessor` only picks
 each layer's mask), and guidance has separate text and reference scales. Everything a call needs travels in
 its arguments and locals (prompt encoding and SDXL's float32 VAE run are serialised), so two calls may run at once.
@@ -14,7 +15,6 @@ import copy
 import logging
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import cv2
@@ -25,15 +25,12 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .attention import LayerMasks, RegionMasks, TokenPassthrough, install_region_processors
-from .errors import FaceStudioError, ModelFileError, NoFaceError, first_line
-from .faces.analysis import FaceAnalyzer
+from .adapter_loading import GUIDANCE_ENCODERS, AdapterLoadingMixin
+from .attention import LayerMasks, RegionMasks, side_by_side
+from .errors import FaceStudioError, NoFaceError
 from .faces.regions import dilated_face_mask, person_masks, person_regions
 from .guidance import identity as idg
-from .guidance import public_identity as pid
-from .guidance import style as sty
 from .guidance.cfg import combine_guidance, combine_two_way
-from .guidance.layout import ip_layers_from_unet, read_checkpoint, read_config, save_checkpoint
 from .imaging import load_image
 
 logger = logging.getLogger(__name__)
@@ -49,7 +46,8 @@ class IdentityInput:
     """One person to put in the image.
 
     Attributes:
-        photos (`tuple`): photos of the person (PIL images, RGB arrays or paths); pooled into one identity.
+        photos (`tuple`): photos of the person (PIL images, RGB arrays or paths); combined into one identity
+            the way the identity adapter's kind reads several photos (pooled, or side by side for Portrait).
         identity (`Identity`, *optional*): an already encoded identity, instead of photos.
         region: where the person goes: a box `(x0, y0, x1, y1)` in output pixels, or a mask (PIL image or
             array, any size, resized to the output). None: the whole image for one identity, else an
@@ -75,17 +73,9 @@ class FaceStudioPipelineOutput(BaseOutput):
     settings: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Adapter:
-    """A loaded adapter: its kind, config and position among the pipeline's IP-Adapters."""
-
-    kind: str
-    config: Any
-    index: int
-
-
-class FaceStudioMixin:
-    """Everything of facestudio's pipelines but the text conditioning: adapters, identities, regions, the call.
+class FaceStudioMixin(AdapterLoadingMixin):
+    """Everything of facestudio's pipelines but the text conditioning: identities, regions, the call (and,
+    from `AdapterLoadingMixin`, the adapters).
 
     Mixed into diffusers' Stable Diffusion pipelines (`FaceStudioPipeline` for SD 1.x/2.x, `FaceStudioXLPipeline`
     for SDXL), which give the models, the prompt encoder and the schedulers.
@@ -97,177 +87,6 @@ class FaceStudioMixin:
     # different ones ("max_length", then "longest" for its truncation warning): two calls encoding at once can
     # get each other's padding (77 vs 8 tokens, a size mismatch). Prompt encoding is one step under this lock.
     _TEXT_LOCK = threading.Lock()
-
-    # ------------------------------------------------------------------ adapters
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, guidance=None, face_analyzer=None, **kwargs):
-        """`StableDiffusionPipeline.from_pretrained`, plus `guidance=FOLDER`: the adapters that `save_adapters`
-        or `facestudio train` wrote there (`FOLDER/identity`, `FOLDER/style`) are loaded too."""
-        pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if guidance is not None:
-            pipe.load_guidance(guidance, face_analyzer=face_analyzer)
-        return pipe
-
-    def load_guidance(self, folder: str | Path, **load_kwargs) -> None:
-        """Load the adapters of a guidance folder (`identity/` and/or `style/` beside each other)."""
-        folder = Path(folder)
-        found = {kind: folder / kind for kind in ("identity", "style") if (folder / kind).is_dir()}
-        if not found:
-            raise ModelFileError(f"guidance folder {folder}: no identity/ or style/ adapter in it")
-        self.load_adapters(**found, **load_kwargs)
-
-    def load_adapters(self, identity=None, style=None, *, identity_config: idg.IdentityAdapterConfig | None = None,
-                      style_config: sty.StyleAdapterConfig | None = None, style_encoder: sty.StyleEncoder | None = None,
-                      face_analyzer: FaceAnalyzer | None = None) -> None:
-        """Load an identity adapter and/or a style adapter (folders written by `save_adapters`, or checkpoint dicts).
-
-        Both go through diffusers' `load_ip_adapter` in one call, so the UNet holds exactly these adapters.
-
-        Raises:
-            ModelFileError: a folder is not a facestudio adapter, or was built for another face recogniser
-                or another UNet.
-        """
-        self.face_analyzer = face_analyzer if face_analyzer is not None else getattr(self, "face_analyzer", None)
-        checkpoints, adapters = [], []
-        if identity is not None:
-            state, config = self._resolve(identity, identity_config, idg.IdentityAdapterConfig)
-            config.check_recognizer(self._analyzer().recognizer.name, _label(identity))
-            checkpoints.append(state)
-            adapters.append(_Adapter("identity", config, len(adapters)))
-        if style is not None:
-            state, config = self._resolve(style, style_config, sty.StyleAdapterConfig)
-            self.style_encoder = style_encoder or sty.load_style_encoder(config.image_encoder)
-            if self.style_encoder.embed_dim != config.image_embed_dim:
-                raise ModelFileError(f"style adapter {_label(style)} expects {config.image_embed_dim}-d image "
-                                     f"embeddings; the image encoder gives {self.style_encoder.embed_dim}")
-            checkpoints.append(state)
-            adapters.append(_Adapter("style", config, len(adapters)))
-        if not checkpoints:
-            raise ValueError("give an identity adapter, a style adapter or both")
-        for config in (a.config for a in adapters):
-            if config.cross_attention_dim != self.unet.config.cross_attention_dim:
-                raise ModelFileError(f"adapter made for a UNet with cross_attention_dim {config.cross_attention_dim}; "
-                                     f"this UNet has {self.unet.config.cross_attention_dim}")
-        if getattr(self, "facestudio_adapters", ()):
-            self.unload_adapters()
-        try:
-            none = [None] * len(checkpoints)
-            # low_cpu_mem_usage=False: a strict load_state_dict, so a wrong or missing key fails here
-            self.load_ip_adapter(checkpoints, subfolder=none, weight_name=none, image_encoder_folder=None,
-                                 low_cpu_mem_usage=False)
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise ModelFileError(f"adapter does not fit this UNet: {first_line(e)}") from None
-        self._install(adapters)
-
-    def load_public_adapters(self, identity=None, style=None, *, identity_config=None, style_config=None,
-                             face_analyzer: FaceAnalyzer | None = None, identity_encoder: sty.StyleEncoder | None = None,
-                             style_encoder: sty.StyleEncoder | None = None, **hub_kwargs) -> None:
-        """Load public IP-Adapter checkpoints (h94/IP-Adapter, h94/IP-Adapter-FaceID) as this pipeline's
-        identity and/or style adapter, through diffusers' `load_ip_adapter` (`public_loading`).
-
-        Args:
-            identity: `(folder or hub id, weight file, subfolder or None)` of a FaceID, FaceID-Plus(V2),
-                Plus-Face or Full-Face checkpoint, described by `identity_config` (`PublicIdentityConfig`).
-            style: the same for a plain IP-Adapter used on the style image, with `style_config`
-                (`StyleAdapterConfig`, its `block_scales` limiting where style acts).
-            face_analyzer: must carry the recogniser the identity adapter reads (ArcFace for FaceID).
-            identity_encoder, style_encoder: CLIP vision encoders already loaded (else loaded by name).
-            hub_kwargs: passed to `load_ip_adapter` (`local_files_only`, `cache_dir`, `token`, ...).
-        """
-        from .guidance.public_loading import load_public_adapters
-
-        self.face_analyzer = face_analyzer if face_analyzer is not None else getattr(self, "face_analyzer", None)
-        files, adapters = [], []
-        if identity is not None:
-            if not isinstance(identity_config, pid.PublicIdentityConfig):
-                raise ValueError("a public identity adapter needs its PublicIdentityConfig (identity_config=)")
-            identity_config.check_recognizer(self._analyzer().recognizer.name, str(identity[0]))
-            if pid.READS[identity_config.projection][1]:
-                self.identity_encoder = identity_encoder or sty.load_style_encoder(identity_config.image_encoder)
-            # the "no reference" identity depends only on the adapter and its encoder: made once, here
-            self.public_null_identity = pid.null_identity(identity_config, getattr(self, "identity_encoder", None))
-            files.append(identity)
-            adapters.append(_Adapter("identity", identity_config, len(adapters)))
-        if style is not None:
-            if not isinstance(style_config, sty.StyleAdapterConfig):
-                raise ValueError("a public style adapter needs its StyleAdapterConfig (style_config=)")
-            same = getattr(self, "identity_encoder", None) if identity is not None and \
-                identity_config.image_encoder == style_config.image_encoder else None
-            self.style_encoder = style_encoder or same or sty.load_style_encoder(style_config.image_encoder)
-            files.append(style)
-            adapters.append(_Adapter("style", style_config, len(adapters)))
-        if not files:
-            raise ValueError("give an identity adapter, a style adapter or both")
-        if getattr(self, "facestudio_adapters", ()):
-            self.unload_adapters()
-        sources, weights, subfolders = (list(column) for column in zip(*files))
-        load_public_adapters(self, sources, weights, subfolders=subfolders, **hub_kwargs)
-        for adapter, (source, weight, _) in zip(adapters, files):
-            found = type(self.unet.encoder_hid_proj.image_projection_layers[adapter.index]).__name__
-            expected = pid.PROJECTION_CLASSES[adapter.config.projection]
-            if found != expected:
-                self.unload_adapters()
-                raise ModelFileError(f"{source}/{weight} holds a {found} projection, not the {expected} of a "
-                                     f"{adapter.config.projection} adapter: check the preset or the file")
-        self._install(adapters)
-
-    def _install(self, adapters: list[_Adapter]) -> None:
-        """After diffusers loaded the adapters: tokens projected once per call, region processors, and the
-        adapters' fixed per-block scales (style kept out of the layout blocks)."""
-        self.unet.encoder_hid_proj = TokenPassthrough(self.unet.encoder_hid_proj)
-        install_region_processors(self.unet)
-        blocks = [getattr(a.config, "block_scales", None) for a in adapters]
-        for adapter, block_scales in zip(adapters, blocks):
-            if block_scales and not sty.acting_layers(self.unet, block_scales):
-                self.unload_adapters()
-                raise ModelFileError(f"the {adapter.kind} adapter's block scales {block_scales} switch it off in every "
-                                     "layer of this UNet (block names differ between SD 1.5 and SDXL)")
-        if any(blocks):
-            self.set_ip_adapter_scale([b or 1.0 for b in blocks])
-        self.facestudio_adapters = tuple(adapters)
-
-    def unload_adapters(self) -> None:
-        """Remove the adapters (and a FaceID checkpoint's LoRA): the UNet is the base model's again."""
-        from .guidance.public_loading import unload_public_adapters
-
-        unload_public_adapters(self)
-        self.facestudio_adapters = ()
-
-    def save_adapters(self, folder: str | Path) -> list[Path]:
-        """Write each loaded adapter to `folder/<kind>/` in the public IP-Adapter layout plus its config."""
-        written = []
-        for adapter in getattr(self, "facestudio_adapters", ()):
-            if isinstance(adapter.config, pid.PublicIdentityConfig):
-                raise FaceStudioError("public adapters are not re-saved: use their published files")
-            projection = self._projection(adapter)
-            to_checkpoint = (idg.projection_to_checkpoint if adapter.kind == "identity"
-                             else sty.projection_to_checkpoint)
-            written.append(save_checkpoint(Path(folder) / adapter.kind, to_checkpoint(projection),
-                                           ip_layers_from_unet(self.unet, adapter.index), adapter.config.to_dict()))
-        return written
-
-    def _resolve(self, source, config, config_class):
-        if isinstance(source, dict):
-            if config is None:
-                raise ValueError("a checkpoint dict needs its config (identity_config= / style_config=)")
-            return source, config
-        folder = Path(source)
-        if not folder.is_dir():
-            raise ModelFileError(f"adapter {source}: no such folder")
-        config = config_class.from_dict(read_config(folder), source=str(folder))
-        return read_checkpoint(folder), config
-
-    def _projection(self, adapter: _Adapter):
-        return self.unet.encoder_hid_proj.projection.image_projection_layers[adapter.index]
-
-    def _adapter(self, kind: str) -> _Adapter | None:
-        return next((a for a in getattr(self, "facestudio_adapters", ()) if a.kind == kind), None)
-
-    def _analyzer(self) -> FaceAnalyzer:
-        if getattr(self, "face_analyzer", None) is None:
-            self.face_analyzer = FaceAnalyzer()  # shipped models only; loads lazily
-        return self.face_analyzer
 
     # ------------------------------------------------------------------ steps of a call
 
@@ -327,33 +146,26 @@ class FaceStudioMixin:
 
     def encode_photos(self, photos: Sequence[np.ndarray], faces: Sequence, name: str = "") -> idg.Identity:
         """One person's `Identity` from RGB arrays and the detected face to use in each, encoded the way the
-        loaded identity adapter reads it (facestudio's own, or a public kind)."""
+        loaded identity adapter's kind reads it."""
         adapter = self._adapter("identity")
         if adapter is None:
             raise FaceStudioError("no identity adapter is loaded: identities cannot be encoded")
-        if isinstance(adapter.config, pid.PublicIdentityConfig):
-            return pid.encode_photos(self._analyzer(), getattr(self, "identity_encoder", None), adapter.config,
-                                     photos, faces, name)
-        return idg.encode_photos(self._analyzer(), photos, faces, name)
+        return adapter.adapter_kind.encode_photos(self._analyzer(), self.image_encoder_for("identity"), photos, faces,
+                                                  name)
 
     def identity_signature(self) -> str | None:
         """What an `Identity` must record as its recogniser to fit the loaded identity adapter (None: no adapter)."""
         adapter = self._adapter("identity")
-        if adapter is None:
-            return None
-        return getattr(adapter.config, "signature", None) or adapter.config.recognizer
+        return None if adapter is None else adapter.adapter_kind.signature
 
     def identity_tokens(self, identities: list[idg.Identity], batch: int, three_way: bool) -> torch.Tensor:
         """`[rows * batch, N, T, D]` tokens: "no reference" rows first, identities in the last."""
         adapter = self._adapter("identity")
-        projection, config = self._projection(adapter), adapter.config
-        if isinstance(config, pid.PublicIdentityConfig):
-            tokens = pid.identity_tokens
-            null = tokens(projection, self.public_null_identity, config)
-        else:
-            tokens = idg.identity_tokens
-            null = tokens(projection, config.null_identity(), config)
-        real = torch.stack([tokens(projection, i, config) for i in identities]) if identities else null[None]
+        projection, kind = self._projection(adapter), adapter.adapter_kind
+        null = kind.tokens(projection, adapter.null_identity)
+        real = [kind.tokens(projection, i) for i in identities] or [null]
+        null, *real = side_by_side([null, *real])
+        real = torch.stack(real)
         nulls = null[None].expand(real.shape[0], -1, -1)
         rows = [nulls, nulls, real] if three_way else [nulls, real]
         return torch.cat([r[None].expand(batch, -1, -1, -1) for r in rows])
@@ -361,9 +173,9 @@ class FaceStudioMixin:
     def style_tokens(self, style_image, batch: int, three_way: bool) -> torch.Tensor:
         """`[rows * batch, 1, T, D]` style tokens ("no style" = the projection of a zero embedding)."""
         adapter = self._adapter("style")
-        projection = self._projection(adapter)
-        null = sty.style_tokens(projection, torch.zeros(adapter.config.image_embed_dim))
-        real = null if style_image is None else sty.style_tokens(projection, self.style_encoder.encode(style_image))
+        projection, kind, encoder = self._projection(adapter), adapter.adapter_kind, self.image_encoder_for("style")
+        null = kind.image_tokens(projection, encoder, None)
+        real = null if style_image is None else kind.image_tokens(projection, encoder, style_image)
         rows = [null, null, real] if three_way else [null, real]
         return torch.cat([r[None, None].expand(batch, -1, -1, -1) for r in rows])
 
@@ -495,7 +307,7 @@ class FaceStudioMixin:
         # 4-6. Identity tokens, style tokens, region masks: computed once for the whole call
         tokens, region_masks = [], []
         strengths = [p.strength for p in people] if mix is None else [people[0].strength if people else 1.0]
-        for adapter in getattr(self, "facestudio_adapters", ()):
+        for adapter in self.facestudio_adapters:
             if adapter.kind == "identity":
                 tokens.append(self.identity_tokens(encoded, batch, three_way))
                 count = max(len(encoded), 1)
@@ -591,10 +403,6 @@ class FaceStudioMixin:
         return scene_latents, noise, torch.from_numpy(blend).to(device, dtype)[None, None]
 
 
-def _label(source) -> str:
-    return "(checkpoint dict)" if isinstance(source, dict) else str(source)
-
-
 def _region_to_mask(region, height: int, width: int) -> np.ndarray:
     """A box `(x0, y0, x1, y1)` in output pixels, or a mask image/array, as a `[height, width]` mask in [0, 1]."""
     if isinstance(region, (tuple, list)) and len(region) == 4:
@@ -652,6 +460,17 @@ class FaceStudioPipeline(FaceStudioMixin, StableDiffusionPipeline):
         ```
     """
 
+    # the adapters' CLIP encoders run after the text encoder, before the UNet
+    model_cpu_offload_seq = "text_encoder->image_encoder->identity_image_encoder->style_image_encoder->unet->vae"
+    _optional_components = [*StableDiffusionPipeline._optional_components, *GUIDANCE_ENCODERS]
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor,
+                 image_encoder=None, requires_safety_checker: bool = True, identity_image_encoder=None,
+                 style_image_encoder=None):
+        super().__init__(vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor,
+                         image_encoder, requires_safety_checker)
+        self._init_guidance(identity_image_encoder, style_image_encoder)
+
 
 class FaceStudioXLPipeline(FaceStudioMixin, StableDiffusionXLPipeline):
     """`FaceStudioPipeline` for SDXL: the same adapters, identities, regions, mixing and guidance scales.
@@ -662,6 +481,16 @@ class FaceStudioXLPipeline(FaceStudioMixin, StableDiffusionXLPipeline):
 
     default_side = 1024
     _VAE_UPCAST_LOCK = threading.Lock()
+    model_cpu_offload_seq = ("text_encoder->text_encoder_2->image_encoder->identity_image_encoder->"
+                             "style_image_encoder->unet->vae")
+    _optional_components = [*StableDiffusionXLPipeline._optional_components, *GUIDANCE_ENCODERS]
+
+    def __init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
+                 image_encoder=None, feature_extractor=None, force_zeros_for_empty_prompt: bool = True,
+                 add_watermarker: bool | None = None, identity_image_encoder=None, style_image_encoder=None):
+        super().__init__(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, image_encoder,
+                         feature_extractor, force_zeros_for_empty_prompt, add_watermarker)
+        self._init_guidance(identity_image_encoder, style_image_encoder)
 
     def text_conditioning(self, prompts, negatives, device, num_images_per_prompt, rows, height, width):
         positive, negative, pooled, negative_pooled = self.encode_prompt(

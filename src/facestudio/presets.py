@@ -1,5 +1,5 @@
-"""Presets: public weights and their recommended settings, picked by one name (`PRESETS`, also importable
-from `facestudio.models`), and their loading, checked before anything large loads.
+"""Presets: public weights and their recommended settings, picked by one name (`PRESETS`), and their loading,
+checked before anything large loads. (This module imports `models`, never the other way round.)
 
 Every file a preset needs is checked first: the ArcFace model (a local file the user supplies: never
 downloaded or bundled) and the hub files (in huggingface_hub's cache, or reachable). When something is
@@ -76,7 +76,7 @@ class Preset:
         name: what `--preset` takes.
         base_model: hub id of the base pipeline (replaceable by a local folder of the same architecture).
         adapter: the identity adapter file.
-        projection: its kind (`facestudio.guidance.public_identity.READS`).
+        projection: its kind's name (`facestudio.guidance.kinds.public_identity_kinds()`).
         recognizer: `"arcface"` when the adapter reads ArcFace embeddings, else `""`.
         image_encoder: CLIP vision encoder of the adapter's detail tokens, or `""`.
         style_adapter, style_encoder, style_blocks: the plain IP-Adapter used for a style image, with the
@@ -116,6 +116,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("plus-face-sd15", "IP-Adapter Plus-Face on SD 1.5: CLIP features of the aligned face, no face recogniser",
            SD15_BASE, HubFile("h94/IP-Adapter", "ip-adapter-plus-face_sd15.safetensors", "models"), "plus-face",
            "", VIT_H_ENCODER, _APACHE_LICENCE, False),
+    Preset("faceid-portrait-sd15", "IP-Adapter-FaceID-Portrait on SD 1.5: ArcFace identity of several photos "
+           "side by side (up to 5), no LoRA",
+           SD15_BASE, HubFile("h94/IP-Adapter-FaceID", "ip-adapter-faceid-portrait_sd15.bin"), "faceid-portrait",
+           "arcface", "", _FACEID_LICENCE, True),
     Preset("faceid-sdxl", "IP-Adapter-FaceID on SDXL: ArcFace identity only (with its LoRA), 1024 px",
            SDXL_BASE, HubFile("h94/IP-Adapter-FaceID", "ip-adapter-faceid_sdxl.bin"), "faceid",
            "arcface", "", _FACEID_LICENCE, True, sdxl=True,

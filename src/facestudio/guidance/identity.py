@@ -180,6 +180,10 @@ class IdentityAdapterConfig(AdapterConfig):
     kind: str = "identity"
     projection: str = "faceid-plus"
 
+    @property
+    def kind_name(self) -> str:
+        return "facestudio"  # guidance/kinds/own.py
+
     def check_recognizer(self, recognizer: str, source: str) -> None:
         """Refuse to run with another recogniser than the one the adapter was built for."""
         if self.recognizer != recognizer:

@@ -164,6 +164,49 @@ def faceid_lora_names(pipe) -> list[str]:
     return sorted(names, key=lambda name: int(FACEID_LORA_NAME.fullmatch(name).group(1)))
 
 
+#: `load_ip_adapter` arguments that say where a file comes from (the rest are about how it loads).
+HUB_ARGUMENTS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
+
+
+def read_checkpoint_file(source: str | os.PathLike, weight_name: str, subfolder: str | None = None, *,
+                         prefer_safetensors: bool = True, **hub_kwargs) -> dict[str, dict[str, torch.Tensor]]:
+    """The nested `{"image_proj", "ip_adapter"}` state of one public checkpoint, read the way diffusers'
+    `load_ip_adapter` reads it (a local folder or the Hub; flat-prefixed safetensors, or a `.bin` through
+    `torch.load(weights_only=True)`), so that its layout can be checked before anything is loaded.
+
+    Args:
+        source, weight_name, subfolder: as one entry of `load_public_adapters`.
+        prefer_safetensors (`bool`, defaults to `True`): as in `load_public_adapters`.
+        hub_kwargs: `HUB_ARGUMENTS` (`local_files_only`, `cache_dir`, `token`, ...).
+
+    Raises:
+        ValueError: a weight name with another suffix.
+        ModelFileError: the file cannot be found or read, or is not in the IP-Adapter layout.
+    """
+    from diffusers.models.model_loading_utils import load_state_dict
+    from diffusers.utils import _get_model_file
+    from safetensors.torch import load_file
+
+    (source,), (weight_name,), (subfolder,) = _check_sources(source, weight_name, subfolder, prefer_safetensors)
+    try:
+        path = _get_model_file(source, weights_name=weight_name, subfolder=subfolder, **hub_kwargs)
+        if weight_name.endswith(".safetensors"):
+            state = {"image_proj": {}, "ip_adapter": {}}
+            for key, value in load_file(path).items():
+                part, _, rest = key.partition(".")
+                if part in state:
+                    state[part][rest] = value
+        else:
+            state = load_state_dict(path)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"could not load the IP-Adapter {_label(source, weight_name)}: "
+                             f"{first_line(error)}") from error
+    if not isinstance(state, dict) or not {"image_proj", "ip_adapter"} & set(state):
+        raise ModelFileError(f"{_label(source, weight_name)}: not an IP-Adapter checkpoint (no image_proj or "
+                             "ip_adapter keys)")
+    return state
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Per-image scales
 # ---------------------------------------------------------------------------------------------------------

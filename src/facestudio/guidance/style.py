@@ -33,6 +33,10 @@ class StyleAdapterConfig(AdapterConfig):
     # {"up": {"block_0": [0.0, 1.0, 0.0]}}); None: every layer at 1
     block_scales: dict | None = None
 
+    @property
+    def kind_name(self) -> str:
+        return self.projection  # "ip-adapter": guidance/kinds/own.py
+
 
 def new_style_adapter(unet, config: StyleAdapterConfig, seed: int = 0) -> dict:
     """An untrained style adapter for `unet` as the checkpoint dict `load_ip_adapter` takes."""
@@ -60,6 +64,15 @@ class StyleEncoder:
     def __init__(self, model, processor):
         self.model = model
         self.processor = processor
+
+    @classmethod
+    def for_model(cls, model) -> "StyleEncoder":
+        """The encoder with CLIP's standard processing at the model's own image size (IP-Adapter's encoder
+        folders ship no processor config; a pipeline reloaded with `from_pretrained` has only the model)."""
+        from transformers import CLIPImageProcessor
+
+        size = model.config.image_size
+        return cls(model, CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}))
 
     @property
     def embed_dim(self) -> int:
@@ -97,15 +110,14 @@ class StyleEncoder:
 
 def tiny_style_encoder(seed: int = 0) -> StyleEncoder:
     """A CLIP vision model with a tiny config, built in code (tests and offline smoke runs)."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                               image_size=32, patch_size=8, projection_dim=32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPVisionModelWithProjection(config).eval()
-    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    return StyleEncoder(model, processor)
+    return StyleEncoder.for_model(model)
 
 
 def load_style_encoder(name: str, *, local_files_only: bool | None = None) -> StyleEncoder:
@@ -123,15 +135,12 @@ def load_style_encoder(name: str, *, local_files_only: bool | None = None) -> St
     try:
         model = CLIPVisionModelWithProjection.from_pretrained(repo, **options).eval()
         try:
-            processor = CLIPImageProcessor.from_pretrained(repo, **options)
+            return StyleEncoder(model, CLIPImageProcessor.from_pretrained(repo, **options))
         except OSError:
-            processor = CLIPImageProcessor(size={"shortest_edge": model.config.image_size},
-                                           crop_size={"height": model.config.image_size,
-                                                      "width": model.config.image_size})
+            return StyleEncoder.for_model(model)
     except (OSError, ValueError) as e:
         raise ModelFileError(f"image encoder {name!r}: could not be loaded ({first_line(e)}); pass a "
                              "local folder with a CLIP vision model or check the name and your connection") from None
-    return StyleEncoder(model, processor)
 
 
 def acting_layers(unet, block_scales: dict) -> list[str]:
