@@ -25,6 +25,11 @@ def shipped_file(filename: str) -> Path:
     return _verified(_WEIGHTS / filename, SHIPPED[filename])
 
 
+def verified_file(path: Path, sha256: str) -> Path:
+    """Any model file checked against its sha256 once per process (a missing or damaged one raises)."""
+    return _verified(Path(path), sha256)
+
+
 @functools.lru_cache(maxsize=None)
 def _verified(path: Path, sha256: str) -> Path:
     if not path.is_file():
