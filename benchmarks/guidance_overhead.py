@@ -182,6 +182,7 @@ def make_inputs(pipe, batch: int, size: int, device, dtype):
     from facestudio.attention import LayerMasks, RegionMasks
     from facestudio.guidance.identity import Identity
     from facestudio.pipeline import IdentityInput
+    from facestudio.regions import Split, resolve_regions
 
     rng = np.random.default_rng(0)
     identities = []
@@ -192,7 +193,7 @@ def make_inputs(pipe, batch: int, size: int, device, dtype):
     people = [IdentityInput(identity=i, name=i.name) for i in identities]
     style_image = PIL.Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     positive, negative = pipe.encode_prompt([PROMPT], device, batch, True, [NEGATIVE])
-    masks = pipe.region_masks(people, 2, size, size, None)  # left and right halves
+    masks = pipe.region_masks(resolve_regions(Split(), 2, (size, size)), size, size)  # left and right halves
     latent_size = (size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
     inputs = {"latent_size": latent_size}
     for rows, three_way in ((3, True), (2, False)):

@@ -184,6 +184,10 @@ BAD = {
     "steps 0": (["--identity", "{faces}/obama.jpg", "--steps", "0"], ["--steps 0"]),
     "style without adapter": (["--identity", "{faces}/obama.jpg", "--style", "{faces}/obama2.jpg"],
                               ["--style", "style adapter"]),
+    "segment without an image": (["--identity", "{faces}/obama.jpg", "--regions", "segment"],
+                                 ["--regions 'segment' needs a scene or style image"]),
+    "segment and a region": (["--identity", "{faces}/obama.jpg", "--region", "0,0,32,64", "--regions", "split"],
+                             ["--regions 'split' places every person: drop the per-person --region"]),
 }
 
 
@@ -200,6 +204,20 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, faces_dir, bad_photos,
     for words in expected:
         assert words in err
     assert os.listdir(out_dir) == ["earlier.png"] and out == ""
+
+
+def test_regions_segment_places_people_by_the_style_image_silhouettes(capsys, faces_dir, bad_photos, tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    people = ["--identity", faces_dir / "obama.jpg", "--identity", faces_dir / "biden.jpg"]
+    style = ["--style", bad_photos / "pair.png", "--style-adapter", "tiny"]
+    images = {}
+    for choice in ("segment", "auto"):
+        code, out, err = run(capsys, "generate", "--prompt", "two people", *people, *style, *FAST,
+                             "--width", 128, "--height", 128, "--regions", choice, "--output", tmp_path / choice)
+        assert code == 0, err
+        assert read_png_metadata(out.strip())["regions"] == choice
+        images[choice] = pixels(out.strip())
+    assert np.abs(images["segment"].astype(int) - images["auto"]).max() > 0  # the silhouettes were used
 
 
 def test_two_faces_with_face_chosen_works(capsys, bad_photos, tmp_path):

@@ -182,9 +182,9 @@ def test_face_into_a_scene_keeps_everything_outside_the_faces(pipe, people, face
     assert image.shape == (384, 200, 3)
     original = np.asarray(scene.resize((200, 384)))
     face = pipe.face_analyzer.detect(original)[0]
-    from facestudio.pipeline import _dilated_face
+    from facestudio.regions.scene import dilated_face
 
-    outside = _dilated_face(face, 200, 384) == 0
+    outside = dilated_face(face, 200, 384) == 0
     assert outside.mean() > 0.5
     assert np.array_equal(image[outside], original[outside])
     assert np.abs(image[~outside].astype(int) - original[~outside]).mean() > 2  # the face was regenerated
@@ -238,15 +238,41 @@ def test_adapter_for_another_recogniser_is_refused(pipe, tmp_path):
         fresh.load_adapters(identity=tmp_path / "nope")
 
 
-def test_layout_comes_from_the_people_in_the_style_image(people, faces_dir):
+@pytest.fixture(scope="module")
+def pair(faces_dir) -> Image.Image:
+    """Two people side by side, faces of like size: Obama (left), Biden (right)."""
+    biden = np.asarray(Image.open(faces_dir / "biden.jpg").convert("RGB"))[:1200, 260:886]
+    return Image.fromarray(np.concatenate([np.asarray(Image.open(faces_dir / "obama2.jpg").convert("RGB")), biden], 1))
+
+
+def test_regions_segment_places_the_people_by_their_silhouettes_in_the_style_image(people, pair):
+    pytest.importorskip("ai_edge_litert")
+    from facestudio.regions import Segmented, resolve_regions
+
     pipe = new_pipe(style=True)
-    pair = np.concatenate([np.asarray(Image.open(faces_dir / "obama2.jpg").convert("RGB")),
-                           np.asarray(Image.open(faces_dir / "biden.jpg").convert("RGB"))[:1200, 260:886]], 1)
-    regions = pipe.layout_from_style(Image.fromarray(pair), 2, 128, 128)
-    assert len(regions) == 2 and np.stack(regions).sum(0).max() <= 1.0 + 1e-6
-    left, right = (np.nonzero(r.sum(0))[0].mean() for r in regions)
-    assert left < 64 < right  # person 1 takes the left person's place
-    assert pipe.layout_from_style(Image.new("RGB", (64, 64)), 2, 128, 128) is None
+    two = [IdentityInput(identity=people[0]), IdentityInput(identity=people[1])]
+    masks, edit = pipe.place_people(two, 2, 128, 128, "segment", pair, None, None)
+    style = np.asarray(pair.resize((128, 128), Image.LANCZOS))
+    assert edit is None
+    assert np.array_equal(masks, resolve_regions(Segmented(), 2, (128, 128), analyzer=pipe._analyzer(), style=style))
+    kw = dict(style_image=pair, height=128, width=128, num_inference_steps=2, output_type="np")
+    segmented = pipe("two people", identities=two, regions="segment", generator=seed(), **kw)
+    estimated = pipe("two people", identities=two, generator=seed(), **kw)
+    assert segmented.settings["regions"] == "segment" and estimated.settings["regions"] == "auto"
+    assert np.abs(segmented.images - estimated.images).max() > 1e-3  # the masks reached the attention
+
+
+def test_regions_segment_with_a_scene_regenerates_only_its_faces(pipe, people, pair):
+    pytest.importorskip("ai_edge_litert")
+    from facestudio.regions import SceneFaces, resolve_regions
+
+    two = [IdentityInput(identity=people[0]), IdentityInput(identity=people[1])]
+    masks, edit = pipe.place_people(two, 2, 128, 128, "segment", None, pair, None)
+    scene = np.asarray(pair.resize((128, 128), Image.LANCZOS))
+    faces = resolve_regions(SceneFaces(), 2, (128, 128), analyzer=pipe._analyzer(), scene=scene)
+    assert np.array_equal(edit.regenerated, np.maximum(faces[0], faces[1]))
+    assert not np.any((masks[0] > 0) & (masks[1] > 0))
+    assert (masks.sum(0) > 0).sum() > 2 * (edit.regenerated > 0).sum()  # attention over the bodies, not only faces
 
 
 def test_gradients_reach_every_adapter_weight_and_no_base_weight(people):

@@ -286,6 +286,9 @@ def test_per_job_settings_do_not_leak_into_the_next_job(client, faces_dir, obama
     ({"count": 9}, 400, "at most 8 images"),
     ({"colour": "red"}, 422, "colour"),
     ({"prompt": ""}, 422, "prompt"),
+    ({"regions": "segment"}, 400, "regions 'segment' needs a scene or style image"),
+    ({"regions": "faces"}, 422, "regions"),
+    ({"region": [0, 0, 8, 8], "regions": "split"}, 400, "regions 'split' places every person: drop the per-person"),
 ])
 def test_bad_generation_request_is_refused_with_a_message(client, obama_id, change, status, words):
     request = {"prompt": "x", **SMALL, "identities": [{"id": obama_id}], **change}
@@ -401,6 +404,20 @@ def test_a_restarted_server_still_lists_finished_jobs_and_serves_their_images(pi
         assert np.array_equal(png_pixels(c, listed[0]["images"][0]["url"]), image)
 
 
+def test_regions_segment_in_a_request_places_the_person_by_the_scene_silhouette(client, faces_dir, obama_id):
+    pytest.importorskip("ai_edge_litert")
+    assert client.get("/v1/models").json()["regions"] == ["auto", "split", "segment"]
+    scene = client.post("/v1/images", files=[("image", ("biden.jpg", (faces_dir / "biden.jpg").read_bytes(),
+                                                        "image/jpeg"))]).json()
+    jobs = {choice: generate(client, scene_image=scene["id"], identities=[{"id": obama_id}], width=192,
+                             height=192, seed=1, regions=choice) for choice in ("segment", "auto")}
+    for choice, done in jobs.items():
+        assert done["state"] == "done", done["error"]
+        assert done["request"]["regions"] == choice
+    segment, auto = (png_pixels(client, jobs[c]["images"][0]["url"]) for c in ("segment", "auto"))
+    assert np.abs(segment.astype(int) - auto).max() > 0  # the identity attended over the silhouette
+
+
 def test_scene_image_sets_the_default_size_and_its_faces_become_the_identity(client, faces_dir, obama_id):
     scene = client.post("/v1/images", files=[("image", ("biden.jpg", (faces_dir / "biden.jpg").read_bytes(),
                                                         "image/jpeg"))]).json()
@@ -414,4 +431,4 @@ def test_scene_image_sets_the_default_size_and_its_faces_become_the_identity(cli
     assert png_pixels(client, done["images"][0]["url"]).shape == (192, 192, 3)
     refused = client.post("/v1/generations", json={"prompt": "x", "scene_image": scene["id"], **SMALL,
                                                    "identities": [{"id": obama_id, "region": [0, 0, 8, 8]}]})
-    assert refused.status_code == 400 and "do not give regions" in refused.json()["error"]
+    assert refused.status_code == 400 and "the scene's faces are: drop region" in refused.json()["error"]

@@ -15,7 +15,7 @@ import copy
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -27,11 +27,13 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .adapter_loading import GUIDANCE_ENCODERS, AdapterLoadingMixin
 from .attention import LayerMasks, RegionMasks, side_by_side
-from .errors import FaceStudioError, NoFaceError
-from .faces.regions import dilated_face_mask, person_masks, person_regions
+from .errors import FaceStudioError
 from .guidance import identity as idg
 from .guidance.cfg import combine_guidance, combine_two_way
 from .imaging import load_image
+from .regions import (Box, Mask, SceneEdit, as_call_source, as_region, check_sources, choose_source,
+                      resolve_regions, source_name)
+from .regions.sources import SceneFaces, Segmented, StylePeople
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +51,10 @@ class IdentityInput:
         photos (`tuple`): photos of the person (PIL images, RGB arrays or paths); combined into one identity
             the way the identity adapter's kind reads several photos (pooled, or side by side for Portrait).
         identity (`Identity`, *optional*): an already encoded identity, instead of photos.
-        region: where the person goes: a box `(x0, y0, x1, y1)` in output pixels, or a mask (PIL image or
-            array, any size, resized to the output). None: the whole image for one identity, else an
-            automatic left-to-right split (or the matched face of the scene image).
+        region (`regions.Box` or `regions.Mask`, *optional*): where the person goes: a box in output pixels
+            (also given as `(x0, y0, x1, y1)`), or a mask (also a PIL image or array, any size, resized to the
+            output). None: placed by the call's `regions` (default: the whole image for one identity, else
+            the style image's people or a left-to-right split, or the matched face of the scene image).
         strength (`float`): how strongly the identity acts (0 turns it off).
         face (`int`, *optional*): which face of each photo to use (0 is the largest).
         name (`str`): a label for metadata and messages.
@@ -59,10 +62,13 @@ class IdentityInput:
 
     photos: tuple = ()
     identity: idg.Identity | None = None
-    region: Any = None
+    region: Box | Mask | None = None
     strength: float = 1.0
     face: int | None = None
     name: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "region", as_region(self.region))
 
 
 @dataclass
@@ -92,7 +98,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
 
     def check_call(self, prompt, identities: list[IdentityInput], mix, style_image, scene_image, height, width,
                    num_inference_steps, text_guidance_scale, reference_guidance_scale, num_images_per_prompt,
-                   scene_faces) -> None:
+                   scene_faces, regions=None) -> None:
         """Reject every bad combination before any tensor work."""
         if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt)):
             raise FaceStudioError("prompt must be a string or a list of strings")
@@ -122,13 +128,10 @@ class FaceStudioMixin(AdapterLoadingMixin):
                                       f"for {len(identities)} identities")
             if any(w < 0 for w in mix) or not np.isclose(sum(mix), 1.0, atol=1e-6):
                 raise FaceStudioError(f"mix weights must be >= 0 and sum to 1, got {list(mix)}")
-        if scene_image is not None:
-            if any(p.region is not None for p in identities):
-                raise FaceStudioError("with a scene image, regions come from the scene's faces; do not give regions")
-            if not identities:
-                raise FaceStudioError("a scene image needs at least one identity to put into it")
-        if scene_faces is not None and scene_image is None:
-            raise FaceStudioError("scene faces chosen, but no scene image given")
+        check_sources([p.region for p in identities], as_call_source(regions), scene=scene_image is not None,
+                      style=style_image is not None, scene_faces=scene_faces)
+        if scene_image is not None and not identities:
+            raise FaceStudioError("a scene image needs at least one identity to put into it")
 
     def encode_identities(self, identities: list[IdentityInput], mix) -> list[idg.Identity]:
         """Photos -> identities (several photos pooled); mixed into one when `mix` is given."""
@@ -179,49 +182,31 @@ class FaceStudioMixin(AdapterLoadingMixin):
         rows = [null, null, real] if three_way else [null, real]
         return torch.cat([r[None, None].expand(batch, -1, -1, -1) for r in rows])
 
-    def region_masks(self, people: list[IdentityInput], count: int, height: int, width: int,
-                     face_regions: list[np.ndarray] | None) -> torch.Tensor:
-        """`[count, height // 8, width // 8]` masks: from the faces of a scene or style image, given by the
-        user, or a left-to-right split."""
+    def place_people(self, people: list[IdentityInput], count: int, height: int, width: int, regions,
+                     style: PIL.Image.Image | None, scene: PIL.Image.Image | None,
+                     scene_faces: Sequence[int] | None) -> tuple[np.ndarray, SceneEdit | None]:
+        """Per-person masks `[count, height, width]` from the call's region source (`regions.choose_source`),
+        and with a scene image, the `SceneEdit` that regenerates its chosen faces and keeps the rest."""
+        scene_array = None if scene is None else np.asarray(scene.resize((width, height), PIL.Image.LANCZOS))
+        source = choose_source([p.region for p in people], count, as_call_source(regions), scene=scene is not None,
+                               style=style is not None, scene_faces=scene_faces)
+        needs_style = scene is None and isinstance(source, (StylePeople, Segmented))
+        style_array = np.asarray(style.resize((width, height), PIL.Image.LANCZOS)) if needs_style and style else None
+        analyzer = self._analyzer() if scene is not None or style_array is not None else None
+        masks = resolve_regions(source, count, (width, height), analyzer=analyzer, scene=scene_array,
+                                style=style_array)
+        if scene_array is None:
+            return masks, None
+        faces = masks if isinstance(source, SceneFaces) else \
+            resolve_regions(SceneFaces(source.chosen), count, (width, height), analyzer=analyzer, scene=scene_array)
+        return masks, SceneEdit.from_face_masks(scene_array, faces)
+
+    def region_masks(self, masks: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """Per-person masks `[N, height, width]` (from `regions.resolve_regions`) at the latent size
+        `[N, height // 8, width // 8]`."""
         latent = (height // self.vae_scale_factor, width // self.vae_scale_factor)
-        masks = []
-        for i in range(count):
-            region = people[i].region if i < len(people) else None
-            if face_regions is not None:
-                full = face_regions[i]
-            elif region is not None:
-                full = _region_to_mask(region, height, width)
-            elif count == 1:
-                full = np.ones((height, width), np.float32)
-            else:  # automatic split into vertical strips, left to right
-                full = np.zeros((height, width), np.float32)
-                full[:, round(i * width / count): round((i + 1) * width / count)] = 1.0
-            masks.append(cv2.resize(full, (latent[1], latent[0]), interpolation=cv2.INTER_AREA))
-        return torch.from_numpy(np.clip(np.stack(masks), 0.0, 1.0))
-
-    def layout_from_style(self, style: PIL.Image.Image, count: int, height: int, width: int) -> list[np.ndarray] | None:
-        """With several people and a style image showing as many, each person takes a person's place in it.
-
-        FaceStudio (sec. 3.3) takes the layout for multi-identity images from the style image this way. The
-        people's regions (head and body, estimated from their faces) are made disjoint. None when the style
-        image shows fewer people.
-        """
-        array = np.asarray(style.resize((width, height), PIL.Image.LANCZOS))
-        faces = self._analyzer().detect(array)
-        if len(faces) < count:
-            logger.info("style image shows %d face(s) for %d identities: regions split left to right",
-                        len(faces), count)
-            return None
-        chosen = sorted(faces[:count], key=lambda f: f.center[0])
-        return list(person_masks(person_regions(chosen, (width, height)), width, height))
-
-    def scene_faces(self, scene: np.ndarray, count: int, chosen: Sequence[int] | None):
-        """The scene's faces that the identities replace: chosen by index, else the `count` largest, left to right."""
-        faces = self._analyzer().detect(scene)
-        check_scene_faces(len(faces), count, chosen)
-        if chosen is not None:
-            return [faces[c] for c in chosen]
-        return sorted(faces[:count], key=lambda f: f.center[0])
+        small = [cv2.resize(m, (latent[1], latent[0]), interpolation=cv2.INTER_AREA) for m in masks]
+        return torch.from_numpy(np.clip(np.stack(small), 0.0, 1.0))
 
     # ------------------------------------------------------------------ the call
 
@@ -236,6 +221,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
         style_strength: float = 1.0,
         scene_image: PIL.Image.Image | str | None = None,
         scene_faces: Sequence[int] | None = None,
+        regions: str | None = None,
         text_guidance_scale: float = 7.5,
         reference_guidance_scale: float | None = None,
         num_inference_steps: int = 25,
@@ -258,6 +244,10 @@ class FaceStudioMixin(AdapterLoadingMixin):
             style_strength (`float`, defaults to 1.0): how strongly the style image acts.
             scene_image (*optional*): an image whose faces are replaced by the identities; the rest is kept.
             scene_faces (`Sequence[int]`, *optional*): which scene faces (0 is the largest) get identity 1, 2, ...
+            regions (`str` or a `regions` source, *optional*): what places every person: `"split"` (strips left
+                to right), `"segment"` (the people of the scene or style image by selfie segmentation; needs
+                the `segment` extra); None or `"auto"`: the people's own regions, the scene's faces, the style
+                image's people or strips (see `regions.choose_source`).
             text_guidance_scale (`float`, defaults to 7.5): `g_text` of `guidance.cfg.combine_guidance`.
             reference_guidance_scale (`float`, *optional*): `g_ref`; defaults to `text_guidance_scale`.
             num_inference_steps (`int`, defaults to 25), height, width (`int`, default `default_side`: 512, SDXL
@@ -280,7 +270,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
             height, width = (max(8, round(side * scale / 8) * 8) for side in (scene.height, scene.width))
         height, width = height or self.default_side, width or self.default_side
         self.check_call(prompt, people, mix, style_image, scene, height, width, num_inference_steps,
-                        text_guidance_scale, reference_guidance_scale, num_images_per_prompt, scene_faces)
+                        text_guidance_scale, reference_guidance_scale, num_images_per_prompt, scene_faces, regions)
         style = None if style_image is None else load_image(style_image, name="style image")
         device = self._execution_device
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -293,16 +283,10 @@ class FaceStudioMixin(AdapterLoadingMixin):
         text, text_added = self.encode_text(prompts, negatives, device, num_images_per_prompt,
                                             3 if three_way else 2, height, width)
 
-        # 3. Faces: photos -> identities; the scene's faces -> regions
+        # 3. Faces: photos -> identities; region sources -> per-person masks (and the scene's faces to redo)
         encoded = self.encode_identities(people, mix)
-        scene_array = None if scene is None else np.asarray(scene.resize((width, height), PIL.Image.LANCZOS))
-        face_regions = scene_regions = paste_mask = None
-        if scene_array is not None:
-            targets = self.scene_faces(scene_array, len(encoded), scene_faces)
-            face_regions = scene_regions = [_dilated_face(f, width, height) for f in targets]
-            paste_mask = _feathered(np.maximum.reduce(scene_regions), width)
-        elif style is not None and len(encoded) > 1 and all(p.region is None for p in people):
-            face_regions = self.layout_from_style(style, len(encoded), height, width)
+        count = max(len(encoded), 1)
+        full_masks, edit = self.place_people(people, count, height, width, regions, style, scene, scene_faces)
 
         # 4-6. Identity tokens, style tokens, region masks: computed once for the whole call
         tokens, region_masks = [], []
@@ -310,8 +294,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
         for adapter in self.facestudio_adapters:
             if adapter.kind == "identity":
                 tokens.append(self.identity_tokens(encoded, batch, three_way))
-                count = max(len(encoded), 1)
-                masks = self.region_masks(people, count, height, width, face_regions)
+                masks = self.region_masks(full_masks, height, width)
                 region_masks.append(RegionMasks(masks, tuple(strengths) if encoded else (0.0,)))
             else:
                 tokens.append(self.style_tokens(style, batch, three_way))
@@ -329,10 +312,8 @@ class FaceStudioMixin(AdapterLoadingMixin):
         shape = (batch, self.unet.config.in_channels, *latent_size)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=text.dtype)
         latents = latents * scheduler.init_noise_sigma
-        blend = scene_latents = scene_noise = None
-        if scene_array is not None:
-            scene_latents, scene_noise, blend = self._scene_latents(scene_array, scene_regions, batch, generator,
-                                                                   latents.dtype, device)
+        scene_blend = None if edit is None else edit.latents(self.encode_pixels, batch, generator, latents.dtype,
+                                                              device)
 
         # 8. Denoising loop
         timesteps = scheduler.timesteps
@@ -343,10 +324,8 @@ class FaceStudioMixin(AdapterLoadingMixin):
                 eps = combine_guidance(eps, text_guidance_scale, reference_guidance_scale) if three_way \
                     else combine_two_way(eps, text_guidance_scale)
                 latents = scheduler.step(eps, t, latents, generator=generator, return_dict=False)[0]
-                if blend is not None:  # keep the scene outside the faces: it re-enters at the next noise level
-                    known = scene_latents if i + 1 == len(timesteps) else \
-                        scheduler.add_noise(scene_latents, scene_noise, timesteps[i + 1:i + 2])
-                    latents = blend * latents + (1 - blend) * known
+                if scene_blend is not None:  # keep the scene outside the faces: it re-enters at the next noise level
+                    latents = scene_blend.keep_scene(latents, scheduler, timesteps, i)
                 progress.update()
                 if callback_on_step_end is not None:
                     callback_on_step_end(i + 1, len(timesteps))
@@ -356,6 +335,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
             "prompt": prompts if len(prompts) > 1 else prompts[0], "negative_prompt": negative_prompt,
             "identities": [i.name for i in encoded], "strengths": strengths, "mix": list(mix) if mix else None,
             "style_image": style is not None, "style_strength": style_strength, "scene_image": scene is not None,
+            "regions": source_name(as_call_source(regions)),
             "text_guidance_scale": text_guidance_scale, "reference_guidance_scale": reference_guidance_scale,
             "steps": num_inference_steps, "height": height, "width": width, "scheduler": type(scheduler).__name__,
         }
@@ -363,8 +343,8 @@ class FaceStudioMixin(AdapterLoadingMixin):
             return FaceStudioPipelineOutput(latents, settings) if return_dict else (latents,)
         image = self.decode_latents_to_pixels(latents)
         image = self.image_processor.postprocess(image, output_type="np")
-        if paste_mask is not None:
-            image = _paste_scene(image, scene_array, paste_mask)
+        if edit is not None:
+            image = edit.paste(image)
         if output_type == "pil":
             image = self.image_processor.numpy_to_pil(image)
         elif output_type == "pt":
@@ -391,55 +371,10 @@ class FaceStudioMixin(AdapterLoadingMixin):
         """`work(vae, tensor)` with the tensor in the VAE's dtype (SDXL overrides this to run in float32)."""
         return work(self.vae, tensor.to(self.vae.dtype))
 
-    def _scene_latents(self, scene: np.ndarray, regions, batch, generator, dtype, device):
-        """The scene in latent space, the fixed noise used to re-noise it, and the latent blend mask."""
-        pixels = torch.from_numpy(scene.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-        mode = self.run_vae(lambda vae, x: vae.encode(x).latent_dist.mode(), pixels.to(device))
-        scene_latents = (mode * self.vae.config.scaling_factor).to(dtype).expand(batch, -1, -1, -1)
-        noise = randn_tensor(scene_latents.shape, generator=generator, device=device, dtype=dtype)
-        h, w = scene_latents.shape[-2:]
-        union = np.maximum.reduce(regions)
-        blend = (cv2.resize(union, (w, h), interpolation=cv2.INTER_AREA) > 0).astype(np.float32)
-        return scene_latents, noise, torch.from_numpy(blend).to(device, dtype)[None, None]
-
-
-def _region_to_mask(region, height: int, width: int) -> np.ndarray:
-    """A box `(x0, y0, x1, y1)` in output pixels, or a mask image/array, as a `[height, width]` mask in [0, 1]."""
-    if isinstance(region, (tuple, list)) and len(region) == 4:
-        x0, y0, x1, y1 = (float(v) for v in region)
-        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-            raise FaceStudioError(f"region box {tuple(region)} is not inside the {width}x{height} image")
-        mask = np.zeros((height, width), np.float32)
-        mask[round(y0):round(y1), round(x0):round(x1)] = 1.0
-        return mask
-    array = np.asarray(region.convert("L") if isinstance(region, PIL.Image.Image) else region, dtype=np.float32)
-    if array.ndim != 2:
-        raise FaceStudioError(f"a region mask must be a single-channel image, got shape {list(array.shape)}")
-    if array.max(initial=0) > 1:
-        array = array / 255.0
-    return np.clip(cv2.resize(array, (width, height), interpolation=cv2.INTER_AREA), 0.0, 1.0)
-
-
-def _dilated_face(face, width: int, height: int) -> np.ndarray:
-    """A scene face's ellipse grown by a tenth of the face size: the area that is regenerated."""
-    return dilated_face_mask(face, width, height, 0.1).astype(np.float32)
-
-
-def _feathered(mask: np.ndarray, width: int) -> np.ndarray:
-    """A soft-edged version of a binary mask that is exactly 0 wherever the mask is 0."""
-    sigma = max(1.0, width / 128)
-    soft = cv2.GaussianBlur(cv2.erode(mask, np.ones((3, 3), np.float32), iterations=max(1, round(2 * sigma))),
-                            (0, 0), sigma)
-    return np.where(mask > 0, soft, 0.0).astype(np.float32)
-
-
-def _paste_scene(images: np.ndarray, scene: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Generated images inside `alpha`, the scene's own pixels (exactly, after uint8 rounding) elsewhere."""
-    scene_f = scene.astype(np.float32) / 255.0
-    out = images * alpha[None, ..., None] + scene_f[None] * (1 - alpha[None, ..., None])
-    out = np.round(out * 255.0) / 255.0
-    out[:, alpha <= 0] = scene_f[alpha <= 0]
-    return out
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] -> scaled latents (the mode of the VAE's posterior)."""
+        mode = self.run_vae(lambda vae, x: vae.encode(x).latent_dist.mode(), pixels)
+        return mode * self.vae.config.scaling_factor
 
 
 class FaceStudioPipeline(FaceStudioMixin, StableDiffusionPipeline):
@@ -517,18 +452,3 @@ class FaceStudioXLPipeline(FaceStudioMixin, StableDiffusionXLPipeline):
                 return work(self.vae, tensor.float())
             finally:
                 self.vae.to(dtype)
-
-
-def check_scene_faces(found: int, count: int, chosen: Sequence[int] | None) -> None:
-    """Raise unless `count` identities fit a scene with `found` faces (`chosen`: their indices, 0 the largest).
-
-    The one rule for the call and for checks made earlier from a stored face count (the server's submission).
-    """
-    if not found:
-        raise NoFaceError("scene image: no face found to put the identities into")
-    if chosen is not None:
-        if len(chosen) != count or any(not 0 <= c < found for c in chosen):
-            raise FaceStudioError(f"scene faces {list(chosen)}: need {count} indices among the scene's "
-                                  f"{found} faces (0 is the largest)")
-    elif found < count:
-        raise FaceStudioError(f"scene image has {found} face(s) but {count} identities were given")

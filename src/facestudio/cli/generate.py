@@ -20,6 +20,7 @@ from ..errors import FaceStudioError
 from ..files import check_free_space, existing_ancestor
 from ..loading import TINY, adapter_folder, load_generation_pipeline, style_beside
 from ..presets import PRESETS
+from ..regions.sources import CHOICES, Box, as_call_source, as_region, check_sources
 from . import EXIT_OK, MIN_IMAGE_SIDE, quiet_libraries
 from .output import png_bytes_bound, removed_if_left_empty
 
@@ -65,6 +66,11 @@ def add_commands(commands) -> None:
                                "right); the rest of it is kept. The default size is the scene's")
     generate.add_argument("--scene-faces", metavar="i,j,...",
                           help="which faces of --scene (0 is the largest) get identity 1, 2, ...")
+    generate.add_argument("--regions", choices=list(CHOICES), default=None,
+                          help="what places every person: 'split' (strips left to right), 'segment' (the people "
+                               "of --scene or --style as a selfie-segmentation model sees them, split by nearest "
+                               "face; needs the segment extra); default 'auto': --region boxes, the scene's faces, "
+                               "the style image's people or strips")
     _add_generation_options(generate)
     generate.set_defaults(run=run_generate)
 
@@ -145,7 +151,7 @@ class _Person:
 
     photos: tuple[str, ...]
     face: int | None
-    region: tuple[float, float, float, float] | None
+    region: Box | None
     strength: float
 
     @property
@@ -166,7 +172,8 @@ def run_mix(args) -> int:
                               "and one for B")
     args = argparse.Namespace(**{**vars(args), "identity": [args.person_a, args.person_b], "region": [],
                                  "strength": [args.strength], "style": None, "style_strength": 1.0,
-                                 "style_adapter": None, "scene": None, "scene_faces": None})
+                                 "style_adapter": None, "scene": None, "scene_faces": None,
+                                 "regions": None})
     return _run_generation(args, [round(1.0 - args.ratio, 6), round(args.ratio, 6)], command="mix")
 
 
@@ -231,6 +238,7 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
         "mix": mix, "style_image": None if args.style is None else Path(args.style).name,
         "style_strength": args.style_strength if style is not None else None,
         "scene_image": None if args.scene is None else Path(args.scene).name, "scene_faces": scene_faces,
+        "regions": args.regions or "auto",
         "steps": args.steps, "text_guidance_scale": args.text_scale,
         "reference_guidance_scale": args.text_scale if args.reference_scale is None else args.reference_scale,
         "num_images": args.num_images, "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
@@ -240,7 +248,7 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     negative = None if args.negative_prompt is None else [args.negative_prompt]
     call = dict(prompt=args.prompt, negative_prompt=negative, identities=inputs, mix=mix,
                 style_image=style, style_strength=args.style_strength, scene_image=scene, scene_faces=scene_faces,
-                text_guidance_scale=args.text_scale, reference_guidance_scale=args.reference_scale,
+                regions=args.regions, text_guidance_scale=args.text_scale, reference_guidance_scale=args.reference_scale,
                 num_inference_steps=args.steps, width=width, height=height)
     with removed_if_left_empty(output):
         written = _write_images(pipe, call, settings, args.seed, args.num_images, output)
@@ -320,7 +328,7 @@ def _check_settings(args, mix):
     width, height = args.width, args.height
     side = _default_side(args)
     full_w, full_h = width or side, height or side
-    regions = [_box(text, full_w, full_h) for text in args.region]
+    regions = [as_region(text, "cli").check(full_w, full_h, "cli") for text in args.region]
     regions += [None] * (count - len(regions))
     if args.base_model is None and args.preset is None:
         raise FaceStudioError("give --base-model (a folder, a hub id or 'tiny') or --preset")
@@ -332,14 +340,11 @@ def _check_settings(args, mix):
         raise FaceStudioError("--identity needs an identity adapter: --adapter FOLDER (or 'tiny' for a smoke "
                               "test with an untrained adapter)")
     scene_faces = None
-    if args.scene is not None:
-        if not count:
-            raise FaceStudioError("--scene needs at least one --identity to put into it")
-        if args.region:
-            raise FaceStudioError("with --scene the people go where the scene's faces are: drop --region")
+    if args.scene is not None and not count:
+        raise FaceStudioError("--scene needs at least one --identity to put into it")
+    check_sources(regions, as_call_source(args.regions, "cli"), scene=args.scene is not None,
+                  style=args.style is not None, scene_faces=args.scene_faces, where="cli")
     if args.scene_faces is not None:
-        if args.scene is None:
-            raise FaceStudioError("--scene-faces needs --scene")
         scene_faces = _numbers(args.scene_faces, "--scene-faces", int)
         if len(scene_faces) != slots or any(i < 0 for i in scene_faces):
             raise FaceStudioError(f"--scene-faces {args.scene_faces}: give {slots} face number(s) >= 0 (0 is the "
@@ -379,17 +384,6 @@ def _per_person(values: list, count: int, option: str, default=None) -> list:
         raise FaceStudioError(f"{len(values)} {option} values for {count} --identity: give one per --identity, "
                               "in order, or one for all")
     return list(values)
-
-
-def _box(text: str, width: int, height: int) -> tuple[float, float, float, float]:
-    values = _numbers(text, "--region", float)
-    if len(values) != 4:
-        raise FaceStudioError(f"--region {text!r}: expected x0,y0,x1,y1 in output pixels")
-    x0, y0, x1, y1 = values
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise FaceStudioError(f"--region {text}: not a box inside the {width}x{height} image (need 0 <= x0 < x1 <= "
-                              f"{width} and 0 <= y0 < y1 <= {height})")
-    return x0, y0, x1, y1
 
 
 def _check_output_folder(folder: str) -> Path:

@@ -40,6 +40,7 @@ from .. import __version__
 from ..errors import AmbiguousFaceError, FaceStudioError, ImageError, NoFaceError
 from ..faces.analysis import select_face_index
 from ..imaging import to_array
+from ..regions import available_choices
 from . import generation
 from .guard import Guard
 from .jobs import FINISHED, Job, JobQueue, QueueFull
@@ -136,7 +137,8 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     def models():
         return {**model, "workers": queue.workers, "queue_size": queue.max_queued, "max_side": max_side,
                 "default_side": pipe.default_side,
-                "max_count": max_count, "default_steps": default_steps, "version": __version__}
+                "max_count": max_count, "default_steps": default_steps, "regions": available_choices(),
+                "version": __version__}
 
     @app.get("/v1/queue", response_model=QueueInfo, summary="Jobs waiting and running now")
     def queue_state():

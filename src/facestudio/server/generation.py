@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from .. import __version__
 from ..errors import FaceStudioError
 from ..imaging import ai_generated_metadata, load_image
-from ..pipeline import IdentityInput, check_scene_faces
+from ..pipeline import IdentityInput
+from ..regions import check_scene_faces
 from .jobs import Job
 from .schemas import GenerationRequest
 from .storage import DataFolder
@@ -71,10 +72,7 @@ def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int
             raise FaceStudioError(f"{name} {side}: this server makes images at most {max_side} pixels wide and high")
     for i, person in enumerate(people):
         if person.region is not None:
-            x0, y0, x1, y1 = person.region
-            if not (x0 < x1 <= width and y0 < y1 <= height):
-                raise FaceStudioError(f"identity {i + 1}: region {list(person.region)} is not a box inside the "
-                                      f"{width}x{height} image (need x0 < x1 <= {width}, y0 < y1 <= {height})")
+            person.region.check(width, height, "api", prefix=f"identity {i + 1}: ")
     mix = request.mix
     if mix is not None and len(set(p.strength for p in people)) > 1:
         raise FaceStudioError("with mix the identities become one face: give them the same strength")
@@ -85,7 +83,7 @@ def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int
     pipe.check_call(request.prompt, people, mix, style, scene, height, width, steps,
                     request.text_guidance_scale, request.reference_guidance_scale
                     if request.reference_guidance_scale is not None else request.text_guidance_scale,
-                    1, request.scene_faces)
+                    1, request.scene_faces, request.regions)
     if request.scene_faces is not None and len(request.scene_faces) != (1 if mix else len(people)):
         raise FaceStudioError(f"scene_faces: give {1 if mix else len(people)} face number(s), one per identity")
     if request.scene_image is not None and people:
@@ -132,7 +130,7 @@ def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
         done_before = i * plan.steps
         result = pipe(request.prompt, negative_prompt=negative, identities=list(plan.people), mix=request.mix,
                       style_image=style, style_strength=request.style_strength, scene_image=scene,
-                      scene_faces=request.scene_faces, text_guidance_scale=request.text_guidance_scale,
+                      scene_faces=request.scene_faces, regions=request.regions, text_guidance_scale=request.text_guidance_scale,
                       reference_guidance_scale=request.reference_guidance_scale,
                       num_inference_steps=plan.steps, width=plan.width, height=plan.height,
                       generator=torch.Generator().manual_seed(seed),
@@ -177,7 +175,7 @@ def _settings(plan: Plan, model: dict, job_id: str) -> dict:
                        for person, info in zip(plan.people, plan.identity_info)],
         "mix": request.mix, "style_image": request.style_image,
         "style_strength": request.style_strength if request.style_image else None,
-        "scene_image": request.scene_image, "scene_faces": request.scene_faces,
+        "scene_image": request.scene_image, "scene_faces": request.scene_faces, "regions": request.regions or "auto",
         "steps": plan.steps, "text_guidance_scale": request.text_guidance_scale,
         "reference_guidance_scale": request.text_guidance_scale if request.reference_guidance_scale is None
         else request.reference_guidance_scale,

@@ -6,10 +6,11 @@ when a job is submitted, against the app's settings.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..regions import CHOICES
 from .storage import ID_PATTERN
 
 Id = Annotated[str, Field(pattern=ID_PATTERN, description="an id the server gave")]
@@ -44,6 +45,11 @@ class GenerationRequest(_Strict):
     scene_image: Optional[Id] = Field(None, description="an uploaded image whose faces become the identities")
     scene_faces: Optional[list[Annotated[int, Field(ge=0, le=64)]]] = Field(
         None, max_length=4, description="which scene faces (0 is the largest) get identity 1, 2, ...")
+    regions: Optional[Literal[tuple(CHOICES)]] = Field(
+        None, description="what places every person: 'split' (strips left to right), 'segment' (the people of "
+                          "the scene or style image by selfie segmentation, split by nearest face); default "
+                          "'auto': the identities' own regions, the scene's faces, the style image's people or "
+                          "strips")
     text_guidance_scale: Scale = 7.5
     reference_guidance_scale: Optional[Scale] = Field(None, description="default: text_guidance_scale")
     steps: Optional[int] = Field(None, ge=1, le=200, description="denoising steps; default: the server's")
@@ -136,6 +142,8 @@ class ModelInfo(BaseModel):
                                           "(512 for SD 1.5, 1024 for SDXL)")
     max_count: int
     default_steps: int
+    regions: list[str] = Field(description="the `regions` a request may name on this server ('segment' only with "
+                                           "the segment extra installed)")
     version: str
 
 

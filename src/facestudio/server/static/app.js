@@ -309,10 +309,13 @@ function clearReference(kind) {
 
 function request() {
   const people = state.people.filter((p) => p.identity);
+  const placedBySource = $("#regions-source").value !== "auto";
   const body = {
     prompt: $("#prompt").value.trim(),
     negative_prompt: $("#negative").value.trim() || null,
-    identities: people.map((p) => ({ id: p.identity, region: state.scene ? null : p.region, strength: p.strength })),
+    // Drawn regions only when they place the people: not with a scene image or a named source.
+    identities: people.map((p) => ({ id: p.identity, region: state.scene || placedBySource ? null : p.region,
+                                     strength: p.strength })),
     text_guidance_scale: Number($("#text-scale").value),
     reference_guidance_scale: Number($("#ref-scale").value),
     steps: Number($("#steps").value), count: Number($("#count").value),
@@ -320,6 +323,8 @@ function request() {
     style_strength: Number($("#style-strength").value),
     scene_image: state.scene ? state.scene.id : null,
   };
+  // The server resolves the regions; the page only names the source ("auto" is the server's default).
+  if ($("#regions-source").value !== "auto") body.regions = $("#regions-source").value;
   if ($("#seed").value !== "") body.seed = Number($("#seed").value);
   // Sizes only when set: otherwise the server's default (the scene's shape, or the pipeline's default side).
   for (const id of ["width", "height"]) if (sideSet(id)) body[id] = sideSet(id);
@@ -439,6 +444,7 @@ async function reuse(r, seed) {
   $("#seed").value = seed;
   $("#style-strength").value = r.style_strength;
   if (r.mix) { $("#mix-on").checked = true; $("#mix").value = r.mix[1]; }
+  $("#regions-source").value = r.regions || "auto";
   ["text-scale", "ref-scale", "mix", "style-strength"].forEach((id) => $("#" + id).dispatchEvent(new Event("input")));
   [...state.people].forEach(removePerson);
   for (const placement of r.identities) {
@@ -473,6 +479,22 @@ async function loadHistory() {
   } catch (e) { /* an empty gallery is fine */ }
 }
 
+const REGION_LABELS = {
+  split: "split: strips left to right",
+  segment: "segment: the people of the scene or style image, by person segmentation",
+};
+
+function regionSources(names) {
+  const select = $("#regions-source");
+  for (const name of names) {
+    if (name === "auto" || select.querySelector(`option[value="${name}"]`)) continue;
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = REGION_LABELS[name] || name;
+    select.append(option);
+  }
+}
+
 async function loadModel() {
   try {
     const info = await apiJson("/v1/models");
@@ -483,6 +505,7 @@ async function loadModel() {
     $("#count").max = info.max_count;
     ["width", "height"].forEach((id) => { $("#" + id).max = info.max_side; });
     state.defaultSide = info.default_side || state.defaultSide;
+    regionSources(info.regions || ["auto"]);
     drawRegions();
     const style = info.adapters.some((a) => a.kind === "style");
     ["#style-file", "#style-strength", "#style-clear"].forEach((s) => { $(s).disabled = !style; });
