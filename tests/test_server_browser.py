@@ -103,6 +103,23 @@ def test_upload_draw_generate_and_see_the_result(page, server, faces_dir, tmp_pa
 
 
 
+def test_the_region_source_is_chosen_on_the_page(page, server):
+    from facestudio.regions import available_choices
+
+    page.goto(server.url + "/")
+    page.wait_for_function("() => document.querySelector('#model-info').textContent.includes('tiny')")
+    options = page.eval_on_selector_all("#regions-source option", "options => options.map((o) => o.value)")
+    assert options == available_choices()  # what this server accepts, from /v1/models
+    page.fill("#steps", "1")
+    page.select_option("#regions-source", "split")
+    with page.expect_request(lambda r: r.url.endswith("/v1/generations") and r.method == "POST") as sent:
+        page.click("#generate")
+    assert sent.value.post_data_json["regions"] == "split"
+    page.wait_for_selector("#gallery figure img")
+    assert any(job.request.request.regions == "split" for job in server.app.state.jobs.values())
+    assert page.errors == []
+
+
 def test_a_photo_without_a_face_is_explained_on_the_card(page, server, faces_dir, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
