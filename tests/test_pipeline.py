@@ -242,11 +242,11 @@ def test_layout_comes_from_the_people_in_the_style_image(people, faces_dir):
     pipe = new_pipe(style=True)
     pair = np.concatenate([np.asarray(Image.open(faces_dir / "obama2.jpg").convert("RGB")),
                            np.asarray(Image.open(faces_dir / "biden.jpg").convert("RGB"))[:1200, 260:886]], 1)
-    regions = pipe.layout_from_style(Image.fromarray(pair), 2, 128, 128)
+    regions = pipe.places_from_style(Image.fromarray(pair), 2, 128, 128)
     assert len(regions) == 2 and np.stack(regions).sum(0).max() <= 1.0 + 1e-6
     left, right = (np.nonzero(r.sum(0))[0].mean() for r in regions)
     assert left < 64 < right  # person 1 takes the left person's place
-    assert pipe.layout_from_style(Image.new("RGB", (64, 64)), 2, 128, 128) is None
+    assert pipe.places_from_style(Image.new("RGB", (64, 64)), 2, 128, 128) is None
 
 
 def test_gradients_reach_every_adapter_weight_and_no_base_weight(people):

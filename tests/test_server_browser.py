@@ -87,7 +87,7 @@ def test_upload_draw_generate_and_see_the_result(page, server, faces_dir, tmp_pa
 
     # The job the page sent carried the drawn region; the page loaded nothing from elsewhere.
     job = next(iter(server.app.state.jobs.values()))
-    assert job.request.people[0].region == tuple(float(v) for v in region)
+    assert job.plan.people[0].region == tuple(float(v) for v in region)
     assert all(url.startswith(server.url) or url.startswith("blob:") for url in requests), requests
     assert page.errors == []
 

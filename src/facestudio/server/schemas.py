@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..request import DEFAULT_TEXT_SCALE, MAX_SIDE
 from .storage import ID_PATTERN
 
 Id = Annotated[str, Field(pattern=ID_PATTERN, description="an id the server gave")]
@@ -44,12 +45,12 @@ class GenerationRequest(_Strict):
     scene_image: Optional[Id] = Field(None, description="an uploaded image whose faces become the identities")
     scene_faces: Optional[list[Annotated[int, Field(ge=0, le=64)]]] = Field(
         None, max_length=4, description="which scene faces (0 is the largest) get identity 1, 2, ...")
-    text_guidance_scale: Scale = 7.5
+    text_guidance_scale: Scale = DEFAULT_TEXT_SCALE
     reference_guidance_scale: Optional[Scale] = Field(None, description="default: text_guidance_scale")
     steps: Optional[int] = Field(None, ge=1, le=200, description="denoising steps; default: the server's")
     seed: Optional[int] = Field(None, ge=0, le=2**53 - 1, description="image i uses seed+i; default: random")
-    width: Optional[int] = Field(None, ge=8, le=4096, multiple_of=8)
-    height: Optional[int] = Field(None, ge=8, le=4096, multiple_of=8)
+    width: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)
+    height: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)
     count: int = Field(1, ge=1, le=16, description="how many images")
 
 
