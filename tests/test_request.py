@@ -163,6 +163,6 @@ def test_latent_output_frees_the_offload_hooks_like_the_others():
     pipe = new_pipe()
     pipe.enable_model_cpu_offload(device="cpu")
     for output_type in ("np", "latent"):
-        before = [id(h) for h in pipe._all_hooks]
+        before = list(pipe._all_hooks)  # held, so that a new hook cannot reuse an old one's id
         pipe("x", num_inference_steps=1, height=64, width=64, output_type=output_type)
-        assert before and not set(before) & {id(h) for h in pipe._all_hooks}, output_type
+        assert before and not {id(h) for h in before} & {id(h) for h in pipe._all_hooks}, output_type

@@ -45,7 +45,7 @@ FIELD_NAMES = {
             "text_guidance_scale": "--text-scale", "reference_guidance_scale": "--reference-scale",
             "num_inference_steps": "--steps", "width": "--width", "height": "--height", "seed": "--seed",
             "count": "--num-images", "strength": "--strength", "face": "--face", "region": "--region"},
-    "api": {"num_inference_steps": "steps", "count": "count", "strength": "identities[].strength",
+    "api": {"num_inference_steps": "steps", "strength": "identities[].strength",
             "region": "identities[].region"},
 }
 
