@@ -15,9 +15,9 @@ parameters; nothing is downloaded), in one process:
    The bare UNet is the same object with its original attention processors and no `encoder_hid_proj`
    (the state `unload_ip_adapter` leaves; the adapter modules are set aside, not copied or reloaded).
    Target ratio <= 1.10.
-2. One denoising step (latents stacked, scaled, UNet, guidance combined, Euler-ancestral step) with
-   three-way guidance (batch 3B: uncond, text, text + reference, then `combine_guidance`) against ordinary
-   two-way guidance (batch 2B, then `combine_two_way`), the adapters active in both. The masks are made once
+2. One denoising step (the pipeline's own `denoise_step`: latents stacked, scaled, UNet, guidance combined,
+   Euler-ancestral step) with three-way guidance (`guidance.cfg.GuidanceRows` of 3B: uncond, text, text +
+   reference) against ordinary two-way guidance (2B), the adapters active in both. The masks are made once
    and reused across steps, as in the pipeline. Target ratio <= 1.55 (batch 3 against 2 on a CPU scales
    about linearly; on a GPU the ratio is usually lower).
 3. Peak memory of each configuration's first call: the process's peak resident set (VmHWM, reset just
@@ -180,6 +180,7 @@ def make_inputs(pipe, batch: int, size: int, device, dtype):
     import torch
 
     from facestudio.attention import LayerMasks, RegionMasks
+    from facestudio.guidance.cfg import GuidanceRows
     from facestudio.guidance.identity import Identity
     from facestudio.pipeline import IdentityInput
     from facestudio.regions import Split, resolve_regions
@@ -196,11 +197,11 @@ def make_inputs(pipe, batch: int, size: int, device, dtype):
     masks = pipe.region_masks(resolve_regions(Split(), 2, (size, size)), size, size)  # left and right halves
     latent_size = (size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
     inputs = {"latent_size": latent_size}
-    for rows, three_way in ((3, True), (2, False)):
-        tokens = [pipe.identity_tokens(identities, batch, three_way), pipe.style_tokens(style_image, batch, three_way)]
-        inputs[rows] = {
-            "tokens": [t.to(device=device, dtype=pipe.unet.dtype) for t in tokens],
-            "text": torch.cat([negative, positive, positive] if three_way else [negative, positive]),
+    for rows in (GuidanceRows.for_call(True), GuidanceRows.for_call(False)):  # the pipeline's own rows
+        tokens = [pipe.identity_tokens(identities, batch, rows), pipe.style_tokens(style_image, batch, rows)]
+        inputs[len(rows)] = {
+            "rows": rows, "tokens": [t.to(device=device, dtype=pipe.unet.dtype) for t in tokens],
+            "text": rows.text(negative, positive),
         }
     inputs["regions"] = (RegionMasks(masks, (1.0, 1.0)), RegionMasks.full(1, 1.0))
     inputs["latents"] = torch.randn((batch, pipe.unet.config.in_channels, *latent_size),
@@ -342,7 +343,7 @@ def main() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from facestudio.guidance.cfg import combine_guidance, combine_two_way
+    from facestudio.request import GenerationSettings
 
     diffusers_logging.set_verbosity_error()  # "image_encoder is not loaded", "kept in float32": expected here
     transformers_logging.set_verbosity_error()
@@ -412,17 +413,15 @@ def main() -> None:
         timesteps = iter(scheduler.timesteps)
         generator = torch.Generator(device).manual_seed(0)
         n = 3 if three_way else 2
-        text, tokens = inputs[n]["text"], inputs[n]["tokens"]
+        rows, text, tokens = inputs[n]["rows"], inputs[n]["text"], inputs[n]["tokens"]
         kwargs = {"added_cond_kwargs": {"image_embeds": tokens},  # masks made once per generation, as in the pipeline
                   "cross_attention_kwargs": {"ip_adapter_masks": inputs["make_masks"]()}}
         state = {"latents": inputs["latents"] * scheduler.init_noise_sigma}
+        settings = GenerationSettings(PROMPT)
 
-        def step():
-            t = next(timesteps)
-            model_input = scheduler.scale_model_input(torch.cat([state["latents"]] * n), t)
-            eps = unet(model_input, t, encoder_hidden_states=text, return_dict=False, **kwargs)[0]
-            eps = combine_guidance(eps, 7.5, 7.5) if three_way else combine_two_way(eps, 7.5)
-            state["latents"] = scheduler.step(eps, t, state["latents"], generator=generator, return_dict=False)[0]
+        def step():  # the pipeline's own step, at the default scales
+            state["latents"] = pipe.denoise_step(scheduler, next(timesteps), state["latents"], rows, text, kwargs,
+                                                 settings, generator)
         return step
 
     switch.on()
@@ -433,8 +432,8 @@ def main() -> None:
     with torch.inference_mode():
         start = time.perf_counter()
         for _ in range(repeats):
-            pipe.identity_tokens(inputs["identities"], B, True)
-            pipe.style_tokens(inputs["style_image"], B, True)
+            pipe.identity_tokens(inputs["identities"], B, inputs[3]["rows"])
+            pipe.style_tokens(inputs["style_image"], B, inputs[3]["rows"])
         tokens_ms = 1000 * (time.perf_counter() - start) / repeats
     pipe.unload_adapters()
 

@@ -35,6 +35,7 @@ On 2 busy CPU cores the default run takes a few minutes and about 5 GB of memory
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -67,11 +68,14 @@ def build_pipeline(tiny: bool, device: str, dtype):
 
 
 def main() -> int:
+    from facestudio.request import DEFAULT_STEPS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    parser.add_argument("--steps", type=int, default=25, help="sampling steps (default 25, the paper's)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                        help=f"sampling steps (default {DEFAULT_STEPS}, the paper's)")
     parser.add_argument("--passes", type=int, default=2, help="training passes timed per method (default 2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default 1 on the CPU: far less sensitive to other processes "
@@ -89,7 +93,7 @@ def main() -> int:
     from facestudio.evaluation.runspec import tuning_costs
     from facestudio.evaluation.timing import stopwatch, timed_call
     from facestudio.guidance import identity as idg
-    from facestudio.pipeline import IdentityInput
+    from facestudio.request import GenerationSettings, IdentityInput
 
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
@@ -111,18 +115,18 @@ def main() -> int:
     print(f"models built in {t['seconds']:.1f} s (not counted)")
 
     # 1. facestudio: photo -> first image
-    call = dict(prompt="a photo of a person as an astronaut", num_inference_steps=args.steps, width=size, height=size)
+    call = GenerationSettings("a photo of a person as an astronaut", num_inference_steps=args.steps, width=size,
+                              height=size, seed=0)
     with stopwatch(args.device) as analysis:
         identity = idg.encode_person(analyzer, [args.photo], None, name="person")
-    _, split = timed_call(pipe, identities=[IdentityInput(identity=identity)],
-                          generator=torch.Generator().manual_seed(0), **call)
+    _, split = timed_call(pipe, dataclasses.replace(call, identities=(IdentityInput(identity=identity),)))
     facestudio = analysis["seconds"] + sum(split.values())
     print(f"facestudio: face analysis {analysis['seconds']:.2f} s, encoding {split['encoding']:.2f} s, "
           f"denoising {split['denoising']:.2f} s, decoding {split['decoding']:.2f} s: {facestudio:.1f} s to first image")
 
     # 2. The base model's sampling, as a tuned model samples
     pipe.unload_adapters()
-    _, plain = timed_call(pipe, identities=[], generator=torch.Generator().manual_seed(0), **call)
+    _, plain = timed_call(pipe, call)
     sampling = sum(plain.values())
     print(f"base model sampling (two-way guidance): {sampling:.1f} s")
 

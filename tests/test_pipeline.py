@@ -254,7 +254,7 @@ def test_regions_segment_places_the_people_by_their_silhouettes_in_the_style_ima
     masks, edit = pipe.place_people(two, 2, 128, 128, "segment", pair, None, None)
     style = np.asarray(pair.resize((128, 128), Image.LANCZOS))
     assert edit is None
-    assert np.array_equal(masks, resolve_regions(Segmented(), 2, (128, 128), analyzer=pipe._analyzer(), style=style))
+    assert np.array_equal(masks, resolve_regions(Segmented(), 2, (128, 128), analyzer=pipe.get_face_analyzer(), style=style))
     kw = dict(style_image=pair, height=128, width=128, num_inference_steps=2, output_type="np")
     segmented = pipe("two people", identities=two, regions="segment", generator=seed(), **kw)
     estimated = pipe("two people", identities=two, generator=seed(), **kw)
@@ -269,7 +269,7 @@ def test_regions_segment_with_a_scene_regenerates_only_its_faces(pipe, people, p
     two = [IdentityInput(identity=people[0]), IdentityInput(identity=people[1])]
     masks, edit = pipe.place_people(two, 2, 128, 128, "segment", None, pair, None)
     scene = np.asarray(pair.resize((128, 128), Image.LANCZOS))
-    faces = resolve_regions(SceneFaces(), 2, (128, 128), analyzer=pipe._analyzer(), scene=scene)
+    faces = resolve_regions(SceneFaces(), 2, (128, 128), analyzer=pipe.get_face_analyzer(), scene=scene)
     assert np.array_equal(edit.regenerated, np.maximum(faces[0], faces[1]))
     assert not np.any((masks[0] > 0) & (masks[1] > 0))
     assert (masks.sum(0) > 0).sum() > 2 * (edit.regenerated > 0).sum()  # attention over the bodies, not only faces

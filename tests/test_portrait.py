@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from conftest import unet_output
 from test_presets import empty_hub  # noqa: F401  (a fixture)
 from facestudio.errors import ModelFileError
+from facestudio.guidance.cfg import TWO_WAY, GuidanceRows
 from facestudio.guidance import public_layouts as layouts
 from facestudio.guidance.kinds import KINDS, FaceIDPortraitKind, kind_for
 from facestudio.guidance.public_identity import PublicIdentityConfig
@@ -80,7 +81,7 @@ def test_photos_side_by_side_equal_stock_diffusers(pipe, stock, faces_dir):
     (person,) = pipe.encode_identities([IdentityInput(photos=tuple(faces_dir / p for p in OBAMA))], None)
     assert person.detail.shape == (3, 512) and person.num_photos == 3
     assert np.allclose(np.linalg.norm(person.detail, axis=1), 1.0, atol=1e-5)
-    tokens = pipe.identity_tokens([person], batch=1, three_way=False)  # [2, 1, 48, 64]: [no reference; person]
+    tokens = pipe.identity_tokens([person], batch=1, rows=GuidanceRows(TWO_WAY))  # [2, 1, 48, 64]: [no reference; person]
     assert tokens.shape == (2, 1, 3 * 16, 64)
     embeds = torch.from_numpy(person.detail)[None]  # [1, N, 512]: N images of the one adapter
     ours, theirs = unet_output(pipe, [tokens[1:]]), unet_output(stock, [embeds])
@@ -110,9 +111,9 @@ def test_people_with_different_photo_counts_in_regions(pipe, faces_dir):
     """Two identities of 3 and 1 photos: 48 and 16 tokens, repeated to one length without changing attention."""
     obama, biden = pipe.encode_identities([IdentityInput(photos=tuple(faces_dir / p for p in OBAMA)),
                                            IdentityInput(photos=(faces_dir / "biden.jpg",))], None)
-    tokens = pipe.identity_tokens([obama, biden], batch=1, three_way=False)
+    tokens = pipe.identity_tokens([obama, biden], batch=1, rows=GuidanceRows(TWO_WAY))
     assert tokens.shape == (2, 2, 48, 64)
-    alone = pipe.identity_tokens([biden], batch=1, three_way=False)  # 16 tokens
+    alone = pipe.identity_tokens([biden], batch=1, rows=GuidanceRows(TWO_WAY))  # 16 tokens
     assert (unet_output(pipe, [tokens[1:, 1:]]) - unet_output(pipe, [alone[1:]])).abs().max() < 1e-5
 
     def run(*people):
@@ -156,7 +157,7 @@ def test_the_preset_row_loads_the_published_file_name_from_the_hub_cache(empty_h
     pipe = load_preset_pipeline("faceid-portrait-sd15", base_model=str(base), arcface_model=arcface)
     pipe.set_progress_bar_config(disable=True)
     (person,) = pipe.encode_identities([IdentityInput(photos=(faces_dir / OBAMA[0], faces_dir / OBAMA[1]))], None)
-    assert pipe.identity_tokens([person], batch=1, three_way=False).shape == (2, 1, 32, 64)
+    assert pipe.identity_tokens([person], batch=1, rows=GuidanceRows(TWO_WAY)).shape == (2, 1, 32, 64)
     image = pipe("a portrait", identities=[IdentityInput(identity=person)], output_type="np",
                  generator=torch.Generator().manual_seed(0), **SIZE).images
     assert np.isfinite(image).all()

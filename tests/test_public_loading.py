@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,11 +20,7 @@ from safetensors.torch import save_file
 from facestudio.errors import ModelFileError
 from facestudio.guidance import public_layouts as layouts
 from facestudio.guidance.layout import cross_attention_layers
-from facestudio.guidance.public_loading import (
-    load_public_adapters,
-    scales_to_masks,
-    unload_public_adapters,
-)
+from facestudio.guidance.public_loading import load_public_adapters, unload_public_adapters
 from facestudio.models import tiny_components
 
 pytest.importorskip("peft", minversion="0.17")
@@ -33,7 +28,6 @@ pytest.importorskip("peft", minversion="0.17")
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a .peft_config. attribute:UserWarning")
 
 ATOL = 1e-5
-HEIGHT = WIDTH = 64  # the image size the tiny UNet's 8x8 latent stands for
 
 
 @pytest.fixture(autouse=True)
@@ -170,54 +164,6 @@ def test_two_faceid_adapters_and_the_user_lora_are_all_active(inputs):
         kept = [n for n in ("mine", "faceid_0", "faceid_1") if n != dropped]
         pipe.set_adapters(kept, adapter_weights=[0.5 if n == "mine" else 1.0 for n in kept])
         assert _differs(_out(pipe, inputs, embeds), loaded), dropped
-
-
-# --- 3. per-image scales without masks --------------------------------------------------------------------
-
-
-def test_stock_per_image_scales_without_masks_raise(inputs):
-    pipe = _pipe()
-    _stock_load(pipe, [_faceid(pipe.unet, 1)])
-    pipe.set_ip_adapter_scale([[0.7, 0.5]])
-    with pytest.raises(TypeError, match="only integer tensors of a single element"):
-        _out(pipe, inputs, [inputs["faces"]])
-
-
-def test_per_image_scales_without_masks_become_all_ones_masks(inputs):
-    pipe = _pipe()
-    load_public_adapters(pipe, _faceid(pipe.unet, 1))
-    scales, masks = scales_to_masks([[0.7, 0.5]], height=HEIGHT, width=WIDTH)
-    pipe.set_ip_adapter_scale(scales)
-    out = _out(pipe, inputs, [inputs["faces"]], ip_adapter_masks=masks)
-    explicit = _out(pipe, inputs, [inputs["faces"]], ip_adapter_masks=[torch.ones(1, 2, HEIGHT, WIDTH)])
-    torch.testing.assert_close(out, explicit, atol=ATOL, rtol=0)
-    # a list always means one softmax per image: not the joint softmax of one number without masks
-    pipe.set_ip_adapter_scale(scales_to_masks([[0.7, 0.7]], height=HEIGHT, width=WIDTH).scales)
-    per_image = _out(pipe, inputs, [inputs["faces"]], ip_adapter_masks=masks)
-    pipe.set_ip_adapter_scale(0.7)
-    assert _differs(per_image, _out(pipe, inputs, [inputs["faces"]]))
-
-
-def test_scales_to_masks_rules():
-    assert scales_to_masks([0.6, 1]) == ([0.6, 1.0], None)  # numbers keep the joint, unmasked path
-    assert scales_to_masks([[0.6]]) == ([0.6], None)  # one image: the same either way
-    assert scales_to_masks([np.float32(0.5)]) == ([0.5], None)
-    given = torch.zeros(1, 2, 4, 6)
-    scales, masks = scales_to_masks([[0.7, 0.5], 1.0], [given, None])
-    assert scales == [[0.7, 0.5], 1.0] and masks[0] is given and masks[1] is None
-    scales, masks = scales_to_masks([1.0, (0.7, 0.5, 0.2)], height=512, width=768)
-    assert scales == [1.0, [0.7, 0.5, 0.2]] and masks[0] is None
-    assert masks[1].shape == (1, 3, 2, 3) and bool((masks[1] == 1).all())  # 512x768's aspect ratio
-    with pytest.raises(ValueError, match="height and width"):
-        scales_to_masks([[0.7, 0.5]])
-    with pytest.raises(ValueError, match="2 scales for 3 masked images"):
-        scales_to_masks([[0.7, 0.5]], [torch.ones(1, 3, 8, 8)])
-    with pytest.raises(ValueError, match="1 scales but 2 masks"):
-        scales_to_masks([1.0], [None, None])
-    with pytest.raises(ValueError, match=r"\[1, num_images, H, W\]"):
-        scales_to_masks([1.0], [torch.ones(2, 8, 8)])
-    with pytest.raises(ValueError, match="empty"):
-        scales_to_masks([[]], height=8, width=8)
 
 
 # --- parity with diffusers, from files --------------------------------------------------------------------

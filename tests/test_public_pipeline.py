@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from conftest import unet_output
 from facestudio.errors import ModelFileError
+from facestudio.guidance.cfg import TWO_WAY, GuidanceRows
 from facestudio.guidance import public_identity as pid
 from facestudio.guidance import public_layouts as layouts
 from facestudio.guidance import style as sty
@@ -86,7 +87,7 @@ def test_unet_output_equals_stock_diffusers(kind, checkpoints, arcface_analyzer,
     """Photo -> facestudio's tokens -> UNet equals stock diffusers fed the same encoder outputs the documented way."""
     pipe = _pipe(kind, checkpoints, arcface_analyzer)
     (identity,) = pipe.encode_identities([IdentityInput(photos=(faces_dir / "obama.jpg",))], None)
-    tokens = pipe.identity_tokens([identity], batch=1, three_way=False)[1:]  # [1, 1, T, D]: the identity row
+    tokens = pipe.identity_tokens([identity], batch=1, rows=GuidanceRows(TWO_WAY))[1:]  # [1, 1, T, D]: the identity row
     stock = _stock(kind, checkpoints)
     projection = stock.unet.encoder_hid_proj.image_projection_layers[0]
     embedding = torch.from_numpy(identity.embedding)[None, None]
@@ -105,7 +106,7 @@ def test_no_reference_input_per_kind(kind, checkpoints, arcface_analyzer):
     """FaceID's "no reference" is a zero embedding; a CLIP branch's is CLIP's output on a blank image."""
     pipe = _pipe(kind, checkpoints, arcface_analyzer)
     projection = pipe._projection(pipe.facestudio_adapters[0])
-    null = pipe.identity_tokens([], batch=1, three_way=False)[0, 0]
+    null = pipe.identity_tokens([], batch=1, rows=GuidanceRows(TWO_WAY))[0, 0]
     with torch.no_grad():
         if kind == "faceid":
             expected = projection(torch.zeros(1, 512))[0]
@@ -171,7 +172,7 @@ def test_sdxl_faceid_matches_stock_and_keeps_regions(tmp_path, arcface_analyzer,
     from diffusers import StableDiffusionXLPipeline
 
     from facestudio.models import tiny_xl_components
-    from facestudio.pipeline import FaceStudioXLPipeline
+    from facestudio.pipeline_xl import FaceStudioXLPipeline
 
     unet = tiny_xl_components()["unet"]
     generator = torch.Generator().manual_seed(5)
@@ -211,7 +212,7 @@ def test_sdxl_float16_vae_runs_in_float32_safely_across_threads():
     """SDXL's VAE is cast to float32 for each decode; concurrent calls never meet it half cast."""
     from conftest import run_in_threads
     from facestudio.models import tiny_xl_components
-    from facestudio.pipeline import FaceStudioXLPipeline
+    from facestudio.pipeline_xl import FaceStudioXLPipeline
 
     pipe = FaceStudioXLPipeline(**tiny_xl_components())
     pipe.set_progress_bar_config(disable=True)
@@ -233,14 +234,15 @@ def test_prompt_encoding_is_safe_across_threads(xl):
     """A tokenizer's padding setting is state: without the pipeline's lock, one of 1,200 concurrent encodings
     here met another's "longest" padding (8 tokens instead of 77: the size mismatch once seen under load)."""
     from facestudio.models import tiny_components, tiny_xl_components
-    from facestudio.pipeline import FaceStudioPipeline, FaceStudioXLPipeline
+    from facestudio.pipeline import FaceStudioPipeline
+    from facestudio.pipeline_xl import FaceStudioXLPipeline
 
     pipe = (FaceStudioXLPipeline(**tiny_xl_components()) if xl else FaceStudioPipeline(**tiny_components()))
-    alone = pipe.encode_text(["a photo"], None, torch.device("cpu"), 1, 2, 64, 64)[0]
+    alone = pipe.encode_text(["a photo"], None, torch.device("cpu"), 1, GuidanceRows(TWO_WAY), 64, 64)[0]
     assert alone.shape[1] == 77
 
     def work(_):
-        return [pipe.encode_text(["a photo"], None, torch.device("cpu"), 1, 2, 64, 64)[0] for _ in range(300)]
+        return [pipe.encode_text(["a photo"], None, torch.device("cpu"), 1, GuidanceRows(TWO_WAY), 64, 64)[0] for _ in range(300)]
 
     from conftest import run_in_threads
     results = run_in_threads(work, [0, 1, 2, 3], repeats=1)

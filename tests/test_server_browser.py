@@ -87,7 +87,7 @@ def test_upload_draw_generate_and_see_the_result(page, server, faces_dir, tmp_pa
 
     # The job the page sent carried the drawn region; the page loaded nothing from elsewhere.
     job = next(iter(server.app.state.jobs.values()))
-    assert tuple(job.request.people[0].region) == tuple(float(v) for v in region)
+    assert tuple(job.plan.people[0].region) == tuple(float(v) for v in region)
     assert all(url.startswith(server.url) or url.startswith("blob:") for url in requests), requests
     assert page.errors == []
 
@@ -112,11 +112,13 @@ def test_the_region_source_is_chosen_on_the_page(page, server):
     assert options == available_choices()  # what this server accepts, from /v1/models
     page.fill("#steps", "1")
     page.select_option("#regions-source", "split")
-    with page.expect_request(lambda r: r.url.endswith("/v1/generations") and r.method == "POST") as sent:
+    # the response, not only the request: the job is on the server once it has answered
+    with page.expect_response(lambda r: r.url.endswith("/v1/generations") and r.request.method == "POST") as sent:
         page.click("#generate")
-    assert sent.value.post_data_json["regions"] == "split"
+    assert sent.value.request.post_data_json["regions"] == "split"
     page.wait_for_selector("#gallery figure img")
-    assert any(job.request.request.regions == "split" for job in server.app.state.jobs.values())
+    assert any(job.plan.request.regions == job.plan.settings.regions == "split"
+               for job in server.app.state.jobs.values())
     assert page.errors == []
 
 

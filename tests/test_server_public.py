@@ -52,7 +52,7 @@ def test_identity_upload_and_generation_with_a_public_adapter(plus_face_pipe, tm
         # Stored as encoded, tokens per photo included (plus-face's CLIP tokens: not dlib's 64 per photo).
         stored = server.config.app.state.data.load_identity(uploaded["id"])
         photos = [to_array(load_image(faces_dir / n)) for n in ("obama.jpg", "obama2.jpg")]
-        analyzer = plus_face_pipe._analyzer()
+        analyzer = plus_face_pipe.get_face_analyzer()
         direct = plus_face_pipe.encode_photos(photos, [analyzer.detect(p)[0] for p in photos], name="Barack")
         assert stored.tokens_per_photo == direct.tokens_per_photo > 0 and stored.num_photos == 2
         assert np.array_equal(stored.detail, direct.detail) and stored.recognizer == direct.recognizer

@@ -56,7 +56,7 @@ def test_bound_cancel_and_failure():
 
 def test_a_failing_job_fails_alone_and_a_slow_one_times_out():
     def run(job):
-        if job.request == "boom":
+        if job.plan == "boom":
             raise RuntimeError("boom")
         for step in range(1, 10**6):
             job.progress(step)

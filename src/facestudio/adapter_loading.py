@@ -116,7 +116,7 @@ class AdapterLoadingMixin:
                 raise ModelFileError(f"adapter made for a UNet with cross_attention_dim {config.cross_attention_dim}; "
                                      f"this UNet has {self.unet.config.cross_attention_dim}")
             if kind.reads_embedding:  # only these need a face analyzer (made here if none was given)
-                kind.check_recognizer(self._analyzer().recognizer.name, label)
+                kind.check_recognizer(self.get_face_analyzer().recognizer.name, label)
             if kind.image_encoder:
                 encoder = encoder or encoders.get(kind.image_encoder) or sty.load_style_encoder(kind.image_encoder)
                 encoders[kind.image_encoder] = encoder
@@ -210,7 +210,8 @@ class AdapterLoadingMixin:
     def _adapter(self, role: str) -> LoadedAdapter | None:
         return next((a for a in self.facestudio_adapters if a.kind == role), None)
 
-    def _analyzer(self) -> FaceAnalyzer:
+    def get_face_analyzer(self) -> FaceAnalyzer:
+        """The pipeline's `FaceAnalyzer` (the one given to `load_adapters`, else shipped models, made on first use)."""
         if self.face_analyzer is None:
             self.face_analyzer = FaceAnalyzer()  # shipped models only; loads lazily
         return self.face_analyzer

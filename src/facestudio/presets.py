@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import FaceStudioError, ModelFileError
+from .request import DEFAULT_TEXT_SCALE
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +102,8 @@ class Preset:
     style_embed_dim: int = 1024
     sdxl: bool = False
     steps: int = 30
-    text_guidance_scale: float = 7.5
-    reference_guidance_scale: float = 7.5
+    text_guidance_scale: float = DEFAULT_TEXT_SCALE
+    reference_guidance_scale: float = DEFAULT_TEXT_SCALE
     shortcut_scale: float = 1.0
 
 
@@ -201,7 +202,8 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     from .guidance.public_identity import PublicIdentityConfig
     from .guidance.style import StyleAdapterConfig
     from .models import enable_memory_savers, load_base_pipeline
-    from .pipeline import FaceStudioPipeline, FaceStudioXLPipeline
+    from .pipeline import FaceStudioPipeline
+    from .pipeline_xl import FaceStudioXLPipeline
 
     preset = get_preset(name)
     check_available(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model)

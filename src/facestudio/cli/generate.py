@@ -12,7 +12,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from .. import __version__
@@ -20,7 +20,9 @@ from ..errors import FaceStudioError
 from ..files import check_free_space, existing_ancestor
 from ..loading import TINY, adapter_folder, load_generation_pipeline, style_beside
 from ..presets import PRESETS
-from ..regions.sources import CHOICES, Box, as_call_source, as_region, check_sources
+from ..regions.sources import CHOICES, as_region
+from ..request import (DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_TEXT_SCALE, SDXL_DEFAULT_SIDE, GenerationSettings,
+                       IdentityInput)
 from . import EXIT_OK, MIN_IMAGE_SIDE, quiet_libraries
 from .output import png_bytes_bound, removed_if_left_empty
 
@@ -118,15 +120,17 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
                             help="style adapter folder (FOLDER/style or a folder holding facestudio_adapter.json); "
                                  "default: the style/ beside --adapter's identity/, if there is one")
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--steps", type=int, metavar="N", help="denoising steps (default 25, or the preset's)")
+    sampling.add_argument("--steps", type=int, metavar="N",
+                          help=f"denoising steps (default {DEFAULT_STEPS}, or the preset's)")
     sampling.add_argument("--seed", type=int, default=0, metavar="S",
                           help="seed of the first image; image i uses S+i (default 0)")
     sampling.add_argument("--text-scale", type=float, metavar="G",
-                          help="guidance scale of the prompt (default 7.5, or the preset's)")
+                          help=f"guidance scale of the prompt (default {DEFAULT_TEXT_SCALE}, or the preset's)")
     sampling.add_argument("--reference-scale", type=float, metavar="G",
                           help="guidance scale of the identities and style (default: --text-scale)")
-    sampling.add_argument("--width", type=int, metavar="W", help="image width, a multiple of 8 (default 512; 1024 with an SDXL preset)")
-    sampling.add_argument("--height", type=int, metavar="H", help="image height, a multiple of 8 (default 512; 1024 with an SDXL preset)")
+    for option, what in (("--width", "width"), ("--height", "height")):
+        sampling.add_argument(option, type=int, metavar=what[0].upper(), help=f"image {what}, a multiple of 8 (default "
+                              f"{DEFAULT_SIDE}; {SDXL_DEFAULT_SIDE} with an SDXL preset)")
     sampling.add_argument("--num-images", type=int, default=1, metavar="N", help="how many images (default 1)")
     output = parser.add_argument_group("output and hardware")
     output.add_argument("--output", default="facestudio-out", metavar="DIR",
@@ -138,25 +142,8 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
     output.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (saves memory)")
 
 
-DEFAULT_SIDE = 512  # the pipelines' own defaults: FaceStudioPipeline.default_side (SDXL: 1024)
-SDXL_DEFAULT_SIDE = 1024
-
 #: Image files written by `generate`: `NNN-seedS.png`.
 _IMAGE_NAME = re.compile(r"^(\d{3,})-seed\d+\.png$")
-
-
-@dataclass(frozen=True)
-class _Person:
-    """One --identity as given on the command line, checked."""
-
-    photos: tuple[str, ...]
-    face: int | None
-    region: Box | None
-    strength: float
-
-    @property
-    def name(self) -> str:
-        return "+".join(Path(p).stem for p in self.photos)
 
 
 def run_generate(args) -> int:
@@ -184,12 +171,11 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
 
     preset = _preset_defaults(args)
 
-    from ..pipeline import IdentityInput
-
     # 1. Settings, then files: everything a user can get wrong fails here, before any model loads
-    people, mix, width, height, scene_faces = _check_settings(args, mix)
+    settings = _check_settings(args, mix)
+    people = settings.identities
     output = _check_output_folder(args.output)
-    _check_room(args, output, width, height)
+    _check_room(args, output, settings.width, settings.height)
     if args.device is not None:
         from ..models import choose_device
 
@@ -221,37 +207,26 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     # 3. Models
     pipe = _load_models(args, people, adapter, style_adapter, analyzer, with_style=style is not None)
     if preset is not None:
-        identities = pipe.encode_identities([IdentityInput(photos=p.photos, face=p.face, name=p.name) for p in people],
-                                            None)
+        identities = pipe.encode_identities(list(people), None)
 
     # 4. Images, each written as soon as it is made
-    inputs = [IdentityInput(identity=identity, region=person.region, strength=person.strength, name=person.name)
-              for person, identity in zip(people, identities)]
-    settings = {
-        "command": command, "prompt": args.prompt, "negative_prompt": args.negative_prompt,
+    metadata = {
+        **settings.metadata(), "command": command,
         "preset": args.preset, "base_model": str(args.base_model or preset.base_model),
         "adapter": (str(preset.adapter) if preset else args.adapter) if people else None,
         "style_adapter": str(style_adapter[0]) if style_adapter else None,
         "identities": [{"name": p.name, "photos": [Path(f).name for f in p.photos], "face": p.face,
                         "region": None if p.region is None else list(p.region), "strength": p.strength}
                        for p in people],
-        "mix": mix, "style_image": None if args.style is None else Path(args.style).name,
-        "style_strength": args.style_strength if style is not None else None,
-        "scene_image": None if args.scene is None else Path(args.scene).name, "scene_faces": scene_faces,
-        "regions": args.regions or "auto",
-        "steps": args.steps, "text_guidance_scale": args.text_scale,
-        "reference_guidance_scale": args.text_scale if args.reference_scale is None else args.reference_scale,
-        "num_images": args.num_images, "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
-        "facestudio_version": __version__,
+        "style_image": None if args.style is None else Path(args.style).name,
+        "scene_image": None if args.scene is None else Path(args.scene).name,
+        "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."), "facestudio_version": __version__,
     }
-    # A list, as `prompt` becomes one inside the pipeline (diffusers' encode_prompt refuses str beside list).
-    negative = None if args.negative_prompt is None else [args.negative_prompt]
-    call = dict(prompt=args.prompt, negative_prompt=negative, identities=inputs, mix=mix,
-                style_image=style, style_strength=args.style_strength, scene_image=scene, scene_faces=scene_faces,
-                regions=args.regions, text_guidance_scale=args.text_scale, reference_guidance_scale=args.reference_scale,
-                num_inference_steps=args.steps, width=width, height=height)
+    inputs = tuple(IdentityInput(identity=identity, region=person.region, strength=person.strength, name=person.name)
+                   for person, identity in zip(people, identities))
+    settings = replace(settings, identities=inputs, style_image=style, scene_image=scene)
     with removed_if_left_empty(output):
-        written = _write_images(pipe, call, settings, args.seed, args.num_images, output)
+        written = _write_images(pipe, settings, metadata, output)
     for path in written:
         print(path)
     return EXIT_OK
@@ -264,9 +239,9 @@ def _preset_defaults(args):
         from ..presets import get_preset
 
         preset = get_preset(args.preset)
-    args.steps = args.steps if args.steps is not None else preset.steps if preset else 25
+    args.steps = args.steps if args.steps is not None else preset.steps if preset else DEFAULT_STEPS
     if args.text_scale is None:
-        args.text_scale = preset.text_guidance_scale if preset else 7.5
+        args.text_scale = preset.text_guidance_scale if preset else DEFAULT_TEXT_SCALE
         if args.reference_scale is None and preset is not None:
             args.reference_scale = preset.reference_guidance_scale
     return preset
@@ -287,48 +262,22 @@ def _find_faces(people) -> None:
             select_face(detector.detect(image), index=person.face, source=photo)
 
 
-def _check_settings(args, mix):
-    """Every check that needs no file: sizes, counts, numbers. Returns the people and normalised settings."""
-    from ..pipeline import MAX_SIDE
-
+def _check_settings(args, mix) -> GenerationSettings:
+    """Every check that needs no file: how the options combine, then the settings' own checks (named as
+    options). The people carry their photo paths until their faces are encoded."""
     specs = [_photo_list(spec, i) for i, spec in enumerate(args.identity)]
     count = len(specs)
-    for name, side in (("--width", args.width), ("--height", args.height)):
-        if side is not None and (side % 8 or not 8 <= side <= MAX_SIDE):
-            raise FaceStudioError(f"{name} {side}: must be a multiple of 8 between 8 and {MAX_SIDE}")
-    if args.steps < 1:
-        raise FaceStudioError(f"--steps {args.steps}: at least 1 step is needed")
-    if args.num_images < 1:
-        raise FaceStudioError(f"--num-images {args.num_images}: at least 1 image is needed")
-    if not 0 <= args.seed <= 2**63 - args.num_images:
-        raise FaceStudioError(f"--seed {args.seed}: must be between 0 and 2**63 - number of images")
-    for name, value in (("--text-scale", args.text_scale), ("--reference-scale", args.reference_scale),
-                        ("--style-strength", args.style_strength), *(("--strength", s) for s in args.strength)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise FaceStudioError(f"{name} {value}: must be a finite number >= 0")
-    if any(f < 0 for f in args.face):
-        raise FaceStudioError(f"--face {min(args.face)}: faces are numbered from 0 (the largest)")
-    if mix is not None:
-        if count < 2 or len(mix) != count:
-            raise FaceStudioError(f"--mix has {len(mix)} weight(s) for {count} --identity: give one weight per "
-                                  "identity, at least two")
-        if any(not math.isfinite(w) or w < 0 for w in mix) or abs(sum(mix) - 1.0) > 1e-3:
-            raise FaceStudioError(f"--mix {','.join(f'{w:g}' for w in mix)}: weights must be >= 0 and sum to 1")
-        total = sum(mix)
-        mix = mix if total == 1.0 else [w / total for w in mix]  # typed weights such as thirds, made exact
+    if mix is not None and all(math.isfinite(w) and w >= 0 for w in mix) and abs(sum(mix) - 1.0) <= 1e-3:
+        mix = [w / sum(mix) for w in mix]  # typed weights such as thirds, made exact
     faces = _per_person(args.face, count, "--face")
     strengths = _per_person(args.strength, count, "--strength", default=1.0)
-    if mix is not None and len(set(strengths)) > 1:
-        raise FaceStudioError("with --mix the identities become one face: give one --strength, not one per person")
     slots = 1 if mix is not None else count
     if len(args.region) > slots:
         raise FaceStudioError(f"{len(args.region)} --region boxes for {slots} {'mixed face' if mix else 'identity'}"
                               f"{'' if slots == 1 else 's'}: at most one --region per --identity"
                               + (" (one in all with --mix)" if mix else ""))
-    width, height = args.width, args.height
     side = _default_side(args)
-    full_w, full_h = width or side, height or side
-    regions = [as_region(text, "cli").check(full_w, full_h, "cli") for text in args.region]
+    regions = [as_region(text, "cli").check(args.width or side, args.height or side, "cli") for text in args.region]
     regions += [None] * (count - len(regions))
     if args.base_model is None and args.preset is None:
         raise FaceStudioError("give --base-model (a folder, a hub id or 'tiny') or --preset")
@@ -339,18 +288,14 @@ def _check_settings(args, mix):
     if count and not (args.adapter or args.preset):
         raise FaceStudioError("--identity needs an identity adapter: --adapter FOLDER (or 'tiny' for a smoke "
                               "test with an untrained adapter)")
-    scene_faces = None
-    if args.scene is not None and not count:
-        raise FaceStudioError("--scene needs at least one --identity to put into it")
-    check_sources(regions, as_call_source(args.regions, "cli"), scene=args.scene is not None,
-                  style=args.style is not None, scene_faces=args.scene_faces, where="cli")
-    if args.scene_faces is not None:
-        scene_faces = _numbers(args.scene_faces, "--scene-faces", int)
-        if len(scene_faces) != slots or any(i < 0 for i in scene_faces):
-            raise FaceStudioError(f"--scene-faces {args.scene_faces}: give {slots} face number(s) >= 0 (0 is the "
-                                  "scene's largest face), one per " + ("mixed face" if mix else "--identity"))
-    people = [_Person(tuple(p), f, r, s) for p, f, r, s in zip(specs, faces, regions, strengths)]
-    return people, mix, width, height, scene_faces
+    people = tuple(IdentityInput(photos=tuple(p), region=r, strength=s, face=f, name="+".join(Path(x).stem for x in p))
+                   for p, f, r, s in zip(specs, faces, regions, strengths))
+    scene_faces = None if args.scene_faces is None else _numbers(args.scene_faces, "--scene-faces", int)
+    return GenerationSettings(
+        args.prompt, args.negative_prompt, people, mix, style_image=args.style, style_strength=args.style_strength,
+        scene_image=args.scene, scene_faces=scene_faces, regions=args.regions, text_guidance_scale=args.text_scale,
+        reference_guidance_scale=args.reference_scale, num_inference_steps=args.steps, width=args.width,
+        height=args.height, seed=args.seed, count=args.num_images).validate("cli")
 
 
 def _default_side(args) -> int:
@@ -456,37 +401,38 @@ def _load_models(args, people, adapter, style_adapter, analyzer, with_style: boo
     return pipe
 
 
-def _write_images(pipe, call: dict, settings: dict, seed: int, count: int, output: Path) -> list[Path]:
-    """Generate image i with seed `seed + i` and write it at once; a contact sheet after several."""
-    import torch
+def _write_images(pipe, settings: GenerationSettings, metadata: dict, output: Path) -> list[Path]:
+    """Generate image i with seed `settings.seed + i` and write it at once; a contact sheet after several."""
     from tqdm import tqdm
 
     from ..imaging import ai_generated_metadata, contact_sheet
 
     written, images, seeds = [], [], []
     index = _next_free_index(output)
-    bar = tqdm(total=count * call["num_inference_steps"], desc=f"image 1/{count}", unit="step", file=sys.stderr,
+    count = settings.count
+    bar = tqdm(total=count * settings.num_inference_steps, desc=f"image 1/{count}", unit="step", file=sys.stderr,
                disable=None, dynamic_ncols=True)
     try:
         for i in range(count):
             bar.set_description(f"image {i + 1}/{count}")
-            result = pipe(**call, generator=torch.Generator().manual_seed(seed + i),
-                          callback_on_step_end=lambda step, total: bar.update(1))
+            seed = settings.seed + i
+            result = pipe(replace(settings, seed=seed), on_step=lambda step, total: bar.update(1))
             image = result.images[0]
-            metadata = ai_generated_metadata({**settings, "seed": seed + i, "width": image.width,
-                                              "height": image.height, "scheduler": result.settings.get("scheduler")})
-            path, index = _save_numbered(image, output, index, seed + i, metadata)
+            image_metadata = ai_generated_metadata({**metadata, "seed": seed, "width": image.width,
+                                                    "height": image.height,
+                                                    "scheduler": result.settings.get("scheduler")})
+            path, index = _save_numbered(image, output, index, seed, image_metadata)
             index += 1
             written.append(path)
             images.append(image)
-            seeds.append(seed + i)
+            seeds.append(seed)
         bar.close()
         if count > 1:
             sheet = contact_sheet(images, labels=[f"seed {s}" for s in seeds])
             first, last = (_IMAGE_NAME.match(p.name).group(1) for p in (written[0], written[-1]))
             names = ["contact-sheet.png", f"contact-sheet-{first}-{last}.png"]
             names += (f"contact-sheet-{first}-{last}-{k}.png" for k in range(2, 1000))
-            sheet_meta = ai_generated_metadata({**settings, "contact_sheet_of": [p.name for p in written],
+            sheet_meta = ai_generated_metadata({**metadata, "contact_sheet_of": [p.name for p in written],
                                                 "seeds": seeds})
             written.append(next(output / n for n in names if _save_if_free(sheet, output / n, sheet_meta)))
     except BaseException:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import FaceStudioError
 from ..presets import PRESETS
+from ..request import DEFAULT_STEPS
 from . import EXIT_OK, quiet_libraries
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,8 @@ def add_commands(commands) -> None:
                         help="largest request body (default 20)")
     server.add_argument("--max-side", type=int, default=1024, metavar="PX",
                         help="largest image side a job may ask for (default 1024)")
-    server.add_argument("--default-steps", type=int, default=25, metavar="N",
-                        help="denoising steps when a job gives none (default 25)")
+    server.add_argument("--default-steps", type=int, default=DEFAULT_STEPS, metavar="N",
+                        help=f"denoising steps when a job gives none (default {DEFAULT_STEPS})")
     server.add_argument("--upload-workers", type=int, default=2, metavar="N",
                         help="uploads decoded at once; 16 more may wait, others get 429 (default 2)")
     server.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import FaceStudioError
+from ..request import DEFAULT_STEPS
 from . import EXIT_OK, quiet_libraries, require_extra
 
 
@@ -82,7 +83,8 @@ def add_commands(commands) -> None:
     group.add_argument("--resume", metavar="latest|CHECKPOINT", help="continue from a checkpoint")
     group.add_argument("--sample-every", type=int, default=500, metavar="N",
                        help="loss curve and sample grid every N steps (0: at the end only; -1: never)")
-    group.add_argument("--sample-steps", type=int, default=25, help="denoising steps of the sample images")
+    group.add_argument("--sample-steps", type=int, default=DEFAULT_STEPS,
+                       help="denoising steps of the sample images")
     group.add_argument("--num-samples", type=int, default=4, help="rows of the sample grid")
     train.set_defaults(run=run_train)
 

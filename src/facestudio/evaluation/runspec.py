@@ -36,7 +36,7 @@ import logging
 import math
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ import numpy as np
 from ..errors import FaceStudioError
 from ..faces.analysis import select_face
 from ..imaging import ai_generated_metadata, load_image, save_png, to_array
+from ..request import DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_TEXT_SCALE, GenerationSettings
 from .baselines import (DREAMBOOTH_LORA, TEXTUAL_INVERSION, TuningCost, TuningRecipe, paste_reference,
                         time_dreambooth_lora, time_textual_inversion)
 from .records import FACESTUDIO, ImageRecord, record_from_metadata
@@ -58,8 +59,8 @@ BASELINES = (NO_IDENTITY, PASTE)
 
 @dataclass(frozen=True)
 class Setting:
-    text_scale: float = 7.5
-    reference_scale: float = 7.5
+    text_scale: float = DEFAULT_TEXT_SCALE
+    reference_scale: float = DEFAULT_TEXT_SCALE
     strength: float = 1.0
 
 
@@ -74,9 +75,9 @@ class RunSpec:
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
     settings: tuple[Setting, ...]
-    steps: int = 25
-    width: int = 512
-    height: int = 512
+    steps: int = DEFAULT_STEPS
+    width: int = DEFAULT_SIDE
+    height: int = DEFAULT_SIDE
     negative_prompt: str | None = None
     baselines: tuple[str, ...] = BASELINES
     tuning_baselines: bool = False
@@ -172,8 +173,8 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
         fail("settings must be a list of tables ([[settings]] in TOML)")
     for i, s in enumerate(data.get("settings") or [{}]):
         try:
-            setting = Setting(float(s.get("text_scale", 7.5)), float(s.get("reference_scale", s.get("text_scale", 7.5))),
-                              float(s.get("strength", 1.0)))
+            text = float(s.get("text_scale", DEFAULT_TEXT_SCALE))
+            setting = Setting(text, float(s.get("reference_scale", text)), float(s.get("strength", 1.0)))
         except (TypeError, ValueError, AttributeError):
             fail(f"settings[{i}] must be a table of numbers (text_scale, reference_scale, strength)")
         if not all(math.isfinite(v) and v >= 0 for v in vars(setting).values()):
@@ -182,7 +183,8 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
     baselines = tuple(strings(data["baselines"], "baselines") if "baselines" in data else BASELINES)
     if unknown := [b for b in baselines if b not in BASELINES]:
         fail(f"unknown baseline(s) {unknown}; known: {list(BASELINES)}")
-    steps, width, height = (integer(k, d) for k, d in (("steps", 25), ("width", 512), ("height", 512)))
+    steps, width, height = (integer(k, d) for k, d in (("steps", DEFAULT_STEPS), ("width", DEFAULT_SIDE),
+                                                         ("height", DEFAULT_SIDE)))
     if steps < 1 or width % 8 or height % 8 or width < 8 or height < 8:
         fail("steps must be >= 1, width and height multiples of 8")
     base_model = str(data["base_model"]) if "base_model" in data else PRESETS[preset].base_model
@@ -274,10 +276,11 @@ def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> 
             for setting in spec.settings:
                 for seed in spec.seeds:
                     people = [IdentityInput(identity=encoded[n], strength=setting.strength, name=n) for n in group]
-                    call = dict(prompt=prompt, negative_prompt=spec.negative_prompt, text_guidance_scale=setting.text_scale,
-                                reference_guidance_scale=setting.reference_scale, num_inference_steps=spec.steps,
-                                width=spec.width, height=spec.height)
-                    output, split = timed_call(pipe, identities=people, generator=torch.Generator().manual_seed(seed), **call)
+                    settings = GenerationSettings(
+                        prompt, spec.negative_prompt, tuple(people), text_guidance_scale=setting.text_scale,
+                        reference_guidance_scale=setting.reference_scale, num_inference_steps=spec.steps,
+                        width=spec.width, height=spec.height, seed=seed).validate()
+                    output, split = timed_call(pipe, settings)
                     # Face analysis is paid once per person: charged to the first image that needs it.
                     split = {"face_analysis": sum(analysis_time[n] for n in group) if first_of_group else 0.0, **split}
                     first_of_group = False
@@ -293,8 +296,7 @@ def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> 
                     out.records.append(_write(output.images[0], folder / "images" / "facestudio" / f"{stem}.png",
                                               {**base, "eval_method": FACESTUDIO, "eval_timing": split}))
                     if spec.baselines:
-                        plain, plain_split = timed_call(pipe, identities=[], generator=torch.Generator().manual_seed(seed),
-                                                        **call)
+                        plain, plain_split = timed_call(pipe, replace(settings, identities=()))
                         plain_image = plain.images[0]
                         if NO_IDENTITY in spec.baselines:
                             out.records.append(_write(plain_image, folder / "images" / "no-identity" / f"{stem}.png",

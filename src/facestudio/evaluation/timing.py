@@ -34,8 +34,8 @@ def stopwatch(device="cpu"):
         result["seconds"] = _now(device) - start
 
 
-def timed_call(pipe, **call) -> tuple[object, dict[str, float]]:
-    """`pipe(**call)` and its split: encoding (prompt, identity tokens, latents: up to the first UNet call),
+def timed_call(pipe, settings) -> tuple[object, dict[str, float]]:
+    """`pipe(settings)` (a `GenerationSettings`) and its split: encoding (prompt, identity tokens, latents: up to the first UNet call),
     denoising (first UNet call to the VAE decoder) and decoding (the rest)."""
     device = pipe.device
     marks = {}
@@ -49,7 +49,7 @@ def timed_call(pipe, **call) -> tuple[object, dict[str, float]]:
                pipe.vae.decoder.register_forward_pre_hook(mark("decoder"))]
     try:
         start = _now(device)
-        output = pipe(**call)
+        output = pipe(settings)
         end = _now(device)
     finally:
         for handle in handles:

@@ -17,10 +17,15 @@ child") wins where ``g_text`` is raised against ``g_ref``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 #: Order of the three conditions in the batch.
 CONDITIONS = ("uncond", "text", "full")
+#: Ordinary classifier-free guidance, diffusers' `[negative; positive]`: (negative prompt, "no reference") against
+#: (prompt, the references). The pipeline uses it when no reference is given; then both rows are "no reference".
+TWO_WAY = ("uncond", "full")
 
 
 def combine_guidance(eps: torch.Tensor, text_scale: float, reference_scale: float) -> torch.Tensor:
@@ -46,3 +51,40 @@ def combine_two_way(eps: torch.Tensor, scale: float) -> torch.Tensor:
         raise ValueError(f"expected a batch of 2 * B predictions, got {eps.shape[0]}")
     uncond, cond = eps.chunk(2)
     return uncond + scale * (cond - uncond)
+
+
+@dataclass(frozen=True)
+class GuidanceRows:
+    """The predictions of one denoising step: which conditions, in what order, and how they combine.
+
+    With a reference (identities or a style image) the rows are `CONDITIONS` (three-way guidance above);
+    without, ordinary guidance's `TWO_WAY`. The pipeline and the benchmarks stack text, reference
+    tokens and latents through these methods, so the rows are decided here only.
+    """
+
+    conditions: tuple[str, ...]
+
+    @classmethod
+    def for_call(cls, references: bool) -> GuidanceRows:
+        return cls(CONDITIONS if references else TWO_WAY)
+
+    def __len__(self) -> int:
+        return len(self.conditions)
+
+    def text(self, negative: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+        """The text input of each row stacked along dim 0: the negative prompt for "uncond", else the prompt."""
+        return torch.cat([negative if c == "uncond" else positive for c in self.conditions])
+
+    def references(self, null: torch.Tensor, real: torch.Tensor) -> list[torch.Tensor]:
+        """The reference input of each row: the real references only in "full", else the "no reference" input."""
+        return [real if c == "full" else null for c in self.conditions]
+
+    def latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latents once per row."""
+        return torch.cat([latents] * len(self))
+
+    def combine(self, eps: torch.Tensor, text_scale: float, reference_scale: float) -> torch.Tensor:
+        """The rows' predictions combined into one (`reference_scale` unused without a reference)."""
+        if self.conditions == CONDITIONS:
+            return combine_guidance(eps, text_scale, reference_scale)
+        return combine_two_way(eps, text_scale)

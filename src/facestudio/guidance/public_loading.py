@@ -1,8 +1,8 @@
-"""Loading the public IP-Adapter family through diffusers, without its FaceID-LoRA and per-image-scale pitfalls.
+"""Loading the public IP-Adapter family through diffusers, without its FaceID-LoRA pitfalls.
 
 `load_public_adapters` and `unload_public_adapters` wrap diffusers' own `pipe.load_ip_adapter` /
 `pipe.unload_ip_adapter` (0.42.1); every format diffusers reads (base, Plus, Plus-Face, Full-Face, FaceID,
-FaceID-Plus/PlusV2, Portrait) loads exactly as diffusers loads it. Around that call they fix three behaviours
+FaceID-Plus/PlusV2, Portrait) loads exactly as diffusers loads it. Around that call they fix two behaviours
 (ADAPTER-FORMATS.md §4, "FaceID LoRA state"):
 
 1. **Stale FaceID LoRA.** A FaceID checkpoint brings a LoRA that diffusers loads into PEFT as `faceid_{k}`
@@ -13,9 +13,9 @@ FaceID-Plus/PlusV2, Portrait) loads exactly as diffusers loads it. Around that c
    leaves only the last FaceID LoRA active and switches off the user's own LoRAs. Here, after loading, every
    FaceID LoRA just loaded is active at weight 1 and the user's LoRAs that were active before are active
    again at the per-layer scale they had (block-wise weights included).
-3. **Per-image scales without masks** (`set_ip_adapter_scale([[0.7, 0.5]])`) make `IPAdapterAttnProcessor2_0`
-   raise `TypeError: only integer tensors of a single element can be converted to an index`.
-   `scales_to_masks` turns them into all-ones masks, the one form of per-image scale the processor computes.
+
+Per-identity scales and masks are facestudio's own `RegionMasks` (`attention.py`), which the pipeline passes on
+every call; diffusers' per-image scale lists (`set_ip_adapter_scale([[0.7, 0.5]])`) still need masks of their own.
 
 Adapters named `faceid_<number>` are taken to be diffusers' FaceID LoRAs: do not give a LoRA of your own such
 a name. `.safetensors` files are preferred; a pickled `.bin` is only ever opened by diffusers, with
@@ -24,13 +24,10 @@ a name. `.safetensors` files are preferred; a pickled `.bin` is only ever opened
 Example:
 
 ```py
->>> from facestudio.guidance.public_loading import load_public_adapters, scales_to_masks, unload_public_adapters
+>>> from facestudio.guidance.public_loading import load_public_adapters, unload_public_adapters
 >>> load_public_adapters(pipe, "h94/IP-Adapter-FaceID", "ip-adapter-faceid_sd15.bin")
 ['faceid_0']
->>> scales, masks = scales_to_masks([[0.7, 0.5]], height=512, width=512)  # two faces, one adapter
->>> pipe.set_ip_adapter_scale(scales)
->>> image = pipe("two people", ip_adapter_image_embeds=[embeds],  # [2, 2, 512]: [negative; positive]
-...              cross_attention_kwargs={"ip_adapter_masks": masks}).images[0]
+>>> image = pipe("a person", ip_adapter_image_embeds=[embeds]).images[0]  # [2, 1, 512]: [negative; positive]
 >>> unload_public_adapters(pipe)  # the FaceID LoRA goes too; your own LoRAs stay as they were
 ```
 """
@@ -38,13 +35,11 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 from diffusers.utils import USE_PEFT_BACKEND
@@ -205,109 +200,6 @@ def read_checkpoint_file(source: str | os.PathLike, weight_name: str, subfolder:
         raise ModelFileError(f"{_label(source, weight_name)}: not an IP-Adapter checkpoint (no image_proj or "
                              "ip_adapter keys)")
     return state
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Per-image scales
-# ---------------------------------------------------------------------------------------------------------
-
-
-class ScalesAndMasks(NamedTuple):
-    """What `IPAdapterAttnProcessor2_0` accepts: `pipe.set_ip_adapter_scale(scales)` and
-    `cross_attention_kwargs={"ip_adapter_masks": masks}`."""
-
-    scales: list[float | list[float] | dict]
-    masks: list[torch.Tensor | None] | None
-
-
-def scales_to_masks(
-    scales: Sequence[float | Sequence[float] | dict],
-    masks: Sequence[torch.Tensor | None] | None = None,
-    *,
-    height: int | None = None,
-    width: int | None = None,
-) -> ScalesAndMasks:
-    """Scales and masks per adapter, in the form `IPAdapterAttnProcessor2_0` computes without error.
-
-    diffusers' processor takes a list of per-image scales for an adapter only together with a mask for it;
-    without one it raises a `TypeError`. An adapter with a per-image list and no mask gets an all-ones mask
-    per image here, so every image acts everywhere with its own scale. That is not the same as the same
-    images with no mask: without a mask the N images' tokens are concatenated into **one** softmax (the
-    images share one attention, a blend about as strong as one image), while with masks each image has its
-    **own** softmax and the N outputs are summed, each times its scale (ADAPTER-FORMATS.md §1.4: max |diff|
-    1.9e-2 at |out| ≈ 0.3 with equal scales). Per-image scales only mean something in the second form, so
-    a list always gets it, even with equal values; a single number keeps the joint softmax. A one-image
-    list is the same either way and becomes its number.
-
-    The masks are all ones at the smallest size with the image's aspect ratio: diffusers resamples them to
-    each layer with bicubic interpolation, which keeps a constant exact; the aspect ratio decides the layer
-    shape it assumes. When a layer's size is not the image's size divided exactly (a side that is not a
-    multiple of the UNet's total downsampling, 64 px for SD 1.5), diffusers pads the resampled mask with
-    zeros and warns; facestudio's `RegionIPAdapterAttnProcessor` (`attention.py`) does not have that limit.
-
-    Args:
-        scales (`list`):
-            One entry per loaded adapter: a number, a list with one number per image of that adapter, or a
-            per-block dict as `set_ip_adapter_scale` takes (passed through).
-        masks (`list[torch.Tensor | None]`, *optional*):
-            One entry per adapter: `None` or a `[1, num_images, H, W]` mask (`IPAdapterMaskProcessor`), kept.
-        height (`int`, *optional*):
-            Height of the image (or of the latent: only the aspect ratio counts). Needed when a mask is made.
-        width (`int`, *optional*):
-            Width of the image (or of the latent).
-
-    Returns:
-        `ScalesAndMasks(scales, masks)`; `masks` is `None` when no adapter has one, so the processor keeps
-        its unmasked path.
-
-    Raises:
-        ValueError: `masks` has another length than `scales`, a mask is not `[1, N, H, W]` or has another
-            number of images than its scale list, a scale is empty or not a number, or a mask must be made
-            and `height` / `width` are missing.
-    """
-    if masks is not None and len(masks) != len(scales):
-        raise ValueError(f"{len(scales)} scales but {len(masks)} masks: give one of each per adapter")
-    out_scales, out_masks = [], []
-    for index, scale in enumerate(scales):
-        mask = None if masks is None else masks[index]
-        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[0] != 1):
-            raise ValueError(f"mask of adapter {index} must be a [1, num_images, H, W] tensor, got "
-                             f"{list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
-        if isinstance(scale, dict):
-            out_scales.append(scale)
-        elif isinstance(scale, numbers.Real) and not isinstance(scale, bool):
-            out_scales.append(float(scale))
-        else:
-            per_image = _per_image(scale, index)
-            if mask is not None and len(per_image) != mask.shape[1]:
-                raise ValueError(f"adapter {index}: {len(per_image)} scales for {mask.shape[1]} masked images")
-            if mask is None and len(per_image) == 1:
-                out_scales.append(per_image[0])
-            else:
-                if mask is None:
-                    mask = _ones_masks(len(per_image), height, width, index)
-                out_scales.append(per_image)
-        out_masks.append(mask)
-    return ScalesAndMasks(out_scales, None if all(m is None for m in out_masks) else out_masks)
-
-
-def _per_image(scale, index: int) -> list[float]:
-    try:
-        values = [float(s) for s in scale]
-    except (TypeError, ValueError):
-        raise ValueError(f"scale of adapter {index} must be a number, a list of numbers (one per image) or a "
-                         f"per-block dict, got {scale!r}") from None
-    if not values:
-        raise ValueError(f"scale of adapter {index} is an empty list")
-    return values
-
-
-def _ones_masks(num_images: int, height: int | None, width: int | None, index: int) -> torch.Tensor:
-    if not height or not width or height < 0 or width < 0:
-        raise ValueError(f"adapter {index} has per-image scales and no mask: give height and width (of the "
-                         "image) so that an all-ones mask with its aspect ratio can be made")
-    g = math.gcd(height, width)
-    return torch.ones(1, num_images, height // g, width // g)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from ..errors import AmbiguousFaceError, FaceStudioError, ImageError, NoFaceErro
 from ..faces.analysis import select_face_index
 from ..imaging import to_array
 from ..regions import available_choices
+from ..request import DEFAULT_STEPS
 from . import generation
 from .guard import Guard
 from .jobs import FINISHED, Job, JobQueue, QueueFull
@@ -66,7 +67,7 @@ _ERRORS = {400: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Prob
 def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token: str | None = None,
                job_timeout: float | None = 600.0, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, max_side: int = 1024, max_count: int = 8,
-               default_steps: int = 25, max_jobs: int = 200, base_model: str = "(given pipeline)",
+               default_steps: int = DEFAULT_STEPS, max_jobs: int = 200, base_model: str = "(given pipeline)",
                allowed_hosts=None, upload_workers: int = 2, upload_waiting: int = 16) -> FastAPI:
     """The app serving `pipe` (a loaded `FaceStudioPipeline`) from the data folder `data_dir`.
 
@@ -159,7 +160,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
 
     def new_identity(photos: list[UploadFile], name: str | None, face: int | None) -> dict:
         """In an upload-pool thread: each photo decoded, analysed and dropped before the next is read."""
-        analyzer = pipe._analyzer()
+        analyzer = pipe.get_face_analyzer()
         arrays, chosen, described = [], [], []
         for i, upload in enumerate(photos):
             label = safe_filename(upload.filename, f"photo {i + 1}")
@@ -221,7 +222,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         """In an upload-pool thread. Kept at most `ANALYSIS_SIDE` pixels wide and high: what generation needs."""
         label = safe_filename(upload.filename, "image")
         image = decode_upload(upload.file.read(limits.max_bytes + 1), label, limits, min_side=8).image
-        faces = pipe._analyzer().detect(to_array(image))
+        faces = pipe.get_face_analyzer().detect(to_array(image))
         image_id = secrets.token_hex(8)
         info = {"id": image_id, "name": label, "width": image.width, "height": image.height,
                 "faces": [_face_json(f) for f in faces]}
@@ -274,7 +275,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
 
     def _status(job: Job) -> dict:
         return {**generation.record(job), "queue_position": queue.position(job),
-                "images": [{"name": n, "url": f"/v1/generations/{job.id}/images/{n}", "seed": job.request.seed + k}
+                "images": [{"name": n, "url": f"/v1/generations/{job.id}/images/{n}", "seed": job.plan.seed + k}
                            for k, n in enumerate(list(job.images))]}
 
     @app.get("/v1/generations/{job_id}", response_model=JobStatus, responses=_ERRORS)
@@ -346,6 +347,10 @@ class _PastPlan:
     request: GenerationRequest
     seed: int
 
+    @property
+    def count(self) -> int:
+        return self.request.count
+
 
 def _past_jobs(data: DataFolder) -> collections.OrderedDict:
     """Jobs recorded in the data folder, oldest first. One the server stopped during is marked failed and
@@ -363,7 +368,7 @@ def _past_jobs(data: DataFolder) -> collections.OrderedDict:
             logger.warning("%s: not a job record (%s); ignored", path, e)
             continue
         if job.state not in FINISHED:
-            count = job.request.request.count
+            count = job.plan.count
             job.error = (f"interrupted: the server stopped while this job ran; {len(job.images)} of {count} images "
                          "were made and are kept" if job.started is not None else
                          "interrupted: the server stopped before this job started; submit it again")

@@ -40,10 +40,10 @@ class JobStopped(Exception):
 
 @dataclass(eq=False)  # a job is itself: compared by identity, not by field values
 class Job:
-    """One generation: its request, where it stands, and what it made."""
+    """One generation: its plan (what was asked and how it runs), where it stands, and what it made."""
 
     id: str
-    request: Any
+    plan: Any
     total_steps: int
     state: str = QUEUED
     step: int = 0

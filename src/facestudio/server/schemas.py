@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..regions import CHOICES
+from ..request import DEFAULT_TEXT_SCALE, MAX_SIDE
 from .storage import ID_PATTERN
 
 Id = Annotated[str, Field(pattern=ID_PATTERN, description="an id the server gave")]
@@ -50,12 +51,12 @@ class GenerationRequest(_Strict):
                           "the scene or style image by selfie segmentation, split by nearest face); default "
                           "'auto': the identities' own regions, the scene's faces, the style image's people or "
                           "strips")
-    text_guidance_scale: Scale = 7.5
+    text_guidance_scale: Scale = DEFAULT_TEXT_SCALE
     reference_guidance_scale: Optional[Scale] = Field(None, description="default: text_guidance_scale")
     steps: Optional[int] = Field(None, ge=1, le=200, description="denoising steps; default: the server's")
     seed: Optional[int] = Field(None, ge=0, le=2**53 - 1, description="image i uses seed+i; default: random")
-    width: Optional[int] = Field(None, ge=8, le=4096, multiple_of=8)
-    height: Optional[int] = Field(None, ge=8, le=4096, multiple_of=8)
+    width: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)
+    height: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)
     count: int = Field(1, ge=1, le=16, description="how many images")
 
 

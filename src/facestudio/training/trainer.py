@@ -28,6 +28,7 @@ import torch
 
 from ..errors import FaceStudioError, first_line
 from ..files import check_free_space, existing_ancestor, write_json
+from ..request import DEFAULT_STEPS
 from .dataset import ConditionDropout, FaceCache, ReconstructionDataset, StreamSampler
 from .losses import diffusion_loss, diffusion_target, identity_loss, predicted_clean_latents
 from .modules import GuidanceModules, layer_masks
@@ -89,7 +90,7 @@ class TrainSettings:
     checkpoint_every: int = 500
     checkpoints_total_limit: int | None = None
     sample_every: int = 500
-    sample_steps: int = 25
+    sample_steps: int = DEFAULT_STEPS
     num_samples: int = 4
     drop_text: float = 0.05
     drop_identity: float = 0.05
