@@ -1,12 +1,12 @@
-"""`FaceStudioPipeline` (Stable Diffusion 1.x / 2.x; `FaceStudioXLPipeline`, SDXL, is beside it in `pipeline_xl.py`):
-identity-preserving generation.
+"""`FaceStudioPipeline` (SD 1.x / 2.x) and the steps of a call it shares with `FaceStudioXLPipeline` (`pipeline_xl.py`).
 
-Built on diffusers' Stable Diffusion pipelines and IP-Adapter machinery: adapters load through
-`load_ip_adapter` (facestudio's own, or the public IP-Adapter / FaceID family; `adapter_loading.py`), each held
-as a kind object that says how its inputs become tokens (`guidance/kinds/`), identities act through
-`IPAdapterAttnProcessor2_0` with per-identity masks (facestudio's `RegionIPAdapterAttnProcessor` only picks
-each layer's mask), and guidance has separate text and reference scales. Everything a call needs travels in
-its arguments and locals (prompt encoding and SDXL's float32 VAE run are serialised), so two calls may run at once.
+Built on diffusers' Stable Diffusion pipelines and IP-Adapter machinery: adapters load through `load_ip_adapter`
+(facestudio's own, or the public IP-Adapter / FaceID family; `adapter_loading.py`), each held as a kind object that
+says how its inputs become tokens (`guidance/kinds/`), identities act through `IPAdapterAttnProcessor2_0` with
+per-identity masks (facestudio's `RegionIPAdapterAttnProcessor` only picks each layer's mask), and guidance has
+separate text and reference scales (`guidance/cfg.py`). A call takes one `GenerationSettings` (`request.py`);
+everything it needs travels in its arguments and locals (prompt encoding and SDXL's float32 VAE run are
+serialised), so two calls may run at once.
 """
 
 from __future__ import annotations
@@ -47,12 +47,9 @@ class FaceStudioPipelineOutput(BaseOutput):
 
 
 class FaceStudioMixin(AdapterLoadingMixin):
-    """Everything of facestudio's pipelines but the text conditioning: identities, regions, the call (and,
-    from `AdapterLoadingMixin`, the adapters).
-
-    Mixed into diffusers' Stable Diffusion pipelines (`FaceStudioPipeline` for SD 1.x/2.x, `FaceStudioXLPipeline`
-    for SDXL), which give the models, the prompt encoder and the schedulers.
-    """
+    """Everything of facestudio's pipelines but the text conditioning: identities, regions, the call (and, from
+    `AdapterLoadingMixin`, the adapters). Mixed into diffusers' Stable Diffusion pipelines (`FaceStudioPipeline`,
+    `FaceStudioXLPipeline`), which give the models, the prompt encoder and the schedulers."""
 
     #: Output side when none is given: the base model's training size.
     default_side = DEFAULT_SIDE
@@ -155,22 +152,18 @@ class FaceStudioMixin(AdapterLoadingMixin):
                  generator: torch.Generator | list[torch.Generator] | None = None, num_images_per_prompt: int = 1,
                  output_type: str = "pil", on_step: Callable[[int, int], None] | None = None,
                  return_dict: bool = True):
-        """Generate images of the given people: `pipe(settings)` with a `GenerationSettings`, or `pipe(prompt, ...)`
-        with its fields as keywords, which builds the settings (`facestudio.request`: every field, its default
-        and its checks are documented there once).
+        """Generate images of the given people: `pipe(settings)`, or `pipe(prompt, ...)` with the fields of
+        `GenerationSettings` as keywords (which builds them; each field, default and check is documented there).
 
         Args:
-            prompt (`str`, `list[str]` or `GenerationSettings`): what to draw, or the whole request (then the
-                settings' keywords here are not used).
-            generator (`torch.Generator` or a list, one per image): for reproducible images (default: a
-                generator seeded with the settings' `seed`, if any).
-            on_step (`Callable`, *optional*): `on_step(step, total)` called after every denoising step; raising
-                from it stops the run (how the server cancels jobs).
-            return_dict (`bool`, defaults to True): a `FaceStudioPipelineOutput`, else `(images,)`.
+            prompt (`str`, `list[str]` or `GenerationSettings`): what to draw, or the whole request.
+            generator (`torch.Generator` or a list, one per image): default: one seeded with the settings' `seed`.
+            on_step (`Callable`, *optional*): `on_step(step, total)` after every denoising step; raising from it
+                stops the run (how the server cancels jobs).
 
         Returns:
-            `FaceStudioPipelineOutput` with `images` and the `settings` used (their `metadata()`, the names and
-            strengths of the identities, and the scheduler).
+            `FaceStudioPipelineOutput` (`(images,)` without `return_dict`): the images and the settings used
+            (their `metadata()`, the identities' names and strengths, the scheduler).
         """
         # 1. Check inputs: the settings' own checks, the adapters they need; the output size resolved
         settings = prompt if isinstance(prompt, GenerationSettings) else GenerationSettings(
@@ -181,11 +174,9 @@ class FaceStudioMixin(AdapterLoadingMixin):
         scene = None if settings.scene_image is None else \
             load_image(settings.scene_image, min_side=32, name="scene image")
         settings = settings.resolved(self.default_side, None if scene is None else scene.size)
-        people, mix, style_strength, scene_faces = list(settings.identities), settings.mix, \
-            settings.style_strength, settings.scene_faces
+        people, mix, scene_faces = list(settings.identities), settings.mix, settings.scene_faces
         height, width, output_type = settings.height, settings.width, settings.output_type
-        if generator is None and settings.seed is not None:
-            generator = torch.Generator().manual_seed(settings.seed)
+        generator = settings.generator() if generator is None else generator
         style = None if settings.style_image is None else load_image(settings.style_image, name="style image")
         device = self._execution_device
         prompts, negatives = settings.prompts(), settings.negative_prompts()
@@ -212,7 +203,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
                 region_masks.append(RegionMasks(masks, tuple(strengths) if encoded else (0.0,)))
             else:
                 tokens.append(self.style_tokens(style, batch, rows))
-                region_masks.append(RegionMasks.full(1, style_strength if style is not None else 0.0))
+                region_masks.append(RegionMasks.full(1, settings.style_strength if style is not None else 0.0))
         tokens = [t.to(device=device, dtype=self.unet.dtype) for t in tokens]
         latent_size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         unet_kwargs = {"added_cond_kwargs": text_added} if text_added else {}

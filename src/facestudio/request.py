@@ -149,6 +149,14 @@ class GenerationSettings:
         return None if negative is None else [negative] * len(self.prompts()) if isinstance(negative, str) \
             else list(negative)
 
+    def generator(self):
+        """A CPU `torch.Generator` seeded with `seed` (None without a seed): image i of a request, with seed + i."""
+        if self.seed is None:
+            return None
+        import torch  # here: the front ends read settings before torch is needed
+
+        return torch.Generator().manual_seed(self.seed)
+
     @property
     def reference_scale(self) -> float:
         """`g_ref` as used: the reference scale, else the text scale."""
