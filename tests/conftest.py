@@ -108,3 +108,25 @@ def run_in_threads(work, keys, repeats: int) -> dict:
     if errors:
         raise errors[0]
     return results
+
+
+def tiny_facestudio_pipeline(style: bool = False):
+    """A tiny SD pipeline (`models.tiny_components`) with facestudio's identity adapter (seed 1), and with
+    `style` its style adapter and tiny style encoder beside it (seed 2)."""
+    from facestudio.guidance import identity as idg
+    from facestudio.guidance import style as sty
+    from facestudio.models import tiny_components
+    from facestudio.pipeline import FaceStudioPipeline
+
+    pipe = FaceStudioPipeline(**tiny_components())
+    pipe.set_progress_bar_config(disable=True)
+    cross = pipe.unet.config.cross_attention_dim
+    config = idg.IdentityAdapterConfig(cross_attention_dim=cross)
+    kwargs = dict(identity=idg.new_identity_adapter(pipe.unet, config, seed=1), identity_config=config)
+    if style:
+        encoder = sty.tiny_style_encoder()
+        style_config = sty.StyleAdapterConfig(image_embed_dim=encoder.embed_dim, cross_attention_dim=cross)
+        kwargs.update(style=sty.new_style_adapter(pipe.unet, style_config, seed=2), style_config=style_config,
+                      style_encoder=encoder)
+    pipe.load_adapters(**kwargs)
+    return pipe

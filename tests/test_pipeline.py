@@ -6,10 +6,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from conftest import run_in_threads
+from conftest import run_in_threads, tiny_facestudio_pipeline
 from facestudio.errors import FaceStudioError, ModelFileError, NoFaceError
 from facestudio.guidance import identity as idg
-from facestudio.guidance import style as sty
 from facestudio.guidance.layout import CONFIG_NAME, WEIGHTS_NAME
 from facestudio.models import tiny_components
 from facestudio.pipeline import FaceStudioPipeline, IdentityInput
@@ -17,19 +16,7 @@ from facestudio.pipeline import FaceStudioPipeline, IdentityInput
 SIZE = dict(height=64, width=64, num_inference_steps=3)
 
 
-def new_pipe(style=False) -> FaceStudioPipeline:
-    pipe = FaceStudioPipeline(**tiny_components())
-    pipe.set_progress_bar_config(disable=True)
-    cross = pipe.unet.config.cross_attention_dim
-    id_config = idg.IdentityAdapterConfig(cross_attention_dim=cross)
-    kwargs = dict(identity=idg.new_identity_adapter(pipe.unet, id_config, seed=1), identity_config=id_config)
-    if style:
-        encoder = sty.tiny_style_encoder()
-        st_config = sty.StyleAdapterConfig(image_embed_dim=encoder.embed_dim, cross_attention_dim=cross)
-        kwargs.update(style=sty.new_style_adapter(pipe.unet, st_config, seed=2), style_config=st_config,
-                      style_encoder=encoder)
-    pipe.load_adapters(**kwargs)
-    return pipe
+new_pipe = tiny_facestudio_pipeline
 
 
 def seed(n=0):

@@ -21,26 +21,10 @@ SIZE = dict(height=64, width=64, num_inference_steps=2)
 
 def pipelines():
     """A tiny SD pipeline with facestudio's identity adapter, and one with its style adapter beside it."""
-    from facestudio.guidance import identity as idg
-    from facestudio.guidance import style as sty
-    from facestudio.models import tiny_components
-    from facestudio.pipeline import FaceStudioPipeline
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import tiny_facestudio_pipeline
 
-    made = []
-    for with_style in (False, True):
-        pipe = FaceStudioPipeline(**tiny_components())
-        pipe.set_progress_bar_config(disable=True)
-        cross = pipe.unet.config.cross_attention_dim
-        config = idg.IdentityAdapterConfig(cross_attention_dim=cross)
-        kwargs = dict(identity=idg.new_identity_adapter(pipe.unet, config, seed=1), identity_config=config)
-        if with_style:
-            encoder = sty.tiny_style_encoder()
-            style_config = sty.StyleAdapterConfig(image_embed_dim=encoder.embed_dim, cross_attention_dim=cross)
-            kwargs.update(style=sty.new_style_adapter(pipe.unet, style_config, seed=2), style_config=style_config,
-                          style_encoder=encoder)
-        pipe.load_adapters(**kwargs)
-        made.append(pipe)
-    return made
+    return [tiny_facestudio_pipeline(style) for style in (False, True)]
 
 
 def scenarios(faces: Path) -> dict:
