@@ -359,6 +359,11 @@ def test_full_queue_answers_429_and_cancelled_jobs_free_their_slots(client, serv
         client.post(f"/v1/generations/{job}/cancel")
         wait_state(client, job, {"cancelled"}, timeout=10)
     assert server.app.state.queue.max_waiting_seen <= 2
+    # A cancelled job's final record is written just after its state reads "cancelled": wait for the writes
+    # in flight, then nothing temporary may be left.
+    deadline = time.monotonic() + 5
+    while list(server.app.state.data.root.rglob("*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not list(server.app.state.data.root.rglob("*.tmp"))
     assert generate(client, seed=1)["state"] == "done"  # the worker is free again
 
