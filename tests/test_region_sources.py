@@ -43,6 +43,7 @@ def test_the_command_line_and_json_forms_parse_to_one_box_and_one_error_wording(
     (dict(scene_faces=[0]), "--scene-faces needs --scene"),
     (dict(regions=[Box(0, 0, 8, 8)], source=Split()), "--regions 'split' places every person: drop the per-person"),
     (dict(source=Segmented()), "--regions 'segment' needs a scene or style image"),
+    (dict(regions=[], source=Segmented(), style=True), "--regions 'segment' places people: give at least one"),
     (dict(source=StylePeople()), "--regions 'style' needs a style image"),
 ])
 def test_settings_that_do_not_fit_together_are_refused_by_name(kwargs, message):

@@ -269,6 +269,16 @@ def test_slow_clients_are_answered_408_or_413_and_closed_within_the_timeouts(pip
         assert answer.startswith(b"HTTP/1.1 408") and b"body did not arrive" in answer, answer
         assert time.monotonic() - t0 < 4
 
+        # A request refused before its body was read, the body sent after the answer, then silence: the
+        # connection gets the next request's deadline (it had none once the discarded body ended).
+        sock = raw_connection(server)
+        sock.sendall(b"POST /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n")
+        assert select.select([sock], [], [], 5)[0] and sock.recv(65536).startswith(b"HTTP/1.1 4")
+        sock.sendall(b"0123456789")
+        t0 = time.monotonic()
+        read_until_closed(sock)
+        assert time.monotonic() - t0 < 3
+
         # A connection opened and never used is closed without a word; ordinary requests are unaffected.
         sock = raw_connection(server)
         assert read_until_closed(sock) == b""

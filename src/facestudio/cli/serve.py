@@ -158,8 +158,11 @@ def run_serve(args) -> int:
 
 def _listen(host: str, port: int) -> socket.socket:
     """A socket bound to `host:port` (uvicorn listens on it), or one line saying why not."""
+    # IPv6 only for an address with a colon, as uvicorn binds: "localhost" resolves to ::1 first on many
+    # systems, and a server on ::1 alone refuses clients of 127.0.0.1.
+    want = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        family = socket.getaddrinfo(host, port, family=want, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as e:
         raise FaceStudioError(f"--host {host}: not an address of this machine ({e.strerror})") from None
     listener = socket.socket(family, socket.SOCK_STREAM)

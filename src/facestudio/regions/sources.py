@@ -187,6 +187,9 @@ def check_sources(regions: Sequence[PersonSource | None], source: CallSource | N
         raise FaceStudioError(f"{names['regions']} {source.name!r} places every person: drop the per-person "
                               f"{names['region']}")
     if isinstance(source, Segmented):
+        if not regions:
+            raise FaceStudioError(f"{field_name('regions', where)} 'segment' places people: give at least one "
+                                  "identity")
         if not (scene or style):
             raise FaceStudioError(f"{field_name('regions', where)} 'segment' needs a scene or style image to find "
                                   "the people in")

@@ -59,6 +59,11 @@ class _TimedH11Protocol(H11Protocol):
         state = self.conn.their_state
         if waiting_body and state is h11.SEND_BODY:
             self._body_bytes += len(data)
+        elif state is h11.IDLE and waiting_body:
+            # the end of a refused request's body (answered before it was read, then discarded): the next
+            # request's clock starts now, or the connection would be left with no deadline at all
+            self._header_bytes = 0
+            self._arm(self.header_timeout, self._headers_late)
         elif state is h11.IDLE:  # (the start of) the next request's headers: their clock runs from now
             self._header_bytes += len(data)
             if self._timer is None:
