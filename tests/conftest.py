@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +133,39 @@ def tiny_facestudio_pipeline(style: bool = False):
                       style_encoder=encoder)
     pipe.load_adapters(**kwargs)
     return pipe
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`tmpfs(name, options)`: a fresh tmpfs mounted at tmp_path/name with mount's `-o` options (root only, as
+    the tests run here and in CI); the test is skipped where mounting is not permitted."""
+    mounted = []
+
+    def mount(name, options):
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command: the full and read-only disk cases need it")
+        target = tmp_path / name
+        target.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "facestudio-test", str(target)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"mounting a tmpfs is not permitted here ({proc.stderr.strip()}); the full and read-only "
+                        "disk cases need root with mount rights")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", "-l", str(target)], check=True)  # lazy: a server may still hold a file
+
+
+def fill_disk(folder: Path, leave: int = 0, name: str = "filler") -> None:
+    """Fill the file system of `folder` with the file `name` until at most `leave` bytes are free."""
+    fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT)
+    try:
+        while (free := shutil.disk_usage(folder).free) > leave:
+            os.write(fd, b"\0" * min(65536, free - leave))
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)

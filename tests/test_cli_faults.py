@@ -20,6 +20,7 @@ import torch
 from PIL import Image, PngImagePlugin
 from safetensors.torch import load_file
 
+from conftest import fill_disk
 from facestudio.cli import main
 import facestudio.errors
 
@@ -46,40 +47,10 @@ def assert_clean(code, err, *words, lines=1):
         assert str(words_) in err, err
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """`tmpfs(name, options)`: a fresh tmpfs mounted at tmp_path/name with mount's `-o` options."""
-    mounted = []
-
-    def mount(name, options):
-        if shutil.which("mount") is None:
-            pytest.skip("no mount command: the full and read-only disk cases need it")
-        target = tmp_path / name
-        target.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "facestudio-test", str(target)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"mounting a tmpfs is not permitted here ({proc.stderr.strip()}); the full and read-only "
-                        "disk cases need root with mount rights")
-        mounted.append(target)
-        return target
-
-    yield mount
-    for target in reversed(mounted):
-        subprocess.run(["umount", str(target)], check=True)
-
-
 def full_disk(tmpfs, name="full"):
     """A tmpfs with every byte taken by `filler`."""
     folder = tmpfs(name, "size=256k")
-    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 65536)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
+    fill_disk(folder)
     return folder
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import fill_disk
 from facestudio.cli import main
 from facestudio.server import BackgroundServer, create_app
 from test_pipeline import new_pipe
@@ -44,27 +45,6 @@ def serving(pipe, data_dir, **options):
     with BackgroundServer(app, **timeouts) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         server.app = app
         yield server, client
-
-
-@contextlib.contextmanager
-def mounted(path: Path, options: str):
-    """A tmpfs at `path` (root only, as the tests run here); skipped where mounting is not permitted."""
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): needs root")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(folder: Path, leave: int = 0) -> None:
-    """Fill the file system of `folder` to `leave` bytes free (a new filler file each time)."""
-    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
-    with open(folder / f"filler-{time.monotonic_ns()}", "wb") as f:
-        with contextlib.suppress(OSError):
-            f.write(b"\0" * max(0, free - leave))
 
 
 # ---------------------------------------------------------------------------------------------- crash recovery
@@ -196,26 +176,27 @@ def test_data_folder_is_private_and_older_wider_permissions_are_narrowed(pipe, t
 
 
 @pytest.mark.parametrize("kind", ["read-only", "full"])
-def test_serve_refuses_a_data_folder_it_cannot_write_with_one_line_and_exit_2(kind, tmp_path, capsys):
-    with mounted(tmp_path / "mnt", "size=1m,ro" if kind == "read-only" else "size=256k") as mnt:
-        if kind == "full":
-            fill(mnt)
-        status = main(["serve", "--base-model", "tiny", "--port", str(free_port()), "--data-dir", str(mnt)])
+def test_serve_refuses_a_data_folder_it_cannot_write_with_one_line_and_exit_2(kind, tmpfs, capsys):
+    mnt = tmpfs("mnt", "size=1m,ro" if kind == "read-only" else "size=256k")
+    if kind == "full":
+        fill_disk(mnt)
+    status = main(["serve", "--base-model", "tiny", "--port", str(free_port()), "--data-dir", str(mnt)])
     error = capsys.readouterr().err
     assert status == 2 and error.count("\n") == 1 and str(mnt) in error, error
     assert ("read-only" if kind == "read-only" else "full") in error
 
 
-def test_a_disk_that_fills_during_a_job_fails_it_cleanly_and_refuses_uploads_with_507(pipe, tmp_path, faces_dir):
-    with mounted(tmp_path / "mnt", "size=4m") as mnt, serving(pipe, mnt) as (server, client):
-        fill(mnt, leave=40 * 1024)  # room for job records, not for a 256x256 image
+def test_a_disk_that_fills_during_a_job_fails_it_cleanly_and_refuses_uploads_with_507(pipe, tmpfs, faces_dir):
+    mnt = tmpfs("mnt", "size=4m")
+    with serving(pipe, mnt) as (server, client):
+        fill_disk(mnt, leave=40 * 1024)  # room for job records, not for a 256x256 image
         job = client.post("/v1/generations", json={"prompt": "x", "width": 256, "height": 256, "steps": 2})
         assert job.status_code == 202, job.text
         status = wait(client, job.json()["id"])
         assert status["state"] == "failed" and status["images"] == []
         assert "cannot write to the data folder" in status["error"] and "the disk is full" in status["error"]
         assert "internal error" not in status["error"]
-        fill(mnt)
+        fill_disk(mnt, name="filler-2")
         upload = upload_identity(client, faces_dir / "obama.jpg")
         assert upload.status_code == 507 and "the disk is full" in upload.json()["error"]
         assert not list(mnt.rglob(".*.tmp")) and not list(mnt.rglob("*.png"))
