@@ -61,14 +61,11 @@ def resolve_regions(sources, count: int, size: tuple[int, int], *, analyzer=None
     if isinstance(sources, Segmented):
         return _segmented(sources, count, size, analyzer, scene, style, segmenter)
     people = list(sources) + [None] * (count - len(sources))
+    # one person without a region takes the whole image; several take their strips (made once, not per person)
+    spare = np.ones((1, height, width), np.float32) if count == 1 else _strips(count, width, height)
     masks = []
     for i, region in enumerate(people[:count]):
-        if region is not None:
-            masks.append(region.mask(width, height))
-        elif count == 1:
-            masks.append(np.ones((height, width), np.float32))
-        else:
-            masks.append(_strips(count, width, height)[i])
+        masks.append(spare[i] if region is None else region.mask(width, height))
     return np.stack(masks) if masks else np.zeros((0, height, width), np.float32)
 
 
