@@ -126,7 +126,17 @@ class AdapterLoadingMixin:
         # 2. diffusers loads them all in one call (FaceID LoRAs kept right), the encoders become components
         if self.facestudio_adapters:
             self.unload_adapters()
-        load_public_adapters(self, [state for _, state, _ in checked], [None] * len(checked))
+        own = [kind for kind, _, _ in checked if kind.installs_itself]
+        if own and len(checked) > 1:
+            raise ModelFileError(f"a {own[0].name} adapter loads alone: it cannot be combined with another adapter")
+        if own:  # its own attention processors, its projection where diffusers keeps the IP-Adapter ones
+            from diffusers.models.embeddings import MultiIPAdapterImageProjection
+
+            (kind, state, encoder), = checked
+            self.unet.encoder_hid_proj = MultiIPAdapterImageProjection([kind.install(self.unet, state, encoder)])
+            self.unet.config.encoder_hid_dim_type = "ip_image_proj"
+        else:
+            load_public_adapters(self, [state for _, state, _ in checked], [None] * len(checked))
         self._set_encoders({f"{kind.role}_image_encoder": encoder for kind, _, encoder in checked})
         # 3. The kind objects held, with their "no reference" identities; region processors installed
         adapters = [LoadedAdapter(kind, i, kind.null_identity(encoder)) for i, (kind, _, encoder) in enumerate(checked)]
@@ -224,12 +234,11 @@ def _read(role: str, source, config, hub_kwargs: dict):
             raise ValueError(f"a checkpoint dict needs its config ({role}_config=)")
         return source, config, "(checkpoint dict)"
     if isinstance(source, (tuple, list)):
-        from .guidance.public_loading import read_checkpoint_file
-
         if config is None:
             raise ValueError(f"a public {role} adapter needs its config ({role}_config=)")
         folder, weight_name, subfolder = source
-        return read_checkpoint_file(folder, weight_name, subfolder, **hub_kwargs), config, f"{folder}/{weight_name}"
+        state = kind_for(config).read_checkpoint(folder, weight_name, subfolder, **hub_kwargs)
+        return state, config, f"{folder}/{weight_name}"
     folder = Path(source)
     if not folder.is_dir():
         raise ModelFileError(f"adapter {source}: no such folder")

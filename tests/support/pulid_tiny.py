@@ -1,0 +1,79 @@
+"""Tiny SDXL-shaped models for the PuLID tests, built in code with the real token and feature widths.
+
+The UNet has SDXL's structure at a tiny size: a first level without attention, then two levels of
+cross-attention (the second with two transformer layers), the cross-attention mid block, several heads per
+layer, and cross-attention reading 2048-wide tokens (SDXL's width: its two text encoders' 768 + 1280, and the
+width of PuLID's ID tokens). `random_pulid_checkpoint` gives random weights in the published layout of
+`pulid_v1.bin` / `pulid_v1.1.safetensors` (`id_adapter_attn_layers.{i}.id_to_k.weight` ... for this UNet).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from facestudio.models import MAX_PROMPT_TOKENS, _tiny_vae, sd15_scheduler, tiny_tokenizer
+
+#: SDXL's text encoder widths (CLIP ViT-L and OpenCLIP bigG); concatenated, the UNet's cross-attention width.
+TEXT_WIDTHS = (768, 1280)
+CROSS_DIM = sum(TEXT_WIDTHS)
+TIME_DIM = 8
+
+
+def tiny_sdxl_unet(seed: int = 0) -> UNet2DConditionModel:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(16, 32, 64), layers_per_block=1, transformer_layers_per_block=(1, 1, 2),
+            cross_attention_dim=CROSS_DIM, attention_head_dim=(2, 2, 4), norm_num_groups=8,
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=TIME_DIM,
+            projection_class_embeddings_input_dim=TEXT_WIDTHS[1] + 6 * TIME_DIM,
+        ).eval()
+
+
+def _text_config(tokenizer, width: int, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=4, max_position_embeddings=MAX_PROMPT_TOKENS,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, **extra)
+
+
+def tiny_pulid_components(seed: int = 0) -> dict:
+    """`StableDiffusionXLPipeline(**components)` (and `FaceStudioXLPipeline`) at 64x64 with the tiny SDXL UNet."""
+    tokenizer = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = _tiny_vae()
+        text_encoder = CLIPTextModel(_text_config(tokenizer, TEXT_WIDTHS[0]))
+        text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer, TEXT_WIDTHS[1],
+                                                                  projection_dim=TEXT_WIDTHS[1]))
+    return {"unet": tiny_sdxl_unet(seed), "vae": vae.eval(), "text_encoder": text_encoder.eval(),
+            "tokenizer": tokenizer, "text_encoder_2": text_encoder_2.eval(), "tokenizer_2": tiny_tokenizer(),
+            "scheduler": sd15_scheduler(), "image_encoder": None, "feature_extractor": None}
+
+
+def random_pulid_checkpoint(unet, seed: int = 1, scale: float = 0.05, encoder: dict | None = None) -> dict:
+    """A flat state dict in the published PuLID layout for `unet`: `id_adapter_attn_layers.{i}.id_to_{k,v}.weight`
+    for each cross-attention processor index i of the full processor list (random, `scale` wide), plus `encoder`'s keys
+    under `id_adapter.` (a placeholder tensor when none is given: the encoder is another test's)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for index, name in enumerate(unet.attn_processors):
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        if attn.is_cross_attention:
+            for part in ("id_to_k", "id_to_v"):
+                shape = (attn.to_k.out_features, attn.to_k.in_features)
+                state[f"id_adapter_attn_layers.{index}.{part}.weight"] = torch.randn(shape, generator=generator) * scale
+    for key, value in (encoder or {"placeholder": torch.zeros(1)}).items():
+        state[f"id_adapter.{key}"] = value
+    return state
+
+
+def random_id_tokens(people: int, seed: int = 2, photos: int = 1) -> torch.Tensor:
+    """`[people, photos, 32, 2048]` random ID tokens of the real width (standing in for the ID encoder)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(people, photos, 32, CROSS_DIM, generator=generator)
