@@ -88,7 +88,7 @@ def layer():
     torch.manual_seed(0)
     attn = Attention(query_dim=DIM, cross_attention_dim=CROSS, heads=HEADS, dim_head=DIM // HEADS)
     hidden, text = torch.randn(2, H * W, DIM), torch.randn(2, 7, CROSS)
-    ids = torch.randn(2, 2, 40, CROSS)  # two people, 32 tokens + 8 zeros' worth
+    ids = torch.randn(2, 2, 18, CROSS)  # two people, v1's 10 tokens + 8 zeros' worth
     return attn, hidden, text, ids
 
 
@@ -315,10 +315,12 @@ def test_regions_mixing_and_several_photos(pipe, people):
     assert np.abs(run(pipe, IdentityInput(identity=two)) - run(pipe, IdentityInput(identity=once))).max() < 1e-5
 
 
-def test_identities_of_another_kind_and_photos_without_the_encoder_are_refused(pipe, people):
-    other = identity_from_tokens(people[0].detail, "pulid-v1.1", "a")
+def test_identities_of_another_version_and_tokens_of_another_shape_are_refused(pipe, people):
+    other = identity_from_tokens(random_id_tokens(1, tokens=32)[0], "pulid-v1.1", "a")
     with pytest.raises(ValueError, match="encoded for 'pulid-v1.1'"):
         run(pipe, IdentityInput(identity=other))
+    with pytest.raises(ValueError, match=r"PuLID v1 ID tokens must be \[n, 10, D\], got \[1, 32, 2048\]"):
+        identity_from_tokens(random_id_tokens(1, tokens=32)[0], "pulid-v1")
 
 
 def test_text_and_reference_scales_and_the_no_identity_rows(pipe, people):

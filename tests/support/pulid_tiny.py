@@ -73,7 +73,8 @@ def random_pulid_checkpoint(unet, seed: int = 1, scale: float = 0.05, encoder: d
     return state
 
 
-def random_id_tokens(people: int, seed: int = 2, photos: int = 1) -> torch.Tensor:
-    """`[people, photos, 32, 2048]` random ID tokens of the real width (standing in for the ID encoder)."""
+def random_id_tokens(people: int, seed: int = 2, photos: int = 1, tokens: int = 10) -> torch.Tensor:
+    """`[people, photos, tokens, 2048]` random ID tokens of the real width, standing in for the ID encoder
+    (10 tokens per photo: PuLID v1's; 32: v1.1's)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(people, photos, 32, CROSS_DIM, generator=generator)
+    return torch.randn(people, photos, tokens, CROSS_DIM, generator=generator)

@@ -104,7 +104,7 @@ def compare(version: str, mode: str, id_scale: float = 0.8) -> dict:
     from pulid_tiny import random_id_tokens, random_pulid_checkpoint, tiny_pulid_components
 
     from facestudio.attention import LayerMasks, RegionMasks
-    from facestudio.guidance.kinds.pulid import PuLIDConfig, identity_from_tokens, split_checkpoint
+    from facestudio.guidance.kinds.pulid import TOKENS_PER_PHOTO, PuLIDConfig, identity_from_tokens, split_checkpoint
     from facestudio.pipeline_xl import FaceStudioXLPipeline
 
     reference = load_reference()
@@ -119,7 +119,7 @@ def compare(version: str, mode: str, id_scale: float = 0.8) -> dict:
     adapter = pipe.facestudio_adapters[0]
     kind, projection = adapter.adapter_kind, pipe._projection(adapter)
     # row 0: the "no identity" tokens (here random too: the encoder's uncond is not zeros), row 1: a person
-    raw = random_id_tokens(2, seed=2)[:, 0]
+    raw = random_id_tokens(2, seed=2, tokens=TOKENS_PER_PHOTO[version])[:, 0]
     identities = [identity_from_tokens(raw[i], kind.signature) for i in range(2)]
     ours_tokens = torch.stack([kind.tokens(projection, i) for i in identities])[:, None]  # [2, 1, T + nz, D]
     inputs = unet_inputs(pipe.unet)

@@ -5,16 +5,17 @@ prefix, the names of the reference pipeline's attributes its `load_pretrain` fil
 `pulid_encoder` / `pulid_ca` names are PuLID-FLUX's, a different layout):
 
 * `id_adapter.*`: the ID encoder (v1: `IDEncoder`, v1.1: `IDFormer`) that turns the antelopev2 ArcFace
-  embedding and EVA02-CLIP-L-14-336 features of the parsed face into 32 ID tokens 2048 wide
+  embedding and EVA02-CLIP-L-14-336 features of the parsed face into ID tokens 2048 wide (10 or 32 per photo)
   (`guidance/pulid/encoder.py`);
 * `id_adapter_attn_layers.{i}.id_to_k.weight` / `.id_to_v.weight`: `[inner, 2048]` ID key/value projections
   of every cross-attention layer, `i` its processor's index in the UNet's full processor list (1, 3, ..., 139
   on SDXL). They map one to one onto `PuLIDAttnProcessor.to_k_ip.0` / `.to_v_ip.0` (`guidance/pulid/attention.py`),
   each shape checked at load.
 
-An `Identity` of this kind holds the ID tokens of each photo (`detail`, 32 per photo); several photos of one
-person are averaged token by token (the IDFormer of v1.1 already pools them), so every person has 32 tokens
-and their own softmax. The "no reference" input is the encoder's output for a zero embedding and zero
+An `Identity` of this kind holds the ID tokens of each photo (`detail`: 10 per photo for v1, 32 for v1.1);
+several photos of one person are averaged token by token (v1.1's IDFormer already pools them; the v1 demo
+instead appends the first 5 tokens of each extra photo), so every person has the same number of tokens, each
+with their own softmax, and ORTHO_v2's "first five tokens" mean the same thing for everyone. The "no reference" input is the encoder's output for a zero embedding and zero
 features, as the reference computes it; without the encoder, all-zero tokens (which add exactly nothing).
 
 Modes (the reference demos set module globals for them; here they are the adapter's config):
@@ -40,8 +41,11 @@ from ..layout import AdapterConfig
 from ..pulid.attention import ORTHO_VARIANTS, cross_attention_processors, install_pulid_processors, zero_padded
 from .base import AdapterKind
 
-#: Width of PuLID's ID tokens (the SDXL UNet's cross-attention width) and their number per photo.
-ID_TOKEN_DIM, ID_TOKENS = 2048, 32
+#: Width of PuLID's ID tokens (the SDXL UNet's cross-attention width).
+ID_TOKEN_DIM = 2048
+#: ID tokens per photo: v1's `IDEncoder` makes 5 from the embeddings and 1 from each of 5 EVA-CLIP layers;
+#: v1.1's `IDFormer` 32 from all photos at once.
+TOKENS_PER_PHOTO = {"v1": 10, "v1.1": 32}
 #: Checkpoint versions and their published files.
 VERSIONS = {"v1": "pulid_v1.bin", "v1.1": "pulid_v1.1.safetensors"}
 #: mode -> (ortho, num_zero per version); see the module docstring.
@@ -184,11 +188,11 @@ class PuLIDKind(AdapterKind):
                               "available in this build: give already encoded PuLID identities")
 
     def null_identity(self, encoder):
-        tokens = np.zeros((ID_TOKENS, self.config.cross_attention_dim), np.float32)
+        tokens = np.zeros((TOKENS_PER_PHOTO[self.config.version], self.config.cross_attention_dim), np.float32)
         return identity_from_tokens(tokens, self.signature, "no reference")
 
     def tokens(self, projection, identity):
-        """`[32 + num_zero, 2048]`: the person's ID tokens (photos averaged token by token), zeros appended."""
+        """`[T + num_zero, 2048]`: the person's ID tokens (photos averaged token by token), zeros appended."""
         self.check_identity(identity)
         photos = torch.from_numpy(np.ascontiguousarray(identity.detail, np.float32))
         photos = photos.reshape(identity.num_photos, identity.photo_tokens, -1)
@@ -196,15 +200,20 @@ class PuLIDKind(AdapterKind):
 
 
 def identity_from_tokens(tokens, signature: str, name: str = "") -> idg.Identity:
-    """An `Identity` of the PuLID kind from ID tokens `[n, 32, D]` (or `[32, D]`) of n photos of one person."""
+    """An `Identity` of the PuLID kind (`signature`: `"pulid-v1"` or `"pulid-v1.1"`) from the ID tokens
+    `[n, T, D]` (or `[T, D]`) of n photos of one person, T the version's `TOKENS_PER_PHOTO`."""
+    version = signature.removeprefix("pulid-")
+    if version not in TOKENS_PER_PHOTO:
+        raise ValueError(f"not a PuLID signature: {signature!r}")
     array = tokens.detach().float().cpu().numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
     array = np.asarray(array, np.float32)
     if array.ndim == 2:
         array = array[None]
-    if array.ndim != 3 or array.shape[1] != ID_TOKENS:
-        raise ValueError(f"PuLID ID tokens must be [n, {ID_TOKENS}, D], got {list(array.shape)}")
+    per_photo = TOKENS_PER_PHOTO[version]
+    if array.ndim != 3 or array.shape[1] != per_photo:
+        raise ValueError(f"PuLID {version} ID tokens must be [n, {per_photo}, D], got {list(array.shape)}")
     return idg.Identity(np.zeros(0, np.float32), array.reshape(-1, array.shape[-1]), signature, name,
-                        tokens_per_photo=ID_TOKENS)
+                        tokens_per_photo=per_photo)
 
 
 def split_checkpoint(flat: dict, source: str) -> dict[str, dict[str, torch.Tensor]]:
@@ -221,5 +230,5 @@ def split_checkpoint(flat: dict, source: str) -> dict[str, dict[str, torch.Tenso
     return parts
 
 
-__all__ = ["ID_TOKENS", "ID_TOKEN_DIM", "MODES", "VERSIONS", "PuLIDConfig", "PuLIDKind", "PuLIDProjection",
+__all__ = ["ID_TOKEN_DIM", "TOKENS_PER_PHOTO", "MODES", "VERSIONS", "PuLIDConfig", "PuLIDKind", "PuLIDProjection",
            "identity_from_tokens", "split_checkpoint"]
