@@ -11,7 +11,6 @@ serialised), so two calls may run at once.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from .guidance.cfg import GuidanceRows
 from .imaging import load_image
 from .regions import SceneEdit, as_call_source, choose_source, resolve_regions
 from .regions.sources import SceneFaces, Segmented, StylePeople
+from .sampling.schedulers import DEFAULT_SCHEDULER, make_scheduler, step_kwargs
 from .request import DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_TEXT_SCALE, GenerationSettings, IdentityInput
 
 logger = logging.getLogger(__name__)
@@ -150,8 +150,8 @@ class FaceStudioMixin(AdapterLoadingMixin):
                  regions: str | None = None, text_guidance_scale: float = DEFAULT_TEXT_SCALE, reference_guidance_scale: float | None = None,
                  num_inference_steps: int = DEFAULT_STEPS, height: int | None = None, width: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, num_images_per_prompt: int = 1,
-                 output_type: str = "pil", on_step: Callable[[int, int], None] | None = None,
-                 return_dict: bool = True):
+                 output_type: str = "pil", scheduler: str = DEFAULT_SCHEDULER, speed: str = "",
+                 on_step: Callable[[int, int], None] | None = None, return_dict: bool = True):
         """Generate images of the given people: `pipe(settings)`, or `pipe(prompt, ...)` with the fields of
         `GenerationSettings` as keywords (which builds them; each field, default and check is documented there).
 
@@ -169,7 +169,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
         settings = prompt if isinstance(prompt, GenerationSettings) else GenerationSettings(
             prompt, negative_prompt, tuple(identities or ()), mix, style_image, style_strength, scene_image,
             scene_faces, regions, text_guidance_scale, reference_guidance_scale, num_inference_steps, width, height,
-            num_images_per_prompt=num_images_per_prompt, output_type=output_type)
+            num_images_per_prompt=num_images_per_prompt, output_type=output_type, scheduler=scheduler, speed=speed)
         self.check_adapters(settings.validate())
         scene = None if settings.scene_image is None else \
             load_image(settings.scene_image, min_side=32, name="scene image")
@@ -212,7 +212,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
                            "cross_attention_kwargs": {"ip_adapter_masks": LayerMasks(tuple(region_masks), latent_size)}}
 
         # 7. Timesteps and latents (a scheduler of this call's own: schedulers keep step state)
-        scheduler = copy.deepcopy(self.scheduler)
+        scheduler = make_scheduler(settings.scheduler, self.scheduler)
         scheduler.set_timesteps(settings.num_inference_steps, device=device)
         shape = (batch, self.unet.config.in_channels, *latent_size)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=text.dtype)
@@ -234,7 +234,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
         # 9. Decode, paste the scene's own pixels back outside the faces
         record = {**settings.metadata(), "identities": [i.name for i in encoded], "strengths": strengths,
                   "style_image": style is not None, "scene_image": scene is not None,
-                  "scheduler": type(scheduler).__name__}
+                  "scheduler": settings.scheduler, "scheduler_class": type(scheduler).__name__}
         if output_type == "latent":
             self.maybe_free_model_hooks()
             return FaceStudioPipelineOutput(latents, record) if return_dict else (latents,)
@@ -255,7 +255,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
         model_input = scheduler.scale_model_input(rows.latents(latents), t)
         eps = self.unet(model_input, t, encoder_hidden_states=text, return_dict=False, **unet_kwargs)[0]
         eps = rows.combine(eps, settings.text_guidance_scale, settings.reference_scale)
-        return scheduler.step(eps, t, latents, generator=generator, return_dict=False)[0]
+        return scheduler.step(eps, t, latents, return_dict=False, **step_kwargs(scheduler, generator))[0]
 
     def encode_text(self, *args) -> tuple[torch.Tensor, dict]:
         """`text_conditioning(*args)` under the prompt-encoding lock (see `_TEXT_LOCK`); safe from any thread."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import FaceStudioError
+from .sampling.schedulers import DEFAULT_SCHEDULER, check_scheduler
 from .regions import Box, Mask, as_call_source, as_region, check_sources, source_name
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ FIELD_NAMES = {
             "text_guidance_scale": "--text-scale", "reference_guidance_scale": "--reference-scale",
             "num_inference_steps": "--steps", "width": "--width", "height": "--height", "seed": "--seed",
             "count": "--num-images", "strength": "--strength", "face": "--face", "region": "--region",
-            "regions": "--regions"},
+            "regions": "--regions", "scheduler": "--scheduler", "speed": "--speed"},
     "api": {"num_inference_steps": "steps", "strength": "identities[].strength",
             "region": "identities[].region"},
 }
@@ -106,6 +107,9 @@ class GenerationSettings:
         count (`int`, defaults to 1): images a front end makes one by one (seeds seed, seed + 1, ...).
         num_images_per_prompt (`int`, defaults to 1): images of one pipeline call.
         output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
+        scheduler (`str`, defaults to `"euler-a"`): the sampler by name (`sampling.schedulers.SCHEDULERS`).
+        speed (`str`, defaults to `""`): a few-step speed model by name (`sampling.speed.SPEED_MODELS`) the
+            pipeline has loaded; `""`: none.
     """
 
     prompt: str | tuple[str, ...]
@@ -126,6 +130,8 @@ class GenerationSettings:
     count: int = 1
     num_images_per_prompt: int = 1
     output_type: str = "pil"
+    scheduler: str = DEFAULT_SCHEDULER
+    speed: str = ""
 
     def __post_init__(self):
         people = tuple(p if isinstance(p, IdentityInput) else IdentityInput(photos=(p,)) for p in self.identities)
@@ -235,6 +241,9 @@ class GenerationSettings:
                                                                                         self.scene_faces)):
             fail(f"{name('scene_faces')} {list(self.scene_faces)}: give {self.slots} face number(s) >= 0 (0 is "
                  "the scene's largest face), one per " + ("mixed face" if self.mix else "identity"))
+        if not isinstance(self.scheduler, str):
+            fail(f"{name('scheduler')} must be a sampler name")
+        check_scheduler(self.scheduler, name("scheduler"))
         if self.output_type not in ("pil", "np", "pt", "latent"):
             fail(f"output_type {self.output_type!r}: one of 'pil', 'np', 'pt', 'latent'")
         return self
@@ -253,5 +262,5 @@ class GenerationSettings:
             "regions": source_name(as_call_source(self.regions)),
             "steps": self.num_inference_steps, "text_guidance_scale": self.text_guidance_scale,
             "reference_guidance_scale": self.reference_scale, "width": self.width, "height": self.height,
-            "num_images": self.count,
+            "num_images": self.count, "scheduler": self.scheduler, "speed": self.speed or None,
         }

@@ -21,6 +21,7 @@ from ..files import check_free_space, existing_ancestor
 from ..loading import TINY, adapter_folder, load_generation_pipeline, style_beside
 from ..presets import PRESETS
 from ..regions.sources import CHOICES, as_region
+from ..sampling.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from ..request import (DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_TEXT_SCALE, SDXL_DEFAULT_SIDE, GenerationSettings,
                        IdentityInput)
 from . import EXIT_OK, MIN_IMAGE_SIDE, quiet_libraries
@@ -122,6 +123,9 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, metavar="N",
                           help=f"denoising steps (default {DEFAULT_STEPS}, or the preset's)")
+    sampling.add_argument("--scheduler", choices=list(SCHEDULERS), metavar="NAME",
+                          help="the sampler: " + "; ".join(f"{s.name}: {s.description}" for s in SCHEDULERS.values())
+                               + f" (default {DEFAULT_SCHEDULER}, or the speed model's)")
     sampling.add_argument("--seed", type=int, default=0, metavar="S",
                           help="seed of the first image; image i uses S+i (default 0)")
     sampling.add_argument("--text-scale", type=float, metavar="G",
@@ -295,7 +299,8 @@ def _check_settings(args, mix) -> GenerationSettings:
         args.prompt, args.negative_prompt, people, mix, style_image=args.style, style_strength=args.style_strength,
         scene_image=args.scene, scene_faces=scene_faces, regions=args.regions, text_guidance_scale=args.text_scale,
         reference_guidance_scale=args.reference_scale, num_inference_steps=args.steps, width=args.width,
-        height=args.height, seed=args.seed, count=args.num_images).validate("cli")
+        height=args.height, seed=args.seed, count=args.num_images,
+        scheduler=args.scheduler or DEFAULT_SCHEDULER).validate("cli")
 
 
 def _default_side(args) -> int:
@@ -420,7 +425,7 @@ def _write_images(pipe, settings: GenerationSettings, metadata: dict, output: Pa
             image = result.images[0]
             image_metadata = ai_generated_metadata({**metadata, "seed": seed, "width": image.width,
                                                     "height": image.height,
-                                                    "scheduler": result.settings.get("scheduler")})
+                                                    "scheduler_class": result.settings.get("scheduler_class")})
             path, index = _save_numbered(image, output, index, seed, image_metadata)
             index += 1
             written.append(path)

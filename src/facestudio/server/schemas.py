@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..regions import CHOICES
 from ..request import DEFAULT_TEXT_SCALE, MAX_SIDE
+from ..sampling.schedulers import SCHEDULERS
 from .storage import ID_PATTERN
 
 Id = Annotated[str, Field(pattern=ID_PATTERN, description="an id the server gave")]
@@ -58,6 +59,8 @@ class GenerationRequest(_Strict):
     width: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)
     height: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)
     count: int = Field(1, ge=1, le=16, description="how many images")
+    scheduler: Optional[Literal[tuple(SCHEDULERS)]] = Field(
+        None, description="the sampler by name; default: euler-a (Euler ancestral), or the speed model's")
 
 
 class Problem(BaseModel):
