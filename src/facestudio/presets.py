@@ -15,8 +15,9 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import FaceStudioError, ModelFileError
+from .errors import FaceStudioError, ModelFileError, first_line
 from .request import DEFAULT_TEXT_SCALE
+from .sampling.schedulers import DEFAULT_SCHEDULER
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,16 @@ _FACEID_LICENCE = ("IP-Adapter-FaceID weights: non-commercial research use only 
                    "buffalo_l ArcFace embeddings, whose models are non-commercial); the ArcFace model itself: "
                    "insightface's non-commercial research licence")
 _APACHE_LICENCE = "IP-Adapter weights: Apache-2.0 (h94/IP-Adapter); CLIP ViT-H/14: MIT"
+_PULID_LICENCE = ("PuLID weights (guozinan/PuLID): Apache-2.0; EVA02-CLIP-L-14-336 (QuanSun/EVA-CLIP): MIT; the "
+                  "antelopev2 face recogniser PuLID reads: insightface's non-commercial research licence (you supply "
+                  "it, it is never downloaded or bundled)")
+_LIGHTNING_LICENCE = "SDXL-Lightning UNet (ByteDance/SDXL-Lightning): CreativeML OpenRAIL++-M"
+_SDXL_LICENCE = "SDXL base 1.0 (stabilityai): CreativeML OpenRAIL++-M"
+
+#: SDXL-Lightning's 4-step distilled UNet (Lin et al. 2024), the base of PuLID's own demo and benchmark.
+SDXL_LIGHTNING_4STEP_UNET = HubFile("ByteDance/SDXL-Lightning", "sdxl_lightning_4step_unet.safetensors")
+#: EVA02-CLIP-L-14-336, the image encoder of PuLID's ID encoder.
+EVA02_CLIP_L_336 = HubFile("QuanSun/EVA-CLIP", "EVA02_CLIP_L_336_psz14_s6B.pt")
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,10 @@ class Preset:
         steps, text_guidance_scale, reference_guidance_scale, shortcut_scale: recommended settings.
         licence: printed once when the preset loads.
         non_commercial: whether the weights forbid commercial use.
+        unet: a UNet state dict that replaces the base model's (a few-step distilled UNet), or None.
+        scheduler, timestep_spacing: the sampler (`sampling.schedulers`) and timestep spacing it was made for
+            (None: the base model's spacing).
+        encoder_files: further hub files the identity encoder reads, each with what it is.
     """
 
     name: str
@@ -105,6 +120,10 @@ class Preset:
     text_guidance_scale: float = DEFAULT_TEXT_SCALE
     reference_guidance_scale: float = DEFAULT_TEXT_SCALE
     shortcut_scale: float = 1.0
+    unet: HubFile | None = None
+    scheduler: str = DEFAULT_SCHEDULER
+    timestep_spacing: str | None = None
+    encoder_files: tuple[tuple[HubFile, str], ...] = ()
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -127,6 +146,24 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            style_adapter=HubFile("h94/IP-Adapter", "ip-adapter_sdxl.safetensors", "sdxl_models"),
            style_encoder="h94/IP-Adapter/sdxl_models/image_encoder", style_embed_dim=1280,
            style_blocks=STYLE_BLOCKS_SDXL),
+    # PuLID's own demo and DivID-120 numbers: v1 on SDXL-Lightning 4-step, CFG 1.2, id_scale 0.8 (strength);
+    # v1 rather than v1.1 there (docs/pulid_v1.1.md: v1.1 "does not perform as well as v1" on Lightning 4-step).
+    # The reference samples with DPM++ trailing; SDXL-Lightning is distilled for Euler with trailing timesteps.
+    Preset("pulid-sdxl", "PuLID v1 on SDXL-Lightning 4-step: antelopev2 + EVA02-CLIP ID tokens in every "
+           "cross-attention layer, 1024 px in 4 steps",
+           SDXL_BASE, HubFile("guozinan/PuLID", "pulid_v1.bin"), "pulid", "", "",
+           f"{_PULID_LICENCE}; {_LIGHTNING_LICENCE}; {_SDXL_LICENCE}", True, sdxl=True, style_adapter=None,
+           style_blocks=STYLE_BLOCKS_SDXL, steps=4, text_guidance_scale=1.2, reference_guidance_scale=1.2,
+           unet=SDXL_LIGHTNING_4STEP_UNET, scheduler="euler", timestep_spacing="trailing",
+           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),)),
+    # v1.1 on a non-distilled SDXL, as its demo runs Juggernaut-XL: DPM++ 2M Karras, 25 steps, CFG 7.
+    Preset("pulid-sdxl-base", "PuLID v1.1 on SDXL base 1.0: 25 steps at guidance 7, for community SDXL models "
+           "(--base-model)",
+           SDXL_BASE, HubFile("guozinan/PuLID", "pulid_v1.1.safetensors"), "pulid", "", "",
+           f"{_PULID_LICENCE}; {_SDXL_LICENCE}", True, sdxl=True, style_adapter=None, style_blocks=STYLE_BLOCKS_SDXL,
+           steps=25,
+           text_guidance_scale=7.0, reference_guidance_scale=7.0, scheduler="dpmpp-2m-karras",
+           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),)),
 )}
 
 
@@ -154,6 +191,9 @@ def missing_files(preset: Preset, *, base_model: str | None = None, with_style: 
                            f"{ARCFACE_ENV})")
     # (a file that shows the thing is in the cache, what it is, the command that fetches all of it)
     needed = [(f, "adapter", f"hf download {f.repo} {_path(f)}") for f in (preset.adapter,)]
+    if preset.unet is not None:
+        needed.append((preset.unet, "UNet", f"hf download {preset.unet.repo} {_path(preset.unet)}"))
+    needed += [(f, what, f"hf download {f.repo} {_path(f)}") for f, what in preset.encoder_files]
     base = base_model or preset.base_model
     if not Path(base).expanduser().is_dir():
         needed.append((HubFile(base, "model_index.json"), "base model", f"hf download {base}"))
@@ -196,8 +236,10 @@ def show_licence(preset: Preset) -> None:
 
 def load_preset_pipeline(name: str, *, base_model: str | None = None, device: str | None = None,
                          cpu_offload: bool = False, vae_tiling: bool = False, face_analyzer=None,
-                         with_style: bool = False, arcface_model: str | os.PathLike | None = None):
-    """A `FaceStudioPipeline` with the preset's base model and adapters (and its style adapter if asked)."""
+                         with_style: bool = False, arcface_model: str | os.PathLike | None = None,
+                         pulid_mode: str | None = None):
+    """A `FaceStudioPipeline` with the preset's base model (its UNet and sampler) and adapters (and its style
+    adapter if asked); `pulid_mode` is a PuLID preset's mode (`guidance.kinds.pulid.MODES`, default fidelity)."""
     from .faces import FaceAnalyzer
     from .guidance.public_identity import PublicIdentityConfig
     from .guidance.style import StyleAdapterConfig
@@ -214,11 +256,23 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
         face_analyzer = FaceAnalyzer(recognizer=ArcFaceRecognizer(arcface_model_path(arcface_model)))
     pipeline_class = FaceStudioXLPipeline if preset.sdxl else FaceStudioPipeline
     pipe = load_base_pipeline(base_model or preset.base_model, pipeline_class, device=device)
+    if preset.unet is not None:
+        _load_unet_weights(pipe, preset.unet)
+    if preset.scheduler != DEFAULT_SCHEDULER or preset.timestep_spacing:
+        from .sampling.schedulers import make_scheduler
+
+        pipe.scheduler = make_scheduler(preset.scheduler, pipe.scheduler, timestep_spacing=preset.timestep_spacing)
     enable_memory_savers(pipe, cpu_offload=cpu_offload, vae_tiling=vae_tiling)
     cross_dim = pipe.unet.config.cross_attention_dim
-    identity_config = PublicIdentityConfig(projection=preset.projection, recognizer=preset.recognizer,
-                                           image_encoder=preset.image_encoder, shortcut_scale=preset.shortcut_scale,
-                                           cross_attention_dim=cross_dim)
+    if preset.projection == "pulid":
+        from .guidance.kinds.pulid import PuLIDConfig, version_of_file
+
+        identity_config = PuLIDConfig(version=version_of_file(preset.adapter.filename), mode=pulid_mode or "fidelity",
+                                      cross_attention_dim=cross_dim)
+    else:
+        identity_config = PublicIdentityConfig(projection=preset.projection, recognizer=preset.recognizer,
+                                               image_encoder=preset.image_encoder,
+                                               shortcut_scale=preset.shortcut_scale, cross_attention_dim=cross_dim)
     kwargs = {}
     if with_style and preset.style_adapter is not None:
         kwargs = dict(style=_file(preset.style_adapter), style_config=StyleAdapterConfig(
@@ -228,6 +282,24 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
                               **kwargs)
     pipe.preset = preset
     return pipe
+
+
+def _load_unet_weights(pipe, hub_file: HubFile) -> None:
+    """Replace the UNet's weights with a published state dict of the same architecture (SDXL-Lightning's)."""
+    from huggingface_hub import hf_hub_download
+    from safetensors.torch import load_file
+
+    from .models import hub_offline
+
+    try:
+        path = hf_hub_download(hub_file.repo, _path(hub_file), local_files_only=hub_offline())
+        missing, unexpected = pipe.unet.load_state_dict(load_file(path), strict=False)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"could not load the UNet {hub_file}: {first_line(error)}") from error
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise ModelFileError(f"the UNet {hub_file} does not fit the base model's UNet: "
+                             f"{'missing' if missing else 'unexpected'} key {first}")
 
 
 def _file(hub_file: HubFile) -> tuple[str, str, str | None]:

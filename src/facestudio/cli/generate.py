@@ -104,7 +104,10 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
     models.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
                         help="public weights picked by name, with their recommended settings: "
                              + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())
-                             + ". FaceID presets are non-commercial")
+                             + ". FaceID and PuLID presets are non-commercial (their face recognisers)")
+    models.add_argument("--pulid-mode", choices=["fidelity", "extremely-style", "neutral"], metavar="MODE",
+                        help="PuLID presets: fidelity (default), extremely-style (more prompt, less likeness) or "
+                             "neutral (PuLID's plain ID attention)")
     models.add_argument("--base-model", metavar="tiny|FOLDER|HUB_ID",
                         help="the Stable Diffusion 1.x/2.x pipeline: a local folder (diffusers layout), a model "
                              "hub id (downloaded once), or 'tiny' (a random model: smoke tests only). Needed "
@@ -244,6 +247,8 @@ def _preset_defaults(args):
 
         preset = get_preset(args.preset)
     args.steps = args.steps if args.steps is not None else preset.steps if preset else DEFAULT_STEPS
+    if preset is not None and getattr(args, "scheduler", None) is None:
+        args.scheduler = preset.scheduler
     if args.text_scale is None:
         args.text_scale = preset.text_guidance_scale if preset else DEFAULT_TEXT_SCALE
         if args.reference_scale is None and preset is not None:
@@ -285,6 +290,9 @@ def _check_settings(args, mix) -> GenerationSettings:
     regions += [None] * (count - len(regions))
     if args.base_model is None and args.preset is None:
         raise FaceStudioError("give --base-model (a folder, a hub id or 'tiny') or --preset")
+    if getattr(args, "pulid_mode", None) and not (args.preset and PRESETS[args.preset].projection == "pulid"):
+        raise FaceStudioError("--pulid-mode is for the PuLID presets: "
+                              + ", ".join(p.name for p in PRESETS.values() if p.projection == "pulid"))
     if args.preset is not None and (args.adapter or getattr(args, "style_adapter", None)):
         raise FaceStudioError(f"--preset {args.preset} brings its own adapters: drop --adapter / --style-adapter")
     if args.style is not None and not (args.style_adapter or style_beside(args.adapter) or args.preset):
@@ -396,7 +404,7 @@ def _load_models(args, people, adapter, style_adapter, analyzer, with_style: boo
 
         pipe = load_preset_pipeline(args.preset, base_model=args.base_model, device=args.device,
                                     cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, with_style=with_style,
-                                    arcface_model=args.arcface_model)
+                                    arcface_model=args.arcface_model, pulid_mode=args.pulid_mode)
     else:
         pipe = load_generation_pipeline(
             args.base_model, adapter=(adapter[0] if adapter else TINY) if people else None,

@@ -199,6 +199,14 @@ class PuLIDKind(AdapterKind):
         return zero_padded(photos.mean(0), self.config.effective_num_zero)
 
 
+def version_of_file(filename: str) -> str:
+    """The PuLID version of a published file name (`VERSIONS`)."""
+    for version, name in VERSIONS.items():
+        if name == filename:
+            return version
+    raise ModelFileError(f"{filename}: not a published PuLID SDXL checkpoint ({', '.join(VERSIONS.values())})")
+
+
 def identity_from_tokens(tokens, signature: str, name: str = "") -> idg.Identity:
     """An `Identity` of the PuLID kind (`signature`: `"pulid-v1"` or `"pulid-v1.1"`) from the ID tokens
     `[n, T, D]` (or `[T, D]`) of n photos of one person, T the version's `TOKENS_PER_PHOTO`."""
@@ -231,4 +239,4 @@ def split_checkpoint(flat: dict, source: str) -> dict[str, dict[str, torch.Tenso
 
 
 __all__ = ["ID_TOKEN_DIM", "TOKENS_PER_PHOTO", "MODES", "VERSIONS", "PuLIDConfig", "PuLIDKind", "PuLIDProjection",
-           "identity_from_tokens", "split_checkpoint"]
+           "identity_from_tokens", "split_checkpoint", "version_of_file"]
