@@ -54,3 +54,16 @@ def test_pulid_mode_needs_a_pulid_preset(faces_dir, capsys):
     status = main(["generate", "--preset", "faceid-sdxl", "--pulid-mode", "neutral", "--prompt", "x",
                    "--identity", str(faces_dir / "obama.jpg")])
     assert status == 2 and "--pulid-mode is for the PuLID presets: pulid-sdxl, pulid-sdxl-base" in capsys.readouterr().err
+
+
+def test_the_comparison_specs_share_people_prompts_and_seeds():
+    from facestudio.evaluation.runspec import load_spec
+
+    folder = Path(__file__).parent.parent / "examples" / "pulid-vs-faceid"
+    pulid, faceid = load_spec(folder / "pulid-sdxl.toml"), load_spec(folder / "faceid-plusv2-sd15.toml")
+    assert (pulid.preset, faceid.preset) == ("pulid-sdxl", "faceid-plusv2-sd15")
+    assert (pulid.identities, pulid.groups, pulid.prompts, pulid.seeds, pulid.negative_prompt) == \
+        (faceid.identities, faceid.groups, faceid.prompts, faceid.seeds, faceid.negative_prompt)
+    assert all(Path(p).is_file() for person in pulid.identities.values() for p in person["photos"] + person["held_out"])
+    assert (pulid.steps, pulid.width, pulid.scheduler, pulid.settings[0].text_scale) == (4, 1024, "euler", 1.2)
+    assert faceid.scheduler == "euler-a"
