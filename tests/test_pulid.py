@@ -339,3 +339,50 @@ def test_modes_change_the_image(people):
         images[mode] = run(p, IdentityInput(identity=identity_from_tokens(people[0].detail, p.identity_signature())))
     assert np.abs(images["fidelity"] - images["neutral"]).max() > 1e-4
     assert np.abs(images["extremely-style"] - images["neutral"]).max() > 1e-4
+
+
+# --- region sources and the face put into a scene ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pair(faces_dir):
+    """Two people side by side, faces of like size: Obama (left), Biden (right)."""
+    from PIL import Image
+
+    biden = np.asarray(Image.open(faces_dir / "biden.jpg").convert("RGB"))[:1200, 260:886]
+    return Image.fromarray(np.concatenate([np.asarray(Image.open(faces_dir / "obama2.jpg").convert("RGB")), biden], 1))
+
+
+def test_two_faces_put_into_a_scene_keep_everything_outside_the_faces(pipe, people, pair):
+    from PIL import Image
+
+    from facestudio.regions.scene import dilated_face
+
+    two = [IdentityInput(identity=people[0]), IdentityInput(identity=people[1])]
+    out = pipe("two people", identities=two, scene_image=pair, height=128, width=128, num_inference_steps=2,
+               generator=seed(), output_type="np")
+    image = np.round(out.images[0] * 255).astype(np.uint8)
+    original = np.asarray(pair.resize((128, 128), Image.LANCZOS))  # as the pipeline fits a scene
+    faces = pipe.face_analyzer.detect(original)
+    assert len(faces) == 2
+    outside = np.all([dilated_face(f, 128, 128) == 0 for f in faces], axis=0)
+    assert 0.3 < outside.mean() < 0.95
+    assert np.array_equal(image[outside], original[outside])
+    assert np.abs(image[~outside].astype(int) - original[~outside]).mean() > 2  # the faces were regenerated
+
+
+def test_every_region_source_reaches_the_id_attention(pipe, people, pair):
+    """Boxes, masks, the automatic split, and a scene's faces each give the per-person masks the ID attention is
+    gated by (`place_people`, the same stage as for the IP-Adapter kinds)."""
+    a, b = people
+    mask = np.zeros((64, 64), np.float32)
+    mask[:, :32] = 1
+    boxes = run(pipe, IdentityInput(identity=a, region=LEFT), IdentityInput(identity=b, region=RIGHT))
+    masks = run(pipe, IdentityInput(identity=a, region=mask), IdentityInput(identity=b, region=1 - mask))
+    split = run(pipe, IdentityInput(identity=a), IdentityInput(identity=b), regions="split")
+    assert np.abs(boxes - masks).max() < 1e-5 and np.abs(boxes - split).max() < 1e-5
+    narrow = run(pipe, IdentityInput(identity=a, region=(0, 0, 16, 64)), IdentityInput(identity=b, region=RIGHT))
+    assert np.abs(boxes - narrow).max() > 1e-3
+    scene_faces, _ = pipe.place_people([IdentityInput(identity=a), IdentityInput(identity=b)], 2, 128, 128, None,
+                                       None, pair, None)
+    assert scene_faces.shape == (2, 128, 128) and not np.any((scene_faces[0] > 0) & (scene_faces[1] > 0))
