@@ -35,10 +35,11 @@ def seed(n=0):
 
 
 def new_pipe(config=None, checkpoint_seed=1):
+    config = config or PuLIDConfig(sizes="tiny")
     pipe = FaceStudioXLPipeline(**tiny_pulid_components())
     pipe.set_progress_bar_config(disable=True)
-    state = split_checkpoint(random_pulid_checkpoint(pipe.unet, seed=checkpoint_seed), "random")
-    pipe.load_adapters(identity=state, identity_config=config or PuLIDConfig())
+    flat = random_pulid_checkpoint(pipe.unet, seed=checkpoint_seed, version=config.version)
+    pipe.load_adapters(identity=split_checkpoint(flat, "random"), identity_config=config)
     return pipe
 
 
@@ -210,7 +211,7 @@ def _loaded_state(**change):
 def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_key(change, message):
     pipe, flat = _loaded_state(**change)
     with pytest.raises(ModelFileError, match=message):
-        pipe.load_adapters(identity=split_checkpoint(flat, "x"), identity_config=PuLIDConfig())
+        pipe.load_adapters(identity=split_checkpoint(flat, "x"), identity_config=PuLIDConfig(sizes="tiny"))
     assert pipe.facestudio_adapters == () and pipe.unet.encoder_hid_proj is None
 
 
@@ -222,7 +223,7 @@ def test_foreign_files_and_unets_are_refused():
     small = FaceStudioXLPipeline(**tiny_xl_components())  # 64-wide cross-attention: not SDXL's
     flat = random_pulid_checkpoint(small.unet)
     with pytest.raises(ModelFileError, match="cross_attention_dim 2048; this UNet has 64"):
-        small.load_adapters(identity=split_checkpoint(flat, "x"), identity_config=PuLIDConfig())
+        small.load_adapters(identity=split_checkpoint(flat, "x"), identity_config=PuLIDConfig(sizes="tiny"))
 
 
 @pytest.mark.parametrize("version, weight_name", [("v1", "pulid_v1.bin"), ("v1.1", "pulid_v1.1.safetensors")])
@@ -230,7 +231,7 @@ def test_published_files_load_and_unloading_restores_the_base_unet(tmp_path, ver
     from safetensors.torch import save_file
 
     pipe = FaceStudioXLPipeline(**tiny_pulid_components())
-    flat = random_pulid_checkpoint(pipe.unet)
+    flat = random_pulid_checkpoint(pipe.unet, version=version)
     if weight_name.endswith(".bin"):
         torch.save(flat, tmp_path / weight_name)
     else:
@@ -239,7 +240,8 @@ def test_published_files_load_and_unloading_restores_the_base_unet(tmp_path, ver
                   added_cond_kwargs={"text_embeds": torch.zeros(1, 1280), "time_ids": torch.ones(1, 6)})
     with torch.no_grad():
         before = pipe.unet(**inputs).sample
-        pipe.load_public_adapters((str(tmp_path), weight_name, None), identity_config=PuLIDConfig(version=version))
+        pipe.load_public_adapters((str(tmp_path), weight_name, None), identity_config=PuLIDConfig(version=version,
+                                                                                                  sizes="tiny"))
         procs = [p for p in pipe.unet.attn_processors.values() if isinstance(p, PuLIDAttnProcessor)]
         assert 2 * len(procs) == sum(k.startswith("id_adapter_attn_layers.") for k in flat) == 22
         assert torch.equal(procs[0].id_to_k.weight, flat["id_adapter_attn_layers.1.id_to_k.weight"])
@@ -335,7 +337,7 @@ def test_text_and_reference_scales_and_the_no_identity_rows(pipe, people):
 def test_modes_change_the_image(people):
     images = {}
     for mode in ("fidelity", "extremely-style", "neutral"):
-        p = new_pipe(PuLIDConfig(mode=mode))
+        p = new_pipe(PuLIDConfig(mode=mode, sizes="tiny"))
         images[mode] = run(p, IdentityInput(identity=identity_from_tokens(people[0].detail, p.identity_signature())))
     assert np.abs(images["fidelity"] - images["neutral"]).max() > 1e-4
     assert np.abs(images["extremely-style"] - images["neutral"]).max() > 1e-4
@@ -386,3 +388,35 @@ def test_every_region_source_reaches_the_id_attention(pipe, people, pair):
     scene_faces, _ = pipe.place_people([IdentityInput(identity=a), IdentityInput(identity=b)], 2, 128, 128, None,
                                        None, pair, None)
     assert scene_faces.shape == (2, 128, 128) and not np.any((scene_faces[0] > 0) & (scene_faces[1] > 0))
+
+
+# --- photos through the ID encoder ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def encoded_pipe(tmp_path_factory):
+    """A v1.1 PuLID pipeline whose ID encoder (tiny widths) is made from files in the published layouts."""
+    pytest.importorskip("timm", reason="PuLID's EVA-CLIP needs pip install 'facestudio[pulid]'")
+    pytest.importorskip("onnxscript", reason="the tiny antelopev2 ONNX file is exported with onnxscript")
+    from pulid_tiny import tiny_pulid_files
+
+    files = tiny_pulid_files(tmp_path_factory.mktemp("pulid-files"), "v1.1")
+    return new_pipe(PuLIDConfig(version="v1.1", sizes="tiny", **files))
+
+
+def test_photos_become_id_tokens_and_no_identity_is_the_encoder_on_zeros(encoded_pipe, faces_dir):
+    kind = encoded_pipe.facestudio_adapters[0].adapter_kind
+    null = encoded_pipe.facestudio_adapters[0].null_identity
+    torch.testing.assert_close(torch.from_numpy(null.detail), kind.encoder.null_tokens(1)[0], rtol=0, atol=0)
+    assert np.abs(null.detail).max() > 0  # the trained "no identity" input, not zeros
+    one, both = encoded_pipe.encode_identities(
+        [IdentityInput(photos=(faces_dir / "obama.jpg",), name="obama"),
+         IdentityInput(photos=(faces_dir / "obama.jpg", faces_dir / "obama2.jpg"), name="obama twice")], None)
+    assert one.detail.shape == both.detail.shape == (32, 2048)  # the ID former pools the photos
+    assert np.abs(one.detail - both.detail).max() > 1e-4
+    obama, biden = encoded_pipe.encode_identities(
+        [IdentityInput(photos=(faces_dir / "obama.jpg",)), IdentityInput(photos=(faces_dir / "biden.jpg",))], None)
+    image = run(encoded_pipe, IdentityInput(identity=obama, region=LEFT), IdentityInput(identity=biden, region=RIGHT))
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+    with pytest.raises(FaceStudioError, match="PuLID reads 1 to 4 photos of a person, got 5"):
+        encoded_pipe.encode_identities([IdentityInput(photos=(faces_dir / "obama.jpg",) * 5)], None)

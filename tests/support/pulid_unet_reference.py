@@ -109,8 +109,8 @@ def compare(version: str, mode: str, id_scale: float = 0.8) -> dict:
 
     reference = load_reference()
     pipe = FaceStudioXLPipeline(**tiny_pulid_components())
-    flat = random_pulid_checkpoint(pipe.unet, seed=1)
-    config = PuLIDConfig(version=version, mode=mode)
+    flat = random_pulid_checkpoint(pipe.unet, seed=1, version=version)
+    config = PuLIDConfig(version=version, mode=mode, sizes="tiny")
     base = copy.deepcopy(pipe.unet)
     pipe.load_adapters(identity=split_checkpoint(flat, "random"), identity_config=config)
     set_mode(reference, config.effective_num_zero, config.effective_ortho)

@@ -68,6 +68,11 @@ class PuLIDConfig(AdapterConfig):
         num_zero (`int`, *optional*): zero ID tokens appended, instead of the mode's.
         ortho (`str`): `"off"`, `"v1"` or `"v2"` instead of the mode's; `""`: the mode's.
         cross_attention_dim (`int`): the UNet's, which is the ID tokens' width (2048).
+        eva_clip, bisenet, antelopev2 (`str`): the encoder's files (`EVA02_CLIP_L_336_psz14_s6B.pt`,
+            `parsing_bisenet.pth`, `glintr100.onnx` or its folder); without them no photos can be encoded
+            (identities given as ID tokens still work).
+        sizes (`str`): `"published"`, or `"tiny"`: the encoder at test widths (`encoder.tiny_encoder_config`,
+            `eva.TINY_EVA`) with tokens `cross_attention_dim` wide, for tiny checkpoints (smoke tests only).
     """
 
     version: str = "v1"
@@ -75,6 +80,10 @@ class PuLIDConfig(AdapterConfig):
     num_zero: int | None = None
     ortho: str = ""
     cross_attention_dim: int = ID_TOKEN_DIM
+    eva_clip: str = ""
+    bisenet: str = ""
+    antelopev2: str = ""
+    sizes: str = "published"
     kind: str = "identity"
     projection: str = "pulid"
 
@@ -89,6 +98,22 @@ class PuLIDConfig(AdapterConfig):
             raise FaceStudioError(f"PuLID ortho must be one of {ORTHO_VARIANTS}, got {self.ortho!r}")
         if self.num_zero is not None and not 0 <= self.num_zero <= 256:
             raise FaceStudioError(f"PuLID num_zero must be between 0 and 256, got {self.num_zero}")
+        if self.sizes not in ("published", "tiny"):
+            raise FaceStudioError(f"PuLID sizes must be 'published' or 'tiny', got {self.sizes!r}")
+
+    def encoder_sizes(self):
+        """`(ID encoder config, EVA-CLIP config)` of `sizes`."""
+        from dataclasses import replace
+
+        from ..pulid import checkpoints, eva
+        from ..pulid.encoder import tiny_encoder_config
+        from ..pulid.idformer import IDFormerConfig
+
+        if self.sizes == "published":
+            return checkpoints.version(self.version).encoder, eva.EvaConfig()
+        config = tiny_encoder_config(self.version)
+        width = {"output_dim" if isinstance(config, IDFormerConfig) else "context_dim": self.cross_attention_dim}
+        return replace(config, **width), eva.TINY_EVA
 
     @property
     def kind_name(self) -> str:
@@ -104,12 +129,14 @@ class PuLIDConfig(AdapterConfig):
 
 
 class PuLIDProjection(nn.Module):
-    """What sits where an IP-Adapter's image projection would (`encoder_hid_proj`): PuLID's ID encoder, so it
-    moves with the UNet and goes with `unload_ip_adapter`; None until an encoder is given."""
+    """What sits where an IP-Adapter's image projection would (`encoder_hid_proj`): the modules of PuLID's ID
+    encoder (ID former, EVA-CLIP, BiSeNet), so they move with the UNet (`.to()`, offload) and go with diffusers'
+    `unload_ip_adapter`; empty when identities come as ID tokens."""
 
-    def __init__(self, encoder: nn.Module | None = None):
+    def __init__(self, encoder=None):
         super().__init__()
-        self.encoder = encoder
+        if encoder is not None:
+            self.id_encoder, self.tower, self.parser = encoder.id_encoder, encoder.tower.model, encoder.parser.model
 
 
 class PuLIDKind(AdapterKind):
@@ -172,22 +199,86 @@ class PuLIDKind(AdapterKind):
         if extra:
             raise ModelFileError(f"PuLID adapter {source} does not fit this UNet: unexpected key {extra[0]} "
                                  f"{list(found[extra[0]])} (a UNet with fewer cross-attention layers?)")
+        if "id_adapter" not in state:
+            raise ModelFileError(f"{source}: not a PuLID checkpoint: no id_adapter.* (ID encoder) keys")
+        from ..pulid import checkpoints
+
+        checkpoints.check_encoder_state(state["id_adapter"], self.config.version, self.config.encoder_sizes()[0],
+                                        source=str(source))
 
     def install(self, unet, state: dict, encoder=None) -> PuLIDProjection:
-        """Put the ID attention into `unet` (the state already checked); the projection that holds the encoder."""
+        """Put the ID attention into `unet` (the state already checked) and make the ID encoder: `encoder` (a
+        ready `PuLIDEncoder`), else one from the checkpoint's `id_adapter.*` part and the config's files. The
+        returned projection holds the encoder's modules, so they move with the UNet."""
         ca = state[ATTENTION]
         weights = {index: (ca[f"{index}.id_to_k.weight"], ca[f"{index}.id_to_v.weight"])
                    for index, _, _ in cross_attention_processors(unet)}
+        if encoder is None and "id_adapter" in state:
+            encoder = self._encoder_from(state["id_adapter"])
+        if encoder is not None:
+            self._check_encoder(encoder)
         install_pulid_processors(unet, weights, self.config.effective_ortho)
+        self.encoder = encoder
         return PuLIDProjection(encoder)
+
+    def _encoder_from(self, state: dict):
+        """The ID encoder from the checkpoint (every key checked), with EVA-CLIP and BiSeNet from their files;
+        None when those are not given (identities then come as ID tokens)."""
+        from ..pulid import checkpoints, eva, parsing
+        from ..pulid.encoder import PuLIDEncoder
+
+        if not (self.config.eva_clip and self.config.bisenet):
+            return None
+        id_config, eva_config = self.config.encoder_sizes()
+        id_encoder = checkpoints.load_id_encoder(state, self.config.version, id_config, source="PuLID checkpoint")
+        recognizer = None
+        if self.config.antelopev2:
+            from ..pulid.antelope import AntelopeRecognizer
+
+            recognizer = AntelopeRecognizer(self.config.antelopev2)
+        return PuLIDEncoder(self.config.version, id_encoder, eva.load_tower(self.config.eva_clip, eva_config),
+                            parsing.load_parser(self.config.bisenet), recognizer)
+
+    def _check_encoder(self, encoder) -> None:
+        if encoder.version.name != self.config.version:
+            raise ModelFileError(f"a PuLID {encoder.version.name} encoder given for a {self.config.version} checkpoint")
+        with torch.no_grad():
+            width = encoder.null_tokens(1).shape[-1]
+        if width != self.config.cross_attention_dim:
+            raise ModelFileError(f"the PuLID encoder makes {width}-wide ID tokens; the UNet reads "
+                                 f"{self.config.cross_attention_dim}")
 
     # ------------------------------------------------------------------ identities
 
+    #: The loaded ID encoder (set by `install`: state of the load, read by every call, never written by one).
+    encoder = None
+
     def encode_photos(self, analyzer, encoder, photos, faces, name=""):
-        raise FaceStudioError("PuLID's ID encoder (EVA02-CLIP, face parsing, antelopev2 and the IDFormer) is not "
-                              "available in this build: give already encoded PuLID identities")
+        """One person's ID tokens: v1.1 reads all photos together (its IDFormer), v1 each photo alone."""
+        from ..pulid.encoder import MAX_PHOTOS
+
+        encoder = self.encoder
+        if encoder is None or encoder.recognizer is None:
+            raise FaceStudioError(f"PuLID cannot encode photos without its encoder files: {self._missing()}")
+        if not 1 <= len(photos) <= MAX_PHOTOS:
+            raise FaceStudioError(f"{name or 'a person'}: PuLID reads 1 to {MAX_PHOTOS} photos of a person, "
+                                  f"got {len(photos)}")
+        if encoder.version.joint_photos:
+            tokens = encoder.encode(photos, faces).cond
+        else:
+            tokens = torch.cat([encoder.encode([photo], [face]).cond for photo, face in zip(photos, faces)])
+        return identity_from_tokens(tokens, self.signature, name)
+
+    def _missing(self) -> str:
+        named = {"EVA-CLIP (eva_clip)": self.config.eva_clip, "BiSeNet (bisenet)": self.config.bisenet,
+                 "antelopev2 (antelopev2)": self.config.antelopev2}
+        return ", ".join(what for what, path in named.items() if not path) or "none missing"
 
     def null_identity(self, encoder):
+        """The encoder's tokens for zero input, as the reference feeds with the negative prompt; all-zero tokens
+        (which add nothing) when no encoder is loaded."""
+        if self.encoder is not None:
+            return identity_from_tokens(self.encoder.null_tokens(1), self.signature, "no reference")
         tokens = np.zeros((TOKENS_PER_PHOTO[self.config.version], self.config.cross_attention_dim), np.float32)
         return identity_from_tokens(tokens, self.signature, "no reference")
 
