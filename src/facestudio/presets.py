@@ -74,6 +74,39 @@ _PULID_LICENCE = ("PuLID weights (guozinan/PuLID): Apache-2.0; EVA02-CLIP-L-14-3
 _LIGHTNING_LICENCE = "SDXL-Lightning UNet (ByteDance/SDXL-Lightning): CreativeML OpenRAIL++-M"
 _SDXL_LICENCE = "SDXL base 1.0 (stabilityai): CreativeML OpenRAIL++-M"
 
+@dataclass(frozen=True)
+class LocalFile:
+    """A file the user supplies (never downloaded by facestudio), found by option, environment or default.
+
+    Attributes:
+        key: its name among a preset's `local_files` (the argument that gives it).
+        what: what it is, for messages.
+        option, env, default: the command-line option, the environment variable and the default path.
+        how: how to get it.
+    """
+
+    key: str
+    what: str
+    option: str
+    env: str
+    default: str
+    how: str
+
+    def path(self, given: str | os.PathLike | None = None) -> Path:
+        return Path(given or os.environ.get(self.env) or self.default).expanduser()
+
+
+#: antelopev2's recogniser, which PuLID reads (insightface model zoo: non-commercial, never downloaded).
+ANTELOPEV2 = LocalFile("antelopev2", "the antelopev2 face recogniser (glintr100.onnx)", "--antelopev2-model",
+                       "FACESTUDIO_ANTELOPEV2_MODEL", "~/.insightface/models/antelopev2/glintr100.onnx",
+                       "insightface's antelopev2.zip, non-commercial research only; unzip it and pass "
+                       "--antelopev2-model PATH or set FACESTUDIO_ANTELOPEV2_MODEL")
+#: facexlib's BiSeNet face parser (MIT), a GitHub release rather than a hub file.
+BISENET = LocalFile("bisenet", "the BiSeNet face parser (parsing_bisenet.pth)", "--bisenet-model",
+                    "FACESTUDIO_BISENET_MODEL", "~/.cache/facestudio/parsing_bisenet.pth",
+                    "where you have a connection: curl -L --create-dirs -o ~/.cache/facestudio/parsing_bisenet.pth "
+                    "https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth")
+
 #: SDXL-Lightning's 4-step distilled UNet (Lin et al. 2024), the base of PuLID's own demo and benchmark.
 SDXL_LIGHTNING_4STEP_UNET = HubFile("ByteDance/SDXL-Lightning", "sdxl_lightning_4step_unet.safetensors")
 #: EVA02-CLIP-L-14-336, the image encoder of PuLID's ID encoder.
@@ -100,6 +133,7 @@ class Preset:
         scheduler, timestep_spacing: the sampler (`sampling.schedulers`) and timestep spacing it was made for
             (None: the base model's spacing).
         encoder_files: further hub files the identity encoder reads, each with what it is.
+        local_files: files the user supplies (`LocalFile`), checked with the rest.
     """
 
     name: str
@@ -124,6 +158,7 @@ class Preset:
     scheduler: str = DEFAULT_SCHEDULER
     timestep_spacing: str | None = None
     encoder_files: tuple[tuple[HubFile, str], ...] = ()
+    local_files: tuple[LocalFile, ...] = ()
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -155,7 +190,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            f"{_PULID_LICENCE}; {_LIGHTNING_LICENCE}; {_SDXL_LICENCE}", True, sdxl=True, style_adapter=None,
            style_blocks=STYLE_BLOCKS_SDXL, steps=4, text_guidance_scale=1.2, reference_guidance_scale=1.2,
            unet=SDXL_LIGHTNING_4STEP_UNET, scheduler="euler", timestep_spacing="trailing",
-           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),)),
+           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET)),
     # v1.1 on a non-distilled SDXL, as its demo runs Juggernaut-XL: DPM++ 2M Karras, 25 steps, CFG 7.
     Preset("pulid-sdxl-base", "PuLID v1.1 on SDXL base 1.0: 25 steps at guidance 7, for community SDXL models "
            "(--base-model)",
@@ -163,7 +198,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            f"{_PULID_LICENCE}; {_SDXL_LICENCE}", True, sdxl=True, style_adapter=None, style_blocks=STYLE_BLOCKS_SDXL,
            steps=25,
            text_guidance_scale=7.0, reference_guidance_scale=7.0, scheduler="dpmpp-2m-karras",
-           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),)),
+           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET)),
 )}
 
 
@@ -180,9 +215,14 @@ def arcface_model_path(given: str | os.PathLike | None = None) -> Path:
 
 
 def missing_files(preset: Preset, *, base_model: str | None = None, with_style: bool = False,
-                  arcface_model: str | os.PathLike | None = None) -> list[str]:
-    """What the preset needs that is not here, each with how to get it; empty when all can be had."""
+                  arcface_model: str | os.PathLike | None = None, local_files: dict | None = None) -> list[str]:
+    """What the preset needs that is not here, each with how to get it; empty when all can be had.
+    `local_files` gives the paths of its `LocalFile`s by key (else their environment variables or defaults)."""
     missing = []
+    for f in preset.local_files:
+        path = f.path((local_files or {}).get(f.key))
+        if not (path.is_file() or (path.is_dir() and any(path.iterdir()))):
+            missing.append(f"{f.what} {path} ({f.how})")
     if preset.recognizer == "arcface":
         path = arcface_model_path(arcface_model)
         if not path.is_file():
@@ -237,7 +277,8 @@ def show_licence(preset: Preset) -> None:
 def load_preset_pipeline(name: str, *, base_model: str | None = None, device: str | None = None,
                          cpu_offload: bool = False, vae_tiling: bool = False, face_analyzer=None,
                          with_style: bool = False, arcface_model: str | os.PathLike | None = None,
-                         pulid_mode: str | None = None):
+                         pulid_mode: str | None = None, local_files: dict | None = None,
+                         pulid_sizes: str = "published"):
     """A `FaceStudioPipeline` with the preset's base model (its UNet and sampler) and adapters (and its style
     adapter if asked); `pulid_mode` is a PuLID preset's mode (`guidance.kinds.pulid.MODES`, default fidelity)."""
     from .faces import FaceAnalyzer
@@ -248,7 +289,8 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     from .pipeline_xl import FaceStudioXLPipeline
 
     preset = get_preset(name)
-    check_available(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model)
+    check_available(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model,
+                    local_files=local_files)
     show_licence(preset)
     if preset.recognizer == "arcface" and getattr(getattr(face_analyzer, "recognizer", None), "name", "") != "arcface":
         from .faces.arcface import ArcFaceRecognizer
@@ -267,8 +309,10 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     if preset.projection == "pulid":
         from .guidance.kinds.pulid import PuLIDConfig, version_of_file
 
+        files = {f.key: str(f.path((local_files or {}).get(f.key))) for f in preset.local_files}
         identity_config = PuLIDConfig(version=version_of_file(preset.adapter.filename), mode=pulid_mode or "fidelity",
-                                      cross_attention_dim=cross_dim)
+                                      cross_attention_dim=cross_dim, eva_clip=_download(EVA02_CLIP_L_336),
+                                      sizes=pulid_sizes, **files)
     else:
         identity_config = PublicIdentityConfig(projection=preset.projection, recognizer=preset.recognizer,
                                                image_encoder=preset.image_encoder,
@@ -284,15 +328,24 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     return pipe
 
 
-def _load_unet_weights(pipe, hub_file: HubFile) -> None:
-    """Replace the UNet's weights with a published state dict of the same architecture (SDXL-Lightning's)."""
+def _download(hub_file: HubFile) -> str:
+    """The local path of a hub file (from the cache; fetched first where the hub is reachable)."""
     from huggingface_hub import hf_hub_download
-    from safetensors.torch import load_file
 
     from .models import hub_offline
 
     try:
-        path = hf_hub_download(hub_file.repo, _path(hub_file), local_files_only=hub_offline())
+        return hf_hub_download(hub_file.repo, _path(hub_file), local_files_only=hub_offline())
+    except (OSError, ValueError) as error:
+        raise ModelFileError(f"could not fetch {hub_file}: {first_line(error)}") from error
+
+
+def _load_unet_weights(pipe, hub_file: HubFile) -> None:
+    """Replace the UNet's weights with a published state dict of the same architecture (SDXL-Lightning's)."""
+    from safetensors.torch import load_file
+
+    path = _download(hub_file)
+    try:
         missing, unexpected = pipe.unet.load_state_dict(load_file(path), strict=False)
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"could not load the UNet {hub_file}: {first_line(error)}") from error

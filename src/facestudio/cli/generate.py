@@ -108,6 +108,14 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
     models.add_argument("--pulid-mode", choices=["fidelity", "extremely-style", "neutral"], metavar="MODE",
                         help="PuLID presets: fidelity (default), extremely-style (more prompt, less likeness) or "
                              "neutral (PuLID's plain ID attention)")
+    models.add_argument("--antelopev2-model", metavar="FILE",
+                        help="insightface antelopev2's glintr100.onnx (or its folder), for the PuLID presets "
+                             "(default: $FACESTUDIO_ANTELOPEV2_MODEL, else ~/.insightface/models/antelopev2/)")
+    models.add_argument("--bisenet-model", metavar="FILE",
+                        help="facexlib's parsing_bisenet.pth, for the PuLID presets (default: "
+                             "$FACESTUDIO_BISENET_MODEL, else ~/.cache/facestudio/parsing_bisenet.pth)")
+    models.add_argument("--pulid-sizes", choices=["published", "tiny"], default="published",
+                        help="tiny: PuLID's encoder at test widths, for tiny checkpoints (smoke tests only)")
     models.add_argument("--base-model", metavar="tiny|FOLDER|HUB_ID",
                         help="the Stable Diffusion 1.x/2.x pipeline: a local folder (diffusers layout), a model "
                              "hub id (downloaded once), or 'tiny' (a random model: smoke tests only). Needed "
@@ -200,7 +208,7 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
         from ..presets import check_available
 
         check_available(preset, base_model=args.base_model, with_style=style is not None,
-                        arcface_model=args.arcface_model)
+                        arcface_model=args.arcface_model, local_files=_local_files(args))
         _find_faces(people)
     elif people:
         from ..faces import FaceAnalyzer
@@ -220,6 +228,7 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     metadata = {
         **settings.metadata(), "command": command,
         "preset": args.preset, "base_model": str(args.base_model or preset.base_model),
+        **({"pulid_mode": args.pulid_mode or "fidelity"} if preset is not None and preset.projection == "pulid" else {}),
         "adapter": (str(preset.adapter) if preset else args.adapter) if people else None,
         "style_adapter": str(style_adapter[0]) if style_adapter else None,
         "identities": [{"name": p.name, "photos": [Path(f).name for f in p.photos], "face": p.face,
@@ -237,6 +246,12 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     for path in written:
         print(path)
     return EXIT_OK
+
+
+def _local_files(args) -> dict:
+    """The user-supplied model files the command line names, by `presets.LocalFile` key."""
+    return {key: value for key, value in (("antelopev2", args.antelopev2_model), ("bisenet", args.bisenet_model))
+            if value}
 
 
 def _preset_defaults(args):
@@ -404,7 +419,8 @@ def _load_models(args, people, adapter, style_adapter, analyzer, with_style: boo
 
         pipe = load_preset_pipeline(args.preset, base_model=args.base_model, device=args.device,
                                     cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, with_style=with_style,
-                                    arcface_model=args.arcface_model, pulid_mode=args.pulid_mode)
+                                    arcface_model=args.arcface_model, pulid_mode=args.pulid_mode,
+                                    local_files=_local_files(args), pulid_sizes=args.pulid_sizes)
     else:
         pipe = load_generation_pipeline(
             args.base_model, adapter=(adapter[0] if adapter else TINY) if people else None,
