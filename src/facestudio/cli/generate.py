@@ -132,6 +132,10 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
                           help=f"guidance scale of the prompt (default {DEFAULT_TEXT_SCALE}, or the preset's)")
     sampling.add_argument("--reference-scale", type=float, metavar="G",
                           help="guidance scale of the identities and style (default: --text-scale)")
+    sampling.add_argument("--reference-start", type=float, metavar="T",
+                          help="FlashFace's late reference guidance: --reference-scale acts only at timesteps <= T "
+                               "(of 1000; FlashFace uses 600); before, the identities join the prompt in plain "
+                               "text guidance (default: every step)")
     for option, what in (("--width", "width"), ("--height", "height")):
         sampling.add_argument(option, type=int, metavar=what[0].upper(), help=f"image {what}, a multiple of 8 (default "
                               f"{DEFAULT_SIDE}; {SDXL_DEFAULT_SIDE} with an SDXL preset)")
@@ -300,7 +304,8 @@ def _check_settings(args, mix) -> GenerationSettings:
         scene_image=args.scene, scene_faces=scene_faces, regions=args.regions, text_guidance_scale=args.text_scale,
         reference_guidance_scale=args.reference_scale, num_inference_steps=args.steps, width=args.width,
         height=args.height, seed=args.seed, count=args.num_images,
-        scheduler=args.scheduler or DEFAULT_SCHEDULER).validate("cli")
+        scheduler=args.scheduler or DEFAULT_SCHEDULER,
+        reference_guidance_start=args.reference_start).validate("cli")
 
 
 def _default_side(args) -> int:
