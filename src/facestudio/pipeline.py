@@ -33,6 +33,7 @@ from .imaging import load_image
 from .regions import SceneEdit, as_call_source, choose_source, resolve_regions
 from .regions.sources import SceneFaces, Segmented, StylePeople
 from .sampling.schedulers import DEFAULT_SCHEDULER, make_scheduler, step_kwargs
+from .sampling.speed import loaded_speed_model
 from .request import DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_TEXT_SCALE, GenerationSettings, IdentityInput
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ class FaceStudioMixin(AdapterLoadingMixin):
             raise FaceStudioError("identities given, but no identity adapter is loaded (load_adapters(identity=...))")
         if settings.style_image is not None and self._adapter("style") is None:
             raise FaceStudioError("a style image given, but no style adapter is loaded (load_adapters(style=...))")
+        loaded = loaded_speed_model(self)
+        if settings.speed and (loaded is None or loaded.name != settings.speed):
+            raise FaceStudioError(f"speed model {settings.speed!r} asked for, but "
+                                  + (f"{loaded.name!r} is loaded" if loaded else "none is loaded")
+                                  + " (sampling.speed.load_speed_model)")
 
     def encode_identities(self, identities: list[IdentityInput], mix) -> list[idg.Identity]:
         """Photos -> identities (several photos pooled); mixed into one when `mix` is given."""
@@ -215,7 +221,9 @@ class FaceStudioMixin(AdapterLoadingMixin):
                            "cross_attention_kwargs": {"ip_adapter_masks": LayerMasks(tuple(region_masks), latent_size)}}
 
         # 7. Timesteps and latents (a scheduler of this call's own: schedulers keep step state)
-        scheduler = make_scheduler(settings.scheduler, self.scheduler)
+        speed = loaded_speed_model(self)  # its LoRA is in the UNet: its timestep spacing applies to every call
+        scheduler = make_scheduler(settings.scheduler, self.scheduler,
+                                   timestep_spacing=speed.timestep_spacing if speed else None)
         scheduler.set_timesteps(settings.num_inference_steps, device=device)
         shape = (batch, self.unet.config.in_channels, *latent_size)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=text.dtype)
@@ -237,7 +245,8 @@ class FaceStudioMixin(AdapterLoadingMixin):
         # 9. Decode, paste the scene's own pixels back outside the faces
         record = {**settings.metadata(), "identities": [i.name for i in encoded], "strengths": strengths,
                   "style_image": style is not None, "scene_image": scene is not None,
-                  "scheduler": settings.scheduler, "scheduler_class": type(scheduler).__name__}
+                  "scheduler": settings.scheduler, "scheduler_class": type(scheduler).__name__,
+                  "speed": speed.name if speed else None}
         if output_type == "latent":
             self.maybe_free_model_hooks()
             return FaceStudioPipelineOutput(latents, record) if return_dict else (latents,)

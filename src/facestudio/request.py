@@ -250,6 +250,10 @@ class GenerationSettings:
         if not isinstance(self.scheduler, str):
             fail(f"{name('scheduler')} must be a sampler name")
         check_scheduler(self.scheduler, name("scheduler"))
+        if self.speed:
+            from .sampling.speed import get_speed_model  # here: it reads the presets, which read this module
+
+            get_speed_model(self.speed, name("speed"))
         if self.output_type not in ("pil", "np", "pt", "latent"):
             fail(f"output_type {self.output_type!r}: one of 'pil', 'np', 'pt', 'latent'")
         return self
