@@ -127,6 +127,8 @@ class Preset:
         style_adapter, style_encoder, style_blocks: the plain IP-Adapter used for a style image, with the
             per-block scales that keep it out of layout.
         steps, text_guidance_scale, reference_guidance_scale, shortcut_scale: recommended settings.
+        negative_prompt: the negative prompt used when a request gives none ("" for none).
+        speed: a speed model (`sampling.speed.SPEED_MODELS`) used unless a request names another, or "".
         licence: printed once when the preset loads.
         non_commercial: whether the weights forbid commercial use.
         unet: a UNet state dict that replaces the base model's (a few-step distilled UNet), or None.
@@ -159,6 +161,8 @@ class Preset:
     timestep_spacing: str | None = None
     encoder_files: tuple[tuple[HubFile, str], ...] = ()
     local_files: tuple[LocalFile, ...] = ()
+    negative_prompt: str = ""
+    speed: str = ""
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -215,9 +219,12 @@ def arcface_model_path(given: str | os.PathLike | None = None) -> Path:
 
 
 def missing_files(preset: Preset, *, base_model: str | None = None, with_style: bool = False,
-                  arcface_model: str | os.PathLike | None = None, local_files: dict | None = None) -> list[str]:
+                  arcface_model: str | os.PathLike | None = None, speed: str | None = None,
+                  speed_weights: str | os.PathLike | None = None, local_files: dict | None = None) -> list[str]:
     """What the preset needs that is not here, each with how to get it; empty when all can be had.
-    `local_files` gives the paths of its `LocalFile`s by key (else their environment variables or defaults)."""
+    `speed`: the speed model asked for (None: the preset's own, "" or "none": none); `speed_weights`: its
+    local file instead of the hub's. `local_files` gives the paths of the preset's `LocalFile`s by key (else
+    their environment variables or defaults)."""
     missing = []
     for f in preset.local_files:
         path = f.path((local_files or {}).get(f.key))
@@ -249,11 +256,34 @@ def missing_files(preset: Preset, *, base_model: str | None = None, with_style: 
             repo, subfolder = split_hub_path(encoder)
             include = f" --include '{subfolder}/*'" if subfolder else ""
             needed.append((HubFile(repo, "config.json", subfolder), "image encoder", f"hf download {repo}{include}"))
+    speed = preset.speed if speed is None else "" if speed == "none" else speed
+    needed += _speed_needs(speed, speed_weights)
+    return missing + _absent(needed)
+
+
+def check_speed_available(speed: str, weights: str | os.PathLike | None = None) -> None:
+    """Raise one `ModelFileError` when the speed model's file is neither at `weights`, cached nor reachable."""
+    missing = _absent(_speed_needs(speed, weights))
+    if missing:
+        raise ModelFileError(f"speed model {speed} cannot load; missing:\n  - " + "\n  - ".join(missing))
+
+
+def _speed_needs(speed: str, weights) -> list[tuple[HubFile, str, str]]:
+    if not speed or weights is not None:  # a local file is checked when it loads
+        return []
+    from .sampling.speed import get_speed_model
+
+    f = get_speed_model(speed).file
+    return [(f, f"speed model {speed}", f"hf download {f.repo} {_path(f)}")]
+
+
+def _absent(needed: list[tuple[HubFile, str, str]]) -> list[str]:
+    """The entries of `needed` (file, what, command) neither cached nor reachable, each with how to get it."""
     absent = [(f, what, command) for f, what, command in needed if not _cached(f)]
     if absent and not _hub_reachable():
-        missing += [f"{what} {f.repo} (offline, and {_path(f)} is not in the model hub cache); where you have a "
-                    f"connection: {command}" for f, what, command in absent]
-    return missing
+        return [f"{what} {f.repo} (offline, and {_path(f)} is not in the model hub cache); where you have a "
+                f"connection: {command}" for f, what, command in absent]
+    return []
 
 
 def check_available(preset: Preset, **kwargs) -> None:
@@ -277,10 +307,12 @@ def show_licence(preset: Preset) -> None:
 def load_preset_pipeline(name: str, *, base_model: str | None = None, device: str | None = None,
                          cpu_offload: bool = False, vae_tiling: bool = False, face_analyzer=None,
                          with_style: bool = False, arcface_model: str | os.PathLike | None = None,
+                         speed: str | None = None, speed_weights: str | os.PathLike | None = None,
                          pulid_mode: str | None = None, local_files: dict | None = None,
                          pulid_sizes: str = "published"):
     """A `FaceStudioPipeline` with the preset's base model (its UNet and sampler) and adapters (and its style
-    adapter if asked); `pulid_mode` is a PuLID preset's mode (`guidance.kinds.pulid.MODES`, default fidelity)."""
+    adapter if asked), and a speed model (`speed`; None: the preset's own, "none": none) from the hub or
+    `speed_weights`; `pulid_mode` is a PuLID preset's mode (`guidance.kinds.pulid.MODES`, default fidelity)."""
     from .faces import FaceAnalyzer
     from .guidance.public_identity import PublicIdentityConfig
     from .guidance.style import StyleAdapterConfig
@@ -289,8 +321,8 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     from .pipeline_xl import FaceStudioXLPipeline
 
     preset = get_preset(name)
-    check_available(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model,
-                    local_files=local_files)
+    check_available(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model, speed=speed,
+                    speed_weights=speed_weights, local_files=local_files)
     show_licence(preset)
     if preset.recognizer == "arcface" and getattr(getattr(face_analyzer, "recognizer", None), "name", "") != "arcface":
         from .faces.arcface import ArcFaceRecognizer
@@ -325,6 +357,11 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     pipe.load_public_adapters(_file(preset.adapter), identity_config=identity_config, face_analyzer=face_analyzer,
                               **kwargs)
     pipe.preset = preset
+    speed = preset.speed if speed is None else "" if speed == "none" else speed
+    if speed:
+        from .sampling.speed import load_speed_model
+
+        load_speed_model(pipe, speed, weights=speed_weights)
     return pipe
 
 
