@@ -314,3 +314,43 @@ def get_id_embedding(pulid_version: str, photos, id_encoder, eva_tower, parser):
 def bisenet(seed: int = 0) -> torch.nn.Module:
     """facexlib's BiSeNet (19 classes), random weights, eval mode."""
     return randomise_(reference().bisenet.BiSeNet(num_class=19), seed).eval()
+
+
+def _reference_mlp(in_dim: int, hidden: int, out_dim: int) -> torch.nn.Sequential:
+    """The pattern every MLP of `encoders.py` / `encoders_transformer.py` is written in, at other widths."""
+    nn = torch.nn
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.LeakyReLU(),
+                         nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
+
+
+def id_encoder(pulid_version: str, config, seed: int = 0) -> torch.nn.Module:
+    """The reference's ID encoder for a facestudio config (`MLPEncoderConfig` or `IDFormerConfig`), random.
+
+    The reference constructors take the token sizes but write the EVA-CLIP widths (1024 in, 1024 hidden) and
+    `id_cond`'s (1280) as literals. For configs with other widths (the tiny ones), those MLPs are rebuilt in
+    the reference's own pattern at the config's widths; `forward` is the reference's, untouched. At the
+    published widths nothing is rebuilt.
+    """
+    ref = reference()
+    published = (config.id_dim, config.vit_dim, config.hidden_dim) == (1280, 1024, 1024)
+    torch.manual_seed(seed)
+    if pulid_version == "v1":
+        module = ref.encoders.IDEncoder(width=config.id_dim, context_dim=config.context_dim,
+                                        num_token=config.num_tokens)
+        if not published:
+            module.body = _reference_mlp(config.id_dim, config.hidden_dim, config.context_dim * config.num_tokens)
+            for i in range(5):
+                setattr(module, f"mapping_{i}", _reference_mlp(config.vit_dim, config.hidden_dim, config.context_dim))
+                setattr(module, f"mapping_patch_{i}",
+                        _reference_mlp(config.vit_dim, config.hidden_dim, config.context_dim))
+    else:
+        module = ref.encoders_transformer.IDFormer(
+            dim=config.dim, depth=config.depth, dim_head=config.dim_head, heads=config.heads,
+            num_id_token=config.num_id_tokens, num_queries=config.num_queries, output_dim=config.output_dim,
+            ff_mult=config.ff_mult)
+        if not published:
+            for i in range(5):
+                setattr(module, f"mapping_{i}", _reference_mlp(config.vit_dim, config.hidden_dim, config.dim))
+            module.id_embedding_mapping = _reference_mlp(config.id_dim, config.hidden_dim,
+                                                         config.dim * config.num_id_tokens)
+    return randomise_(module, seed).eval()
