@@ -215,3 +215,64 @@ def test_bisenet_layout_is_checked_and_loads_by_key():
     with pytest.raises(ModelFileError, match=r"not facexlib's BiSeNet face parser \(parsing_bisenet\.pth\): missing "
                                              r"cp\.arm16\.bn_atten\.running_mean; wrong shape cp\.resnet\.conv1\.weight"):
         parsing.load_parser(state)
+
+
+# ------------------------------------------------------------------------------------------------ photos
+
+
+@pytest.fixture(scope="module")
+def antelope(tmp_path_factory):
+    """A tiny ArcFace network exported as antelopev2's file name, in an unpacked antelopev2 folder."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from test_arcface import _export, _tiny_arcface
+
+    from facestudio.guidance.pulid.antelope import AntelopeRecognizer
+
+    folder = tmp_path_factory.mktemp("antelopev2")
+    net = _tiny_arcface(3)
+    _export(net, folder / "glintr100.onnx")
+    return AntelopeRecognizer(folder), net
+
+
+def test_antelopev2_gives_the_raw_embedding_pulid_reads(antelope):
+    from facestudio.faces.arcface import arcface_blob
+
+    recognizer, net = antelope
+    assert recognizer.name == "antelopev2" and recognizer.model_path.name == "glintr100.onnx"
+    crops = np.random.default_rng(4).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    raw = recognizer.raw_embeddings(crops)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(arcface_blob(crops))).numpy()
+    np.testing.assert_allclose(raw, expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)  # not normalised, unlike embed_crops
+    np.testing.assert_allclose(recognizer.embed_crops(crops), raw / np.linalg.norm(raw, axis=1, keepdims=True),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_missing_antelopev2_file_says_where_to_get_it(tmp_path):
+    from facestudio.guidance.pulid.antelope import AntelopeRecognizer
+
+    with pytest.raises(ModelFileError, match=r"glintr100\.onnx: ArcFace model file not found; .*antelopev2\.zip.*"
+                                             r"non-commercial"):
+        AntelopeRecognizer(tmp_path)
+
+
+def test_photos_of_a_person_become_id_tokens(antelope, analyzer, photos):
+    recognizer, _ = antelope
+    encoder = tiny_pulid_encoder("v1.1", seed=5, recognizer=recognizer)
+    image = photos["obama.jpg"]
+    face = analyzer.detect(image)[0]
+    aligned = encoder.aligned_face(image, face)
+    assert aligned.shape == (512, 512, 3) and aligned.dtype == np.uint8
+    tokens = encoder.encode([image], [face])
+    assert tokens.num_photos == 1 and tokens.cond.shape == (1, 32, 64) and tokens.uncond.shape == (1, 32, 64)
+    assert torch.isfinite(tokens.cond).all()
+    # the same as the features of the FFHQ-aligned face and the raw embedding of the ArcFace crop
+    embedding = encoder.embedding(image, face)
+    assert embedding.shape == (512,)
+    by_parts = encoder.id_tokens(encoder.features_from_aligned(aligned[None], embedding[None]))
+    torch.testing.assert_close(tokens.cond, by_parts, rtol=1e-5, atol=1e-5)
+    without = PuLIDEncoder("v1.1", encoder.id_encoder, encoder.tower, encoder.parser)
+    with pytest.raises(ValueError, match="no antelopev2 recogniser"):
+        without.encode([image], [face])

@@ -215,21 +215,28 @@ def published_eva_state(tower: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def randomise_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
-    """Every parameter and float buffer random (normal, times `scale`; BatchNorm variances positive, LayerNorm
-    weights near 1), so that no layer is an identity by initialisation. Rotary buffers are left as computed."""
+    """Every parameter and float buffer random, at the magnitudes of a trained network, so that no layer is an
+    identity by initialisation and activations stay of order one through deep stacks (as real ones do):
+    weight matrices and kernels normal with std `1 / sqrt(fan_in)` (`proj_out`, applied as `x @ proj_out`,
+    by its first dimension), norm weights `1 + N(0, scale)`, biases and embeddings `N(0, scale)`, BatchNorm
+    variances `1 + |N(0, 4 scale)|`. Rotary tables are left as computed."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
             if not tensor.is_floating_point() or "rope" in name or "freqs" in name:
                 continue
-            noise = torch.randn(tensor.shape, generator=generator) * scale
-            if name.endswith("running_var"):
-                tensor.copy_(1 + noise.abs() * 4)
-            elif tensor.ndim == 1 and ("norm" in name or "ln" in name or re.search(r"\.\d+\.weight$", name)
-                                       or name.endswith(("bn.weight", "bn1.weight", "bn2.weight"))):
-                tensor.copy_(1 + noise) if name.endswith("weight") else tensor.copy_(noise)
+            noise = torch.randn(tensor.shape, generator=generator)
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "running_var":
+                tensor.copy_(1 + (noise * scale * 4).abs())
+            elif leaf == "proj_out":
+                tensor.copy_(noise * tensor.shape[0] ** -0.5)
+            elif tensor.ndim >= 2 and leaf == "weight":
+                tensor.copy_(noise * (tensor[0].numel()) ** -0.5)
+            elif tensor.ndim == 1 and leaf == "weight":  # LayerNorm / BatchNorm scales
+                tensor.copy_(1 + noise * scale)
             else:
-                tensor.copy_(noise)
+                tensor.copy_(noise * scale)
     return module
 
 
