@@ -276,3 +276,26 @@ def test_photos_of_a_person_become_id_tokens(antelope, analyzer, photos):
     without = PuLIDEncoder("v1.1", encoder.id_encoder, encoder.tower, encoder.parser)
     with pytest.raises(ValueError, match="no antelopev2 recogniser"):
         without.encode([image], [face])
+
+
+def test_ffhq_alignment_is_facexlibs_transform(analyzer, photos):
+    import cv2
+
+    from facestudio.faces.alignment import FFHQ, estimate_similarity
+
+    for name in ("obama.jpg", "obama2.jpg", "biden.jpg"):
+        landmarks = analyzer.detect(photos[name])[0].landmark_array().astype(np.float64)
+        # facexlib's FaceRestoreHelper.align_warp_face: LMEDS "for the equivalence to skimage transform"
+        facexlib = cv2.estimateAffinePartial2D(landmarks, FFHQ.at(512), method=cv2.LMEDS)[0]
+        np.testing.assert_allclose(estimate_similarity(landmarks, FFHQ.at(512)), facexlib, rtol=1e-6, atol=1e-6)
+
+
+def test_threads_share_one_encoder(shared):
+    from conftest import run_in_threads
+
+    encoders, photos, _ = shared
+    alone = {v: e.id_tokens(photos[:2]) for v, e in encoders.items()}
+    results = run_in_threads(lambda v: encoders[v].id_tokens(photos[:2]), list(encoders), repeats=2)
+    for v, outputs in results.items():
+        for out in outputs:
+            torch.testing.assert_close(out, alone[v], rtol=0, atol=1e-6)

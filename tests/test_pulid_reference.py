@@ -77,6 +77,7 @@ def _check_id_encoder(tmp_path, name: str, config, photos=(1, 2), tokens: int = 
             diffs[n] = _max_diff(ours(id_cond, hidden), reference(id_cond, hidden))
             zeros = (torch.zeros(1, config.id_dim), [torch.zeros(1, tokens, config.vit_dim)] * 5)
             diffs[f"uncond{n}"] = _max_diff(ours(*zeros), reference(*zeros))
+    print(f"{name} {config}: max |ours - reference| {diffs}")  # shown with pytest -s
     assert max(diffs.values()) <= TOLERANCE, diffs
     return diffs
 
@@ -110,6 +111,7 @@ def _check_tower(vision_cfg, embed_dim, config: eva.EvaConfig, batch: int):
     embedding, hidden = ours(pixels)
     diffs = [_max_diff(embedding, ref_embedding)] + [_max_diff(a, b) for a, b in zip(hidden, ref_hidden)]
     assert len(hidden) == len(ref_hidden) == 5
+    print(f"EVA-CLIP {config}: max |ours - reference| embedding, hidden states: {diffs}")  # pytest -s
     assert max(diffs) <= TOLERANCE, diffs
 
 
@@ -197,5 +199,8 @@ def test_id_tokens_match_the_reference_get_id_embedding(tmp_path, parts, name, p
     white = float((features[0].face_image == 1).all(dim=0).float().mean())
     assert 0 < white < 1  # some of the face is whitened as background, the rest grey
     assert cond.shape == ref_cond.shape and uncond.shape == ref_uncond.shape
-    diffs = {"cond": _max_diff(cond, ref_cond), "uncond": _max_diff(uncond, ref_uncond)}
+    diffs = {"cond": _max_diff(cond, ref_cond), "uncond": _max_diff(uncond, ref_uncond),
+             "largest token value": float(ref_cond.abs().max())}
+    print(f"{name}, {photos} photo(s): {diffs}")  # pytest -s
+    diffs.pop("largest token value")
     assert max(diffs.values()) <= TOLERANCE, diffs

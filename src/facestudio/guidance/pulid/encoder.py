@@ -155,9 +155,11 @@ class PuLIDEncoder:
         return cls(v, id_encoder, tower, parser, recognizer).to(device, dtype)
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "PuLIDEncoder":
-        """Move the torch models (in place); returns self."""
-        for module in (self.id_encoder, self.tower.model, self.parser.model):
+        """Move the torch models (in place); returns self. BiSeNet stays in float32 (PuLID-FLUX casts only
+        EVA-CLIP and the ID former to bf16): its labels are an argmax, where rounding would move borders."""
+        for module in (self.id_encoder, self.tower.model):
             module.to(device=device, dtype=dtype)
+        self.parser.model.to(device=device)
         return self
 
     @property
