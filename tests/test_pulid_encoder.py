@@ -200,8 +200,8 @@ def test_eva_clip_layout_is_checked_before_timm_reads_it():
     with pytest.raises(ModelFileError, match=r"visual\.pos_embed has shape \[1, 577, 32\], expected \[1, 17, 32\]"):
         eva.tower_state({"visual.pos_embed": torch.zeros(1, 577, 32)}, model)
     with pytest.raises(ModelFileError, match=r"in timm's names\): missing cls_token, patch_embed\.proj\.weight, "
-                                             r"patch_embed\.proj\.bias, blocks\.0\.norm1\.weight, blocks\.0\.norm1\.bias "
-                                             r"and \d+ more"):
+                                             r"patch_embed\.proj\.bias, blocks\.0\.norm1\.weight, "
+                                             r"blocks\.0\.norm1\.bias and \d+ more"):
         eva.tower_state({"visual.pos_embed": torch.zeros(1, 17, 32)}, model)
 
 
@@ -212,8 +212,9 @@ def test_bisenet_layout_is_checked_and_loads_by_key():
     torch.testing.assert_close(parser.model.ffm.conv2.weight, model.ffm.conv2.weight, rtol=0, atol=0)
     del state["cp.arm16.bn_atten.running_mean"]
     state["cp.resnet.conv1.weight"] = torch.zeros(64, 3, 3, 3)
-    with pytest.raises(ModelFileError, match=r"not facexlib's BiSeNet face parser \(parsing_bisenet\.pth\): missing "
-                                             r"cp\.arm16\.bn_atten\.running_mean; wrong shape cp\.resnet\.conv1\.weight"):
+    with pytest.raises(ModelFileError, match=r"not facexlib's BiSeNet face parser \(parsing_bisenet\.pth\): "
+                                             r"missing cp\.arm16\.bn_atten\.running_mean; "
+                                             r"wrong shape cp\.resnet\.conv1\.weight"):
         parsing.load_parser(state)
 
 
