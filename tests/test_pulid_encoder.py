@@ -44,7 +44,7 @@ def test_shapes_of_each_version(shared):
     tiny_eva = eva.TINY_EVA
     for p in photos:
         assert p.id_cond.shape == (512 + tiny_eva.embed_dim,)
-        assert len(p.vit_hidden) == 5 and all(h.shape == (tiny_eva.tokens, tiny_eva.width) for h in p.vit_hidden)
+        assert len(p.vit_hidden) == 5 and all(h.shape == (tiny_eva.tokens, tiny_eva.dim) for h in p.vit_hidden)
         assert p.face_image.shape == (3, 512, 512)
         # the EVA half of id_cond is unit length, the ArcFace half is the raw embedding
         assert torch.linalg.norm(p.id_cond[512:]).item() == pytest.approx(1.0, abs=1e-5)

@@ -117,13 +117,13 @@ def _check_tower(vision_cfg, embed_dim, config: eva.EvaConfig, batch: int):
 
 def test_eva_clip_tower_matches_the_reference_on_the_published_layout():
     tiny = eva.TINY_EVA
-    _check_tower(dict(image_size=tiny.image_size, width=tiny.width, head_width=tiny.width // tiny.heads,
+    _check_tower(dict(image_size=tiny.image_size, width=tiny.dim, head_width=tiny.dim // tiny.heads,
                       pt_hw_seq_len=tiny.rope_grid, xattn=False), tiny.embed_dim, tiny, batch=2)
 
 
 def test_published_eva_clip_keys_are_all_read_but_the_rotary_tables():
     tiny = eva.TINY_EVA
-    reference = R.eva_vision_tower(dict(image_size=tiny.image_size, width=tiny.width, head_width=16,
+    reference = R.eva_vision_tower(dict(image_size=tiny.image_size, width=tiny.dim, head_width=16,
                                         pt_hw_seq_len=tiny.rope_grid, xattn=False), tiny.embed_dim)
     published = R.published_eva_state(reference)
     model = eva.build_tower(tiny)
@@ -165,8 +165,8 @@ def test_bisenet_matches_facexlib():
 def parts():
     """A tiny reference EVA-CLIP and facexlib's BiSeNet, and facestudio's, with the same random weights."""
     tiny = eva.TINY_EVA
-    ref_tower = R.randomise_(R.eva_vision_tower(dict(image_size=tiny.image_size, width=tiny.width,
-                                                     head_width=tiny.width // tiny.heads,
+    ref_tower = R.randomise_(R.eva_vision_tower(dict(image_size=tiny.image_size, width=tiny.dim,
+                                                     head_width=tiny.dim // tiny.heads,
                                                      pt_hw_seq_len=tiny.rope_grid, xattn=False), tiny.embed_dim), 9)
     ref_parser = R.bisenet(seed=10)
     return (ref_tower, ref_parser, eva.load_tower(R.published_eva_state(ref_tower), tiny),

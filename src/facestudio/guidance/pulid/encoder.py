@@ -119,9 +119,9 @@ class PuLIDEncoder:
         self.recognizer = recognizer
         config = id_encoder.config
         expected_id = ARCFACE_DIM + tower.config.embed_dim
-        if config.id_dim != expected_id or config.vit_dim != tower.config.width:
+        if config.id_dim != expected_id or config.vit_dim != tower.config.dim:
             raise ValueError(f"the ID encoder reads id_cond of {config.id_dim} and hidden states of {config.vit_dim}; "
-                             f"this EVA-CLIP gives {expected_id} and {tower.config.width}")
+                             f"this EVA-CLIP gives {expected_id} and {tower.config.dim}")
         if isinstance(config, MLPEncoderConfig) == self.version.joint_photos:
             raise ValueError(f"PuLID {self.version.name} has a {type(self.version.encoder).__name__} encoder, "
                              f"got {type(id_encoder).__name__}")
@@ -262,7 +262,7 @@ class PuLIDEncoder:
 def tiny_encoder_config(pulid, tower: eva.EvaConfig = eva.TINY_EVA):
     """The version's encoder config at tiny widths, fitting `tower` (for tests: built in code, nothing read)."""
     v = checkpoints.version(pulid)
-    widths = dict(id_dim=ARCFACE_DIM + tower.embed_dim, vit_dim=tower.width, hidden_dim=32)
+    widths = dict(id_dim=ARCFACE_DIM + tower.embed_dim, vit_dim=tower.dim, hidden_dim=32)
     if v.joint_photos:
         return IDFormerConfig(dim=32, depth=10, dim_head=8, heads=4, output_dim=64, **widths)
     return MLPEncoderConfig(context_dim=64, **widths)
