@@ -3,7 +3,11 @@
 Per photo, as the reference's `get_id_embedding` does (ToTheBeginning/PuLID `pulid/pipeline*.py`):
 
 1. the face's raw antelopev2 embedding (512) from the 112 px ArcFace crop (`antelope.py`);
-2. the face aligned onto FFHQ's 512 px template (facexlib's `FaceRestoreHelper`; grey outside the photo);
+2. the face aligned onto FFHQ's 512 px template (facexlib's `FaceRestoreHelper`; grey outside the photo).
+   The transform is facexlib's (its LMEDS fit of five points is the least-squares similarity, the same
+   matrix to 1e-6 on the test photos); where the face shrinks, facestudio's warp is anti-aliased where
+   facexlib's is plain bilinear (PuLID's demos first shrink photos to 1024 px with Lanczos, which also
+   anti-aliases): a mean difference of 1.2-1.4 grey levels on the test photos that shrink, none on the others;
 3. BiSeNet's labels of it, background classes white, the rest grey (`parsing.py`);
 4. resized to 336 (bicubic, without antialiasing as PuLID's pinned torchvision 0.15 resized tensors) and
    normalised with CLIP's mean and std; EVA-CLIP gives the 768-d embedding (then L2-normalised) and five
@@ -115,9 +119,9 @@ class PuLIDEncoder:
         self.recognizer = recognizer
         config = id_encoder.config
         expected_id = ARCFACE_DIM + tower.config.embed_dim
-        if config.id_dim != expected_id or config.vit_dim != tower.config.width:
+        if config.id_dim != expected_id or config.vit_dim != tower.config.dim:
             raise ValueError(f"the ID encoder reads id_cond of {config.id_dim} and hidden states of {config.vit_dim}; "
-                             f"this EVA-CLIP gives {expected_id} and {tower.config.width}")
+                             f"this EVA-CLIP gives {expected_id} and {tower.config.dim}")
         if isinstance(config, MLPEncoderConfig) == self.version.joint_photos:
             raise ValueError(f"PuLID {self.version.name} has a {type(self.version.encoder).__name__} encoder, "
                              f"got {type(id_encoder).__name__}")
@@ -155,9 +159,11 @@ class PuLIDEncoder:
         return cls(v, id_encoder, tower, parser, recognizer).to(device, dtype)
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "PuLIDEncoder":
-        """Move the torch models (in place); returns self."""
-        for module in (self.id_encoder, self.tower.model, self.parser.model):
+        """Move the torch models (in place); returns self. BiSeNet stays in float32 (PuLID-FLUX casts only
+        EVA-CLIP and the ID former to bf16): its labels are an argmax, where rounding would move borders."""
+        for module in (self.id_encoder, self.tower.model):
             module.to(device=device, dtype=dtype)
+        self.parser.model.to(device=device)
         return self
 
     @property
@@ -256,7 +262,7 @@ class PuLIDEncoder:
 def tiny_encoder_config(pulid, tower: eva.EvaConfig = eva.TINY_EVA):
     """The version's encoder config at tiny widths, fitting `tower` (for tests: built in code, nothing read)."""
     v = checkpoints.version(pulid)
-    widths = dict(id_dim=ARCFACE_DIM + tower.embed_dim, vit_dim=tower.width, hidden_dim=32)
+    widths = dict(id_dim=ARCFACE_DIM + tower.embed_dim, vit_dim=tower.dim, hidden_dim=32)
     if v.joint_photos:
         return IDFormerConfig(dim=32, depth=10, dim_head=8, heads=4, output_dim=64, **widths)
     return MLPEncoderConfig(context_dim=64, **widths)

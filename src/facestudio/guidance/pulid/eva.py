@@ -44,7 +44,7 @@ class EvaConfig:
 
     Attributes:
         image_size, patch_size (`int`): input side and patch side in pixels.
-        width, depth, heads (`int`): token width, blocks, attention heads.
+        dim, depth, heads (`int`): token width, blocks, attention heads.
         mlp_ratio (`float`): SwiGLU hidden width / width.
         embed_dim (`int`): width of the CLIP embedding (`head`'s output).
         rope_grid (`int`): the grid the rotary embedding was trained on (224 / 14 = 16), fitted to the input's.
@@ -53,7 +53,7 @@ class EvaConfig:
 
     image_size: int = 336
     patch_size: int = 14
-    width: int = 1024
+    dim: int = 1024
     depth: int = 24
     heads: int = 16
     mlp_ratio: float = 4 * 2 / 3
@@ -68,7 +68,7 @@ class EvaConfig:
 
 
 #: A tower of the same architecture at tiny widths, for tests (24 blocks, so the same blocks are read).
-TINY_EVA = EvaConfig(image_size=56, width=32, heads=2, embed_dim=24, rope_grid=2)
+TINY_EVA = EvaConfig(image_size=56, dim=32, heads=2, embed_dim=24, rope_grid=2)
 
 
 def _timm():
@@ -84,7 +84,7 @@ def build_tower(config: EvaConfig = EvaConfig()) -> torch.nn.Module:
     arguments for the default config)."""
     eva = _timm()
     model = eva.Eva(
-        img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.width, depth=config.depth,
+        img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.dim, depth=config.depth,
         num_heads=config.heads, mlp_ratio=config.mlp_ratio, qkv_fused=False, swiglu_mlp=True, scale_mlp=True,
         scale_attn_inner=True, use_rot_pos_emb=True, ref_feat_shape=(config.rope_grid, config.rope_grid),
         num_classes=config.embed_dim, global_pool="token",
@@ -116,7 +116,7 @@ class EvaTower:
 
     def __call__(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`(embedding [B, embed_dim], hidden)` of normalised images `[B, 3, S, S]`; `hidden` holds one
-        `[B, tokens, width]` sequence per `hidden_blocks`, class token first."""
+        `[B, tokens, dim]` sequence per `hidden_blocks`, class token first."""
         size = self.config.image_size
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size):
             raise ValueError(f"EVA-CLIP takes [B, 3, {size}, {size}] images, got {list(pixels.shape)}")
