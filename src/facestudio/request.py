@@ -46,7 +46,7 @@ FIELD_NAMES = {
             "text_guidance_scale": "--text-scale", "reference_guidance_scale": "--reference-scale",
             "num_inference_steps": "--steps", "width": "--width", "height": "--height", "seed": "--seed",
             "count": "--num-images", "strength": "--strength", "face": "--face", "region": "--region",
-            "regions": "--regions"},
+            "regions": "--regions", "distilled_guidance_scale": "--distilled-guidance", "start_step": "--start-step"},
     "api": {"num_inference_steps": "steps", "strength": "identities[].strength",
             "region": "identities[].region"},
 }
@@ -106,6 +106,10 @@ class GenerationSettings:
         count (`int`, defaults to 1): images a front end makes one by one (seeds seed, seed + 1, ...).
         num_images_per_prompt (`int`, defaults to 1): images of one pipeline call.
         output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
+        distilled_guidance_scale (`float`, *optional*): FLUX.1-dev's guidance input (a guidance-distilled model
+            takes it instead of classifier-free guidance); None: the pipeline's default. Other models ignore it.
+        start_step (`int`, defaults to 0): the first denoising step the identities act in (PuLID-FLUX's
+            `start_step`: later gives more room to the prompt, earlier more likeness). FLUX pipeline only.
     """
 
     prompt: str | tuple[str, ...]
@@ -126,6 +130,8 @@ class GenerationSettings:
     count: int = 1
     num_images_per_prompt: int = 1
     output_type: str = "pil"
+    distilled_guidance_scale: float | None = None
+    start_step: int = 0
 
     def __post_init__(self):
         people = tuple(p if isinstance(p, IdentityInput) else IdentityInput(photos=(p,)) for p in self.identities)
@@ -205,7 +211,10 @@ class GenerationSettings:
                 fail(f"{name(key)} {getattr(self, key)}: must be at least 1")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED - (self.count - 1):
             fail(f"{name('seed')} {self.seed}: must be between 0 and 2**63 - 1 - (number of images - 1)")
+        if self.start_step < 0:
+            fail(f"{name('start_step')} {self.start_step}: must be at least 0")
         scales = [("text_guidance_scale", self.text_guidance_scale),
+                  ("distilled_guidance_scale", self.distilled_guidance_scale),
                   ("reference_guidance_scale", self.reference_guidance_scale),
                   ("style_strength", self.style_strength), *(("strength", p.strength) for p in self.identities)]
         for key, value in scales:

@@ -26,6 +26,9 @@ CONDITIONS = ("uncond", "text", "full")
 #: Ordinary classifier-free guidance, diffusers' `[negative; positive]`: (negative prompt, "no reference") against
 #: (prompt, the references). The pipeline uses it when no reference is given; then both rows are "no reference".
 TWO_WAY = ("uncond", "full")
+#: No classifier-free guidance: one prediction (prompt, the references). A guidance-distilled model (FLUX.1-dev,
+#: schnell) takes its guidance as an input instead; scales of 1 ask for this.
+ONE_ROW = ("full",)
 
 
 def combine_guidance(eps: torch.Tensor, text_scale: float, reference_scale: float) -> torch.Tensor:
@@ -85,6 +88,8 @@ class GuidanceRows:
 
     def combine(self, eps: torch.Tensor, text_scale: float, reference_scale: float) -> torch.Tensor:
         """The rows' predictions combined into one (`reference_scale` unused without a reference)."""
+        if self.conditions == ONE_ROW:
+            return eps
         if self.conditions == CONDITIONS:
             return combine_guidance(eps, text_scale, reference_scale)
         return combine_two_way(eps, text_scale)

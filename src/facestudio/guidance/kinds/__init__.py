@@ -19,6 +19,7 @@ from .public import (
     PlusFaceKind,
     PublicIdentityKind,
 )
+from .pulid_flux import PuLIDFluxKind
 
 #: Every kind by name.
 KINDS: dict[str, type[AdapterKind]] = {}
@@ -33,7 +34,7 @@ def register(kind: type[AdapterKind]) -> type[AdapterKind]:
 
 
 for _kind in (FaceStudioIdentityKind, StyleKind, FaceIDKind, FaceIDPlusKind, FaceIDPlusV2Kind, PlusFaceKind,
-              FullFaceKind, FaceIDPortraitKind):
+              FullFaceKind, FaceIDPortraitKind, PuLIDFluxKind):
     register(_kind)
 
 
