@@ -139,6 +139,9 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
             raise FaceStudioError("a style image is not supported on FLUX (PuLID-FLUX has no style adapter)")
         if settings.scene_image is not None:
             raise FaceStudioError("a scene image is not supported on FLUX yet")
+        if self.pulid_encoder is None and any(p.identity is None for p in settings.identities):
+            raise FaceStudioError("PuLID-FLUX needs PuLID's ID encoder to read photos, and none is loaded; give "
+                                  "encoded identities (IdentityInput(identity=pulid_identity(tokens)))")
         if settings.width % 16 or settings.height % 16:
             raise FaceStudioError(f"FLUX needs a width and height that are multiples of 16, got "
                                   f"{settings.width}x{settings.height}")

@@ -1,0 +1,203 @@
+"""FaceStudioFluxPipeline and PuLID-FLUX on a tiny FLUX.1 built in code: invariances against stock FluxPipeline,
+region isolation at the transformer level, the checkpoint layout check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline
+
+from facestudio.errors import FaceStudioError, ModelFileError
+from facestudio.guidance.kinds.pulid_flux import PuLIDFluxConfig, pulid_identity
+from facestudio.guidance.pulid_flux import IDENTITY_KEY, FluxIdentityCall
+from facestudio.models import load_base_pipeline
+from facestudio.models_flux import tiny_flux_components
+from facestudio.pipeline_flux import FaceStudioFluxPipeline
+from facestudio.request import IdentityInput
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+#: The tiny cross-attention; the ID tokens keep PuLID's real width (2048).
+TINY_PULID = PuLIDFluxConfig(heads=2, head_dim=16)
+H, W = 64, 96  # 4 x 6 image tokens: not square, so a row/column mix-up shows
+LEFT, RIGHT = (0, 0, 48, 64), (48, 0, 96, 64)
+
+
+def seed(s: int) -> torch.Generator:
+    return torch.Generator().manual_seed(s)
+
+
+def pulid_state(pipe, weights_seed: int = 1) -> dict[str, torch.Tensor]:
+    """Random PuLID-FLUX weights in the published flat layout (`pulid_ca.N.*` plus an IDFormer key), norms too."""
+    modules = TINY_PULID.modules_for(pipe.transformer)
+    generator = seed(weights_seed)
+    state = {k: torch.randn(v.shape, generator=generator) * (0.2 if v.ndim > 1 else 0.5) + (v.ndim == 1) * 1.0
+             for k, v in modules.state_dict().items()}
+    return {**state, "pulid_encoder.proj.0.weight": torch.zeros(4, 4)}
+
+
+def id_tokens(s: int) -> np.ndarray:
+    return torch.randn(32, 2048, generator=seed(100 + s)).numpy()
+
+
+@pytest.fixture(scope="module")
+def stock():
+    return FluxPipeline(**tiny_flux_components())
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = load_base_pipeline("tiny", FaceStudioFluxPipeline, device="cpu")
+    pipe.load_pulid_flux(pulid_state(pipe), TINY_PULID)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def people(strengths=(1.0, 1.0), regions=(LEFT, RIGHT), tokens=(0, 1)):
+    return [IdentityInput(identity=pulid_identity(id_tokens(t), f"p{t}"), region=r, strength=s)
+            for s, r, t in zip(strengths, regions, tokens)]
+
+
+def run(pipe, identities=(), **kwargs):
+    kwargs = {"num_inference_steps": 3, "generator": seed(5), "height": H, "width": W, "output_type": "np", **kwargs}
+    return pipe("two friends at the beach", identities=list(identities), **kwargs).images
+
+
+def test_text_only_equals_stock_flux(pipe, stock):
+    stock.set_progress_bar_config(disable=True)
+    expected = stock("two friends at the beach", height=H, width=W, num_inference_steps=3, generator=seed(5),
+                     output_type="np").images
+    assert np.abs(run(pipe) - expected).max() == 0.0  # PuLID loaded, no identity: the stock model exactly
+    plain = load_base_pipeline("tiny", FaceStudioFluxPipeline, device="cpu")
+    assert np.abs(run(plain) - expected).max() == 0.0
+
+
+def test_strength_zero_equals_stock_and_strength_acts(pipe, stock):
+    expected = stock("two friends at the beach", height=H, width=W, num_inference_steps=3, generator=seed(5),
+                     output_type="np").images
+    assert np.abs(run(pipe, people((0.0, 0.0))) - expected).max() == 0.0
+    assert np.abs(run(pipe, people((1.0, 1.0))) - expected).max() > 1e-3
+    # a start step past the last step: no identity acts at all
+    assert np.abs(run(pipe, people(), start_step=3) - expected).max() == 0.0
+    assert np.abs(run(pipe, people(), start_step=2) - expected).max() > 0.0
+
+
+def test_true_cfg_matches_stock_true_cfg(pipe, stock):
+    expected = stock("two friends at the beach", negative_prompt="blurry", true_cfg_scale=3.0, height=H, width=W,
+                     num_inference_steps=3, generator=seed(5), output_type="np").images
+    ours = run(pipe, negative_prompt="blurry", text_guidance_scale=3.0)  # both rows in one batch
+    assert np.abs(ours - expected).max() < 1e-5
+
+
+def test_batch_equals_singles(pipe):
+    batch = run(pipe, people(), num_images_per_prompt=2, generator=[seed(5), seed(6)])
+    assert np.abs(batch[0] - run(pipe, people(), generator=seed(5))[0]).max() < 1e-5
+    assert np.abs(batch[1] - run(pipe, people(), generator=seed(6))[0]).max() < 1e-5
+
+
+def _transformer_inputs(pipe, batch: int = 1):
+    g = seed(9)
+    latents = torch.randn(batch, 24, 64, generator=g)
+    text = torch.randn(batch, 7, 32, generator=g)
+    ids = FluxPipeline._prepare_latent_image_ids(batch, 4, 6, "cpu", torch.float32)
+    return dict(hidden_states=latents, encoder_hidden_states=text, pooled_projections=torch.randn(batch, 32, generator=g),
+                timestep=torch.full((batch,), 0.7), guidance=torch.full((batch,), 3.5), img_ids=ids,
+                txt_ids=torch.zeros(7, 3), return_dict=False)
+
+
+def _keep(entry: dict, key: str):
+    def hook(module, args, output):
+        entry[key] = output[1].clone()  # returns None: the output goes on unchanged
+    return hook
+
+
+def _record_sites(pipe, call):
+    """Run the transformer once with `call`; each insertion point's (block output, output with identities)."""
+    transformer, records, handles = pipe.transformer, [], []
+    for blocks, i in transformer.pulid_flux.points():
+        block = getattr(transformer, blocks)[i]
+        entry = {}
+        records.append(entry)
+        handles.append(block.register_forward_hook(_keep(entry, "before"), prepend=True))
+        handles.append(block.register_forward_hook(_keep(entry, "after")))
+    try:
+        with torch.no_grad():
+            transformer(**_transformer_inputs(pipe), joint_attention_kwargs={IDENTITY_KEY: call})
+    finally:
+        for h in handles:
+            h.remove()
+    return records
+
+
+def test_region_isolation_two_identities_at_the_transformer(pipe):
+    kind = pipe._adapter("identity").adapter_kind
+    masks = np.zeros((2, H, W), np.float32)
+    masks[0, :, :24], masks[1, :, 72:] = 1.0, 1.0  # A left, B right, token columns 2, 3 between; 1 and 4 partly
+    gates = pipe.token_gates(masks, (1.0, 0.8), H, W)
+    b_zero = (gates[1] == 0).reshape(-1)
+    outside = (gates.sum(0) == 0).reshape(-1)
+    tokens = lambda t: kind.tokens(None, pulid_identity(id_tokens(t)))[None]  # noqa: E731
+    both = _record_sites(pipe, FluxIdentityCall((tokens(0), tokens(1)), gates))
+    assert len(both) == 4  # after double blocks 0, 2 and single blocks 0, 4
+    for site in both:  # what every site adds: nothing outside both regions
+        added = (site["after"] - site["before"])[0]
+        assert added[outside].abs().max() == 0.0 and added[~outside].abs().max() > 0.0
+    b_only = _record_sites(pipe, FluxIdentityCall((tokens(0), tokens(1)), gates * torch.tensor([[0.0], [1.0]])))
+    for site in b_only:  # person B alone: nothing where B's mask is 0
+        added = (site["after"] - site["before"])[0]
+        assert added[b_zero].abs().max() == 0.0 and added[~b_zero].abs().max() > 0.0
+    # another person B: the first site's image tokens change only inside B's region, exactly
+    other = _record_sites(pipe, FluxIdentityCall((tokens(0), tokens(7)), gates))
+    change = (other[0]["after"] - both[0]["after"])[0].abs().amax(-1)
+    assert change[b_zero].max() == 0.0 and change[~b_zero].min() > 0.0
+
+
+def test_regions_in_the_pipeline_gate_each_person(pipe):
+    masks = np.zeros((2, H, W), np.float32)
+    masks[0, :, :48], masks[1, :, 48:] = 1.0, 1.0
+    gates = pipe.token_gates(masks, (1.0, 0.5), H, W)
+    assert gates.shape == (2, 24)
+    grid = gates.reshape(2, 4, 6)  # row-major over the 4 x 6 token grid, as FluxPipeline packs latents
+    assert torch.equal(grid[0, :, :3], torch.ones(4, 3)) and torch.equal(grid[0, :, 3:], torch.zeros(4, 3))
+    assert torch.equal(grid[1, :, 3:], torch.full((4, 3), 0.5)) and torch.equal(grid[1, :, :3], torch.zeros(4, 3))
+    # strength per person: person B at 0 is B absent
+    alone = run(pipe, people((1.0,), (LEFT,)))
+    assert np.abs(run(pipe, people((1.0, 0.0))) - alone).max() == 0.0
+
+
+def test_checkpoint_layout_checked_key_by_key(pipe, tmp_path):
+    from safetensors.torch import save_file
+
+    state = pulid_state(pipe)
+    fresh = load_base_pipeline("tiny", FaceStudioFluxPipeline, device="cpu")
+    wrong = {**state, "pulid_ca.1.to_kv.weight": torch.zeros(64, 1024)}
+    with pytest.raises(ModelFileError, match=r"pulid_ca.1.to_kv.weight has shape \[64, 1024\], expected \[64, 2048\]"):
+        fresh.load_pulid_flux(wrong, TINY_PULID)
+    missing = {k: v for k, v in state.items() if k != "pulid_ca.3.to_out.weight"}
+    with pytest.raises(ModelFileError, match=r"pulid_ca.3.to_out.weight \[32, 32\] is missing"):
+        fresh.load_pulid_flux(missing, TINY_PULID)
+    with pytest.raises(ModelFileError, match="unexpected key pulid_ca.4.norm1.weight"):
+        fresh.load_pulid_flux({**state, "pulid_ca.4.norm1.weight": torch.ones(2048)}, TINY_PULID)
+    with pytest.raises(ModelFileError, match="pulid_ca.0.to_q.weight has shape"):  # the published sizes don't fit
+        fresh.load_pulid_flux(state)
+    assert not hasattr(fresh.transformer, "pulid_flux")  # nothing installed by a refused load
+    path = tmp_path / "pulid_flux_v0.9.1.safetensors"
+    save_file(state, str(path))
+    fresh.load_pulid_flux(path, TINY_PULID)
+    loaded = fresh.transformer.pulid_flux.state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in loaded) and len(loaded) == 4 * 7
+    fresh.unload_adapters()
+    assert not hasattr(fresh.transformer, "pulid_flux")
+
+
+def test_flux_refuses_what_it_does_not_take(pipe):
+    with pytest.raises(FaceStudioError, match="multiples of 16"):
+        run(pipe, height=72)
+    with pytest.raises(FaceStudioError, match="start_step -1"):
+        run(pipe, start_step=-1)
+    with pytest.raises(FaceStudioError, match="not IP-Adapters"):
+        pipe.load_adapters(identity="x")
+    photo = IdentityInput(photos=(np.zeros((64, 64, 3), np.uint8),))
+    with pytest.raises(FaceStudioError, match="PuLID's ID encoder"):
+        run(pipe, [photo])
