@@ -161,7 +161,8 @@ def install(transformer, modules: IdentityCrossAttentions) -> None:
             raise ValueError(f"identity cross-attentions made for {key}={modules.config[key]}; this transformer has "
                              f"{expected[key]}")
     param = next(transformer.parameters())
-    modules.to(param.device, param.dtype)
+    # nn.Module's own move (ModelMixin.to warns about fp32-kept modules, of which these have none)
+    nn.Module.to(modules, param.device, param.dtype)
     setattr(transformer, ATTRIBUTE, modules)
     handles = []
     for index, (blocks, i) in enumerate(modules.points()):
