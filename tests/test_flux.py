@@ -101,7 +101,8 @@ def _transformer_inputs(pipe, batch: int = 1):
     latents = torch.randn(batch, 24, 64, generator=g)
     text = torch.randn(batch, 7, 32, generator=g)
     ids = FluxPipeline._prepare_latent_image_ids(batch, 4, 6, "cpu", torch.float32)
-    return dict(hidden_states=latents, encoder_hidden_states=text, pooled_projections=torch.randn(batch, 32, generator=g),
+    pooled = torch.randn(batch, 32, generator=g)
+    return dict(hidden_states=latents, encoder_hidden_states=text, pooled_projections=pooled,
                 timestep=torch.full((batch,), 0.7), guidance=torch.full((batch,), 3.5), img_ids=ids,
                 txt_ids=torch.zeros(7, 3), return_dict=False)
 
@@ -201,3 +202,24 @@ def test_flux_refuses_what_it_does_not_take(pipe):
     photo = IdentityInput(photos=(np.zeros((64, 64, 3), np.uint8),))
     with pytest.raises(FaceStudioError, match="PuLID's ID encoder"):
         run(pipe, [photo])
+
+
+def test_int8_transformer_close_to_float_and_offload_skipped_without_cuda(caplog):
+    pytest.importorskip("torchao")
+    import logging
+
+    from facestudio.models_flux import enable_flux_memory_modes
+
+    plain = load_base_pipeline("tiny", FaceStudioFluxPipeline, device="cpu")
+    plain.load_pulid_flux(pulid_state(plain), TINY_PULID)
+    plain.set_progress_bar_config(disable=True)
+    expected = run(plain, people())
+    with caplog.at_level(logging.INFO, logger="facestudio"):
+        enable_flux_memory_modes(plain, quantize="int8", cpu_offload=True, device="cpu")
+    assert "CPU offload skipped" in caplog.text or torch.cuda.is_available()
+    assert type(plain.transformer.transformer_blocks[0].attn.to_q.weight).__name__ == "Int8Tensor"
+    assert type(plain.transformer.pulid_flux.pulid_ca[0].to_q.weight) is torch.nn.Parameter  # PuLID kept as is
+    quantised = run(plain, people())
+    assert 0 < np.abs(quantised - expected).max() < 0.05
+    with pytest.raises(FaceStudioError, match="choose one of"):
+        enable_flux_memory_modes(plain, cpu_offload=True, sequential_offload=True)

@@ -105,3 +105,58 @@ def tiny_t5_tokenizer() -> T5TokenizerFast:
         model.save(str(path))
         return T5TokenizerFast(tokenizer_file=str(path), eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
                                extra_ids=0, model_max_length=T5_MAX_LENGTH)
+
+
+#: Weight types `enable_flux_memory_modes(quantize=...)` takes, as torchao configs (weight-only: activations stay
+#: in bfloat16). int8 runs everywhere torchao does; fp8 needs a GPU with float8 (compute capability 8.9+).
+QUANTIZE_MODES = ("int8", "fp8")
+
+
+def enable_flux_memory_modes(pipe, *, device=None, cpu_offload: bool = False, sequential_offload: bool = False,
+                             quantize: str | None = None, vae_tiling: bool = False):
+    """Fit FLUX.1 (12B transformer, 4.7B T5) on a smaller GPU; each mode trades speed for memory (README, "FLUX").
+
+    Args:
+        pipe: a FLUX pipeline loaded on the CPU (the modes then move what runs where).
+        device: where it runs without offloading (default `models.choose_device`).
+        cpu_offload (`bool`): diffusers' model offload: each model (T5, transformer, VAE) on the GPU only while it
+            runs. CUDA only; elsewhere skipped with a log line.
+        sequential_offload (`bool`): diffusers' sequential offload: every layer moved in as it runs (the least
+            memory, by far the slowest). CUDA only.
+        quantize (`str`, *optional*): `"int8"` or `"fp8"`: the transformer's linear weights quantised by torchao
+            (weight-only; PuLID's cross-attentions stay as they are), about half the transformer's bf16 memory.
+        vae_tiling (`bool`): decode in tiles.
+
+    Raises:
+        FaceStudioError: both offloads, an unknown `quantize`, or torchao missing.
+    """
+    from .errors import FaceStudioError
+    from .models import choose_device
+
+    if cpu_offload and sequential_offload:
+        raise FaceStudioError("choose one of --cpu-offload and --sequential-offload")
+    if quantize is not None:
+        if quantize not in QUANTIZE_MODES:
+            raise FaceStudioError(f"--quantize {quantize!r}: one of {', '.join(QUANTIZE_MODES)}")
+        try:
+            from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+        except ImportError:
+            raise FaceStudioError("--quantize needs torchao: pip install 'facestudio[quantize]'") from None
+        config = Int8WeightOnlyConfig() if quantize == "int8" else Float8WeightOnlyConfig()
+        quantize_(pipe.transformer, config, filter_fn=lambda module, name: isinstance(module, torch.nn.Linear)
+                  and not name.startswith("pulid_flux."))
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    offload = cpu_offload or sequential_offload
+    if offload and torch.cuda.is_available():
+        if sequential_offload:
+            pipe.enable_sequential_cpu_offload()
+        else:
+            pipe.enable_model_cpu_offload()
+        return pipe
+    if offload:
+        import logging
+
+        logging.getLogger(__name__).info("CPU offload skipped: it moves models to a CUDA GPU as they run, and "
+                                         "none is available")
+    return pipe.to(choose_device(device))

@@ -32,16 +32,11 @@ from .guidance.cfg import ONE_ROW, TWO_WAY, CONDITIONS, GuidanceRows
 from .guidance.kinds.pulid_flux import PuLIDFluxConfig, PuLIDFluxKind
 from .guidance.pulid_flux import IDENTITY_KEY, FluxIdentityCall, install, token_grid, uninstall
 from .pipeline import FaceStudioMixin, FaceStudioPipelineOutput
-from .request import GenerationSettings, IdentityInput
+from .request import (DEFAULT_DISTILLED_GUIDANCE, FLUX_DEFAULT_SIDE, FLUX_DEFAULT_STEPS, GenerationSettings,
+                      IdentityInput)
 
 logger = logging.getLogger(__name__)
 
-#: FLUX.1's training size.
-FLUX_DEFAULT_SIDE = 1024
-#: FluxPipeline's default distilled guidance (FLUX.1-dev); PuLID-FLUX's demo uses 4.
-DEFAULT_DISTILLED_GUIDANCE = 3.5
-#: Steps when none are given: FLUX.1-dev's usual 28 (schnell: 4, its preset says so).
-FLUX_DEFAULT_STEPS = 28
 
 
 def flux_rows(references: bool, text_scale: float, reference_scale: float) -> GuidanceRows:
@@ -167,7 +162,8 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
         return out
 
     def text_inputs(self, settings: GenerationSettings, rows: GuidanceRows, device) -> tuple:
-        """`(t5 tokens, pooled CLIP, text ids)` stacked per guidance row (a negative prompt only where a row needs one)."""
+        """`(T5 tokens, pooled CLIP, text ids)` stacked per guidance row (a negative prompt only where a row
+        needs one)."""
         with self._TEXT_LOCK:
             prompts = settings.prompts()
             positive, pooled, text_ids = self.encode_prompt(prompts, device=device,

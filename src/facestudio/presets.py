@@ -68,6 +68,14 @@ _FACEID_LICENCE = ("IP-Adapter-FaceID weights: non-commercial research use only 
                    "insightface's non-commercial research licence")
 _APACHE_LICENCE = "IP-Adapter weights: Apache-2.0 (h94/IP-Adapter); CLIP ViT-H/14: MIT"
 
+#: The PuLID-FLUX checkpoint (ID encoder `pulid_encoder.*` and cross-attentions `pulid_ca.*`), Apache-2.0.
+PULID_FLUX = HubFile("guozinan/PuLID", "pulid_flux_v0.9.1.safetensors")
+_PULID_PARTS = ("PuLID-FLUX v0.9.1 weights: Apache-2.0 (guozinan/PuLID); its ID encoder reads EVA02-CLIP-L-14-336 "
+                "(MIT) and the antelopev2 face models, which insightface licenses for non-commercial research only")
+_FLUX_DEV_LICENCE = ("FLUX.1 [dev]: the FLUX.1 [dev] Non-Commercial License (black-forest-labs/FLUX.1-dev; accept "
+                     "it on the hub first). " + _PULID_PARTS)
+_FLUX_SCHNELL_LICENCE = "FLUX.1 [schnell]: Apache-2.0 (black-forest-labs/FLUX.1-schnell). " + _PULID_PARTS
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -101,10 +109,21 @@ class Preset:
     style_blocks: dict | None = field(default_factory=lambda: STYLE_BLOCKS_SD15)
     style_embed_dim: int = 1024
     sdxl: bool = False
+    flux: bool = False
     steps: int = 30
     text_guidance_scale: float = DEFAULT_TEXT_SCALE
     reference_guidance_scale: float = DEFAULT_TEXT_SCALE
     shortcut_scale: float = 1.0
+    distilled_guidance_scale: float | None = None
+    start_step: int = 0
+
+
+def _flux_preset(name: str, description: str, base: str, licence: str, non_commercial: bool, steps: int,
+                 distilled_guidance_scale: float | None) -> Preset:
+    # PuLID-FLUX's recommended use: distilled ("fake") guidance, no true CFG (scales 1), the ID from step 0
+    return Preset(name, description, base, PULID_FLUX, "pulid-flux", "", "", licence, non_commercial,
+                  style_adapter=None, style_blocks=None, flux=True, steps=steps, text_guidance_scale=1.0,
+                  reference_guidance_scale=1.0, distilled_guidance_scale=distilled_guidance_scale)
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -127,6 +146,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            style_adapter=HubFile("h94/IP-Adapter", "ip-adapter_sdxl.safetensors", "sdxl_models"),
            style_encoder="h94/IP-Adapter/sdxl_models/image_encoder", style_embed_dim=1280,
            style_blocks=STYLE_BLOCKS_SDXL),
+    _flux_preset("pulid-flux-dev", "PuLID-FLUX v0.9.1 on FLUX.1-dev: 20 steps, distilled guidance 4, 1024 px "
+                 "(non-commercial base)", "black-forest-labs/FLUX.1-dev", _FLUX_DEV_LICENCE, True, 20, 4.0),
+    _flux_preset("pulid-flux-schnell", "PuLID-FLUX v0.9.1 on FLUX.1-schnell: 4 steps, 1024 px (Apache-2.0 base)",
+                 "black-forest-labs/FLUX.1-schnell", _FLUX_SCHNELL_LICENCE, False, 4, None),
 )}
 
 
@@ -196,8 +219,10 @@ def show_licence(preset: Preset) -> None:
 
 def load_preset_pipeline(name: str, *, base_model: str | None = None, device: str | None = None,
                          cpu_offload: bool = False, vae_tiling: bool = False, face_analyzer=None,
-                         with_style: bool = False, arcface_model: str | os.PathLike | None = None):
-    """A `FaceStudioPipeline` with the preset's base model and adapters (and its style adapter if asked)."""
+                         with_style: bool = False, arcface_model: str | os.PathLike | None = None, **memory):
+    """A `FaceStudioPipeline` with the preset's base model and adapters (and its style adapter if asked); for a
+    FLUX preset a `FaceStudioFluxPipeline` with PuLID-FLUX (`memory`: `sequential_offload`, `quantize`, see
+    `models_flux.enable_flux_memory_modes`)."""
     from .faces import FaceAnalyzer
     from .guidance.public_identity import PublicIdentityConfig
     from .guidance.style import StyleAdapterConfig
@@ -208,6 +233,9 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     preset = get_preset(name)
     check_available(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model)
     show_licence(preset)
+    if preset.flux:
+        return _load_flux_preset(preset, base_model=base_model, device=device, cpu_offload=cpu_offload,
+                                 vae_tiling=vae_tiling, face_analyzer=face_analyzer, **memory)
     if preset.recognizer == "arcface" and getattr(getattr(face_analyzer, "recognizer", None), "name", "") != "arcface":
         from .faces.arcface import ArcFaceRecognizer
 
@@ -226,6 +254,27 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
             block_scales=preset.style_blocks))
     pipe.load_public_adapters(_file(preset.adapter), identity_config=identity_config, face_analyzer=face_analyzer,
                               **kwargs)
+    pipe.preset = preset
+    return pipe
+
+
+def _load_flux_preset(preset: Preset, *, base_model, device, cpu_offload, vae_tiling, face_analyzer, **memory):
+    """FLUX.1 in bfloat16 on a GPU (float16 overflows in FLUX), PuLID-FLUX loaded, then the memory modes (after
+    loading, so that offloading hooks cover the cross-attentions too)."""
+    import torch
+
+    from .guidance.kinds.pulid_flux import PuLIDFluxConfig
+    from .models import choose_device, hub_offline, load_base_pipeline
+    from .models_flux import enable_flux_memory_modes
+    from .pipeline_flux import FaceStudioFluxPipeline
+
+    device = choose_device(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # loaded on the CPU: FLUX.1-dev in bf16 alone is more than a 24 GB card holds before offloading starts
+    pipe = load_base_pipeline(base_model or preset.base_model, FaceStudioFluxPipeline, device="cpu", dtype=dtype)
+    source = _file(preset.adapter)[:2]
+    pipe.load_pulid_flux(source, PuLIDFluxConfig(), face_analyzer=face_analyzer, local_files_only=hub_offline())
+    enable_flux_memory_modes(pipe, device=device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, **memory)
     pipe.preset = preset
     return pipe
 

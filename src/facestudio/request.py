@@ -33,6 +33,11 @@ DEFAULT_TEXT_SCALE = 7.5
 DEFAULT_SIDE = 512
 #: SDXL's training size (`FaceStudioXLPipeline.default_side`).
 SDXL_DEFAULT_SIDE = 1024
+#: FLUX.1's training size (`FaceStudioFluxPipeline.default_side`), its usual steps (FLUX.1-dev; schnell's preset
+#: says 4) and FluxPipeline's distilled guidance (FLUX.1-dev; the PuLID-FLUX demo uses 4).
+FLUX_DEFAULT_SIDE = SDXL_DEFAULT_SIDE
+FLUX_DEFAULT_STEPS = 28
+DEFAULT_DISTILLED_GUIDANCE = 3.5
 #: Largest output side accepted.
 MAX_SIDE = 4096
 #: Largest seed: torch generators take 64-bit seeds, image i of a request uses seed + i.

@@ -100,7 +100,8 @@ def compare(folder: Path, seed: int = 0, id_weight: float = 0.8) -> dict[str, fl
     dim = c.num_attention_heads * c.attention_head_dim
     params = model.FluxParams(in_channels=c.in_channels, vec_in_dim=c.pooled_projection_dim,
                               context_in_dim=c.joint_attention_dim, hidden_size=dim, mlp_ratio=4.0,
-                              num_heads=c.num_attention_heads, depth=c.num_layers, depth_single_blocks=c.num_single_layers,
+                              num_heads=c.num_attention_heads, depth=c.num_layers,
+                              depth_single_blocks=c.num_single_layers,
                               axes_dim=list(c.axes_dims_rope), theta=10000, qkv_bias=True, guidance_embed=True)
     generator = torch.Generator().manual_seed(seed)
     reference = model.Flux(params)

@@ -128,9 +128,15 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
                           help=f"guidance scale of the prompt (default {DEFAULT_TEXT_SCALE}, or the preset's)")
     sampling.add_argument("--reference-scale", type=float, metavar="G",
                           help="guidance scale of the identities and style (default: --text-scale)")
+    sampling.add_argument("--distilled-guidance", type=float, metavar="G",
+                          help="FLUX.1-dev's built-in guidance (default: the preset's, else 3.5); FLUX only. With "
+                               "FLUX presets --text-scale is 1 (no true CFG); above 1 it runs true CFG")
+    sampling.add_argument("--start-step", type=int, default=None, metavar="N",
+                          help="the first step the identities act in (PuLID-FLUX's start_step; default 0): later "
+                               "leaves more to the prompt, earlier keeps more likeness; FLUX only")
     for option, what in (("--width", "width"), ("--height", "height")):
-        sampling.add_argument(option, type=int, metavar=what[0].upper(), help=f"image {what}, a multiple of 8 (default "
-                              f"{DEFAULT_SIDE}; {SDXL_DEFAULT_SIDE} with an SDXL preset)")
+        sampling.add_argument(option, type=int, metavar=what[0].upper(), help=f"image {what}, a multiple of 8, of 16 "
+                              f"for FLUX (default {DEFAULT_SIDE}; {SDXL_DEFAULT_SIDE} with an SDXL or FLUX preset)")
     sampling.add_argument("--num-images", type=int, default=1, metavar="N", help="how many images (default 1)")
     output = parser.add_argument_group("output and hardware")
     output.add_argument("--output", default="facestudio-out", metavar="DIR",
@@ -140,6 +146,11 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
     output.add_argument("--cpu-offload", action="store_true",
                         help="keep each model on the CPU until it runs (CUDA only; saves GPU memory)")
     output.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (saves memory)")
+    output.add_argument("--sequential-offload", action="store_true",
+                        help="FLUX presets: move every layer to the GPU as it runs (least memory, slowest; CUDA)")
+    output.add_argument("--quantize", choices=("int8", "fp8"),
+                        help="FLUX presets: quantise the transformer's weights with torchao (about half its memory; "
+                             "needs the quantize extra; fp8 needs a GPU of compute capability 8.9+)")
 
 
 #: Image files written by `generate`: `NNN-seedS.png`.
@@ -244,6 +255,10 @@ def _preset_defaults(args):
         args.text_scale = preset.text_guidance_scale if preset else DEFAULT_TEXT_SCALE
         if args.reference_scale is None and preset is not None:
             args.reference_scale = preset.reference_guidance_scale
+    if args.distilled_guidance is None and preset is not None:
+        args.distilled_guidance = preset.distilled_guidance_scale
+    if args.start_step is None:
+        args.start_step = preset.start_step if preset else 0
     return preset
 
 
@@ -281,6 +296,15 @@ def _check_settings(args, mix) -> GenerationSettings:
     regions += [None] * (count - len(regions))
     if args.base_model is None and args.preset is None:
         raise FaceStudioError("give --base-model (a folder, a hub id or 'tiny') or --preset")
+    flux = args.preset is not None and PRESETS[args.preset].flux
+    for option, given in (("--sequential-offload", args.sequential_offload), ("--quantize", args.quantize),
+                          ("--distilled-guidance", args.distilled_guidance is not None),
+                          ("--start-step", bool(args.start_step))):
+        if given and not flux:
+            raise FaceStudioError(f"{option} is for the FLUX presets (pulid-flux-dev, pulid-flux-schnell)")
+    for option, side in (("--width", args.width), ("--height", args.height)):
+        if flux and side is not None and side % 16:
+            raise FaceStudioError(f"{option} {side}: FLUX needs a multiple of 16")
     if args.preset is not None and (args.adapter or getattr(args, "style_adapter", None)):
         raise FaceStudioError(f"--preset {args.preset} brings its own adapters: drop --adapter / --style-adapter")
     if args.style is not None and not (args.style_adapter or style_beside(args.adapter) or args.preset):
@@ -295,11 +319,13 @@ def _check_settings(args, mix) -> GenerationSettings:
         args.prompt, args.negative_prompt, people, mix, style_image=args.style, style_strength=args.style_strength,
         scene_image=args.scene, scene_faces=scene_faces, regions=args.regions, text_guidance_scale=args.text_scale,
         reference_guidance_scale=args.reference_scale, num_inference_steps=args.steps, width=args.width,
-        height=args.height, seed=args.seed, count=args.num_images).validate("cli")
+        height=args.height, seed=args.seed, count=args.num_images, distilled_guidance_scale=args.distilled_guidance,
+        start_step=args.start_step).validate("cli")
 
 
 def _default_side(args) -> int:
-    return SDXL_DEFAULT_SIDE if args.preset and PRESETS[args.preset].sdxl else DEFAULT_SIDE
+    preset = PRESETS.get(args.preset) if args.preset else None
+    return SDXL_DEFAULT_SIDE if preset and (preset.sdxl or preset.flux) else DEFAULT_SIDE
 
 
 def _photo_list(spec: str, index: int) -> list[str]:
@@ -389,9 +415,11 @@ def _load_models(args, people, adapter, style_adapter, analyzer, with_style: boo
     if args.preset is not None:
         from ..presets import load_preset_pipeline
 
+        memory = {"sequential_offload": args.sequential_offload, "quantize": args.quantize} \
+            if PRESETS[args.preset].flux else {}
         pipe = load_preset_pipeline(args.preset, base_model=args.base_model, device=args.device,
                                     cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, with_style=with_style,
-                                    arcface_model=args.arcface_model)
+                                    arcface_model=args.arcface_model, **memory)
     else:
         pipe = load_generation_pipeline(
             args.base_model, adapter=(adapter[0] if adapter else TINY) if people else None,
