@@ -67,8 +67,17 @@ def _dlib_template() -> Template:
 
 DLIB = _dlib_template()
 
+#: FFHQ's 512 px five-point template (facexlib's `FaceRestoreHelper`): the face crop of GFPGAN, CodeFormer and
+#: PuLID, looser than ArcFace's (the whole head with some hair and neck).
+FFHQ = Template(
+    "ffhq",
+    ((192.98138, 239.94708), (318.90277, 240.1936), (256.63416, 314.01935), (201.26117, 371.41043),
+     (313.08905, 371.15118)),
+    512,
+)
+
 #: Templates by name.
-TEMPLATES = {t.name: t for t in (ARCFACE, DLIB)}
+TEMPLATES = {t.name: t for t in (ARCFACE, DLIB, FFHQ)}
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ def align_face(
     landmarks: np.ndarray,
     template: str | Template = "arcface",
     size: int | None = None,
+    border: tuple[int, int, int] = (0, 0, 0),
 ) -> AlignedFace:
     """Crop and align a face onto a template.
 
@@ -146,9 +156,10 @@ def align_face(
         landmarks (`np.ndarray`): `[5, 2]` points in `LANDMARK_NAMES` order (`Face.landmark_array()`).
         template (`str` or `Template`, defaults to `"arcface"`): a name in `TEMPLATES` or a `Template`.
         size (`int`, *optional*): crop side in pixels; defaults to the template's reference size.
+        border (`tuple[int, int, int]`, defaults to black): RGB colour of the pixels outside the source image.
 
     Returns:
-        `AlignedFace`. Pixels outside the source image are black.
+        `AlignedFace`.
 
     Example:
         ```py
@@ -160,11 +171,11 @@ def align_face(
     tpl = TEMPLATES[template] if isinstance(template, str) else template
     size = size or tpl.reference_size
     matrix = estimate_similarity(np.asarray(landmarks, dtype=np.float64).reshape(5, 2), tpl.at(size))
-    crop = _warp(image, matrix, size)
+    crop = _warp(image, matrix, size, border)
     return AlignedFace(image=crop, matrix=matrix, inverse=invert_affine(matrix), template=tpl.name)
 
 
-def _warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+def _warp(image: np.ndarray, matrix: np.ndarray, size: int, border=(0, 0, 0)) -> np.ndarray:
     """Warp with bilinear interpolation when enlarging; when shrinking, without aliasing.
 
     A shrinking warp is rendered at twice the crop size and area-averaged down; where the face is more than
@@ -174,14 +185,14 @@ def _warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     if scale >= 1:
         return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(border))
     supersample = 2
     warp = np.diag([supersample, supersample, 1.0]) @ np.vstack([matrix, [0.0, 0.0, 1.0]])
     if supersample * scale < 1:
         image, to_source = _shrink_region(image, matrix, size, supersample * scale)
         warp = warp @ to_source
     big = cv2.warpAffine(image, warp[:2], (supersample * size, supersample * size), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(border))
     return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)
 
 

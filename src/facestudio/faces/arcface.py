@@ -91,25 +91,33 @@ class ArcFaceRecognizer:
     name = "arcface"
     template = "arcface"
     input_size = INPUT_SIZE
+    #: the file this class expects, and where to get it (the model-file errors end with them)
+    expected_file = "buffalo_l's w600k_r50.onnx"
+    model_help = _MODEL_HELP
 
     def __init__(self, model_path: str | Path, providers: Sequence[str] | None = None):
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             what = "is a directory, not an ONNX file" if self.model_path.is_dir() else "ArcFace model file not found"
-            raise ModelFileError(f"{self.model_path}: {what}; {_MODEL_HELP}")
+            raise ModelFileError(f"{self.model_path}: {what}; {self.model_help}")
         ort = _import_onnxruntime()
         self.providers = list(providers) if providers is not None else _default_providers(ort)
         try:
             self._session = ort.InferenceSession(str(self.model_path), providers=self.providers)
         except Exception as e:  # onnxruntime raises its own pybind exception types for unreadable models
             raise ModelFileError(f"{self.model_path}: not a readable ONNX model ({first_line(e)}); "
-                                 f"{_MODEL_HELP}") from e
+                                 f"{self.model_help}") from e
         self._input_name, self._batch_size = self._check_input()
         self._output_name = self._check_output()
         self.input_mean, self.input_std = input_normalization(self.model_path)
 
     def embed_crops(self, crops: np.ndarray) -> np.ndarray:
         """L2-normalised embeddings `[N, 512]` of aligned RGB `uint8` crops `[N, 112, 112, 3]`."""
+        return l2_normalize(self.raw_embeddings(crops))
+
+    def raw_embeddings(self, crops: np.ndarray) -> np.ndarray:
+        """The network's output `[N, 512]` before normalisation (insightface's `Face.embedding`, which PuLID
+        reads), of aligned RGB `uint8` crops `[N, 112, 112, 3]`."""
         crops = self._check_crops(crops)
         if len(crops) == 0:
             return np.zeros((0, EMBEDDING_SIZE), np.float32)
@@ -117,8 +125,8 @@ class ArcFaceRecognizer:
         raw = raw.reshape(len(crops), -1)
         if raw.shape[1] != EMBEDDING_SIZE:
             raise ModelFileError(f"{self.model_path}: the model gave {raw.shape[1]} values per face, "
-                                 f"expected {EMBEDDING_SIZE}; is this buffalo_l's w600k_r50.onnx?")
-        return l2_normalize(raw)
+                                 f"expected {EMBEDDING_SIZE}; is this {self.expected_file}?")
+        return raw.astype(np.float32)
 
     def _run(self, blob: np.ndarray) -> np.ndarray:
         if self._batch_size is None:
@@ -158,7 +166,7 @@ class ArcFaceRecognizer:
 
     def _wrong_kind(self, problem: str) -> ModelFileError:
         return ModelFileError(f"{self.model_path}: this ONNX model {problem}, so it is not an ArcFace "
-                              f"recogniser like buffalo_l's w600k_r50.onnx")
+                              f"recogniser like {self.expected_file}")
 
     @staticmethod
     def _check_crops(crops: np.ndarray) -> np.ndarray:

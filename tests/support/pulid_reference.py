@@ -1,0 +1,316 @@
+"""The published PuLID code (ToTheBeginning/PuLID) and facexlib's BiSeNet, loaded as an oracle for tests only.
+
+Nothing here is part of facestudio: it reads the reference sources from a checkout or a bare git mirror and
+runs them as they are. Where the sources come from:
+
+* PuLID: `$PULID_REFERENCE` (a checkout, or a bare git directory), else `/work/.mirror/ToTheBeginning+PuLID/repo`;
+* facexlib: `$FACEXLIB_REFERENCE`, else `/work/.mirror/xinntao+facexlib/repo`.
+
+Only modules that need nothing outside facestudio's test environment are loaded: `pulid/encoders.py` (v1's
+MLP encoder), `pulid/encoders_transformer.py` (the ID former), `eva_clip`'s vision tower
+(`model._build_vision_tower` with `eva_vit_model`, `rope`, `transformer`, `utils`, `timm_model`,
+`modified_resnet`), facexlib's `parsing/bisenet.py` and `parsing/resnet.py`, and the pipelines' own
+`get_id_embedding` / `to_gray` methods with `pulid/utils.py`'s `img2tensor` (cut out of their files with `ast`,
+because the files import insightface, facexlib and basicsr at the top). `rope.py` needs `einops`; when it
+is not installed, `_einops_shim` stands in for the three patterns `rope.py` uses (and refuses any other).
+
+The only stand-ins are for what facestudio replaces by its own code: face detection / 512 alignment
+(facexlib's `FaceRestoreHelper`) and insightface's `FaceAnalysis` (the antelopev2 embedding). Everything from
+the aligned face and the embedding on is the reference's own code.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import types
+from functools import lru_cache, partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEFAULT_PULID = Path("/work/.mirror/ToTheBeginning+PuLID/repo")
+DEFAULT_FACEXLIB = Path("/work/.mirror/xinntao+facexlib/repo")
+
+
+class Source:
+    """Files of one repository, from a checkout or a bare git directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.bare = not (self.root / ".git").exists() and (self.root / "HEAD").is_file() and \
+            (self.root / "objects").is_dir()
+
+    def read(self, path: str) -> str:
+        if self.bare:
+            return subprocess.run(["git", f"--git-dir={self.root}", "show", f"HEAD:{path}"], check=True,
+                                  capture_output=True, text=True).stdout
+        return (self.root / path).read_text()
+
+    def has(self, path: str) -> bool:
+        if self.bare:
+            return subprocess.run(["git", f"--git-dir={self.root}", "cat-file", "-e", f"HEAD:{path}"],
+                                  capture_output=True).returncode == 0
+        return (self.root / path).is_file()
+
+
+def pulid_source() -> Source | None:
+    root = Path(os.environ.get("PULID_REFERENCE", DEFAULT_PULID))
+    source = Source(root) if root.exists() else None
+    return source if source is not None and source.has("pulid/encoders_transformer.py") else None
+
+
+def facexlib_source() -> Source | None:
+    root = Path(os.environ.get("FACEXLIB_REFERENCE", DEFAULT_FACEXLIB))
+    source = Source(root) if root.exists() else None
+    return source if source is not None and source.has("facexlib/parsing/bisenet.py") else None
+
+
+def missing_reason() -> str | None:
+    """Why the oracle cannot run (None when it can)."""
+    if pulid_source() is None:
+        return (f"the PuLID reference code is absent (set PULID_REFERENCE to a checkout of "
+                f"ToTheBeginning/PuLID; looked in {os.environ.get('PULID_REFERENCE', DEFAULT_PULID)})")
+    if facexlib_source() is None:
+        return (f"facexlib's code is absent (set FACEXLIB_REFERENCE to a checkout of xinntao/facexlib; looked "
+                f"in {os.environ.get('FACEXLIB_REFERENCE', DEFAULT_FACEXLIB)})")
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def _module(name: str, code: str, filename: str, package: str | None = None, is_package: bool = False):
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    module.__package__ = name if is_package else (package or name.rpartition(".")[0])
+    if is_package:
+        module.__path__ = []
+    sys.modules[name] = module
+    exec(compile(code, filename, "exec"), module.__dict__)
+    return module
+
+
+def _einops_shim() -> types.ModuleType:
+    """`rearrange` / `repeat` for exactly the patterns eva_clip's `rope.py` uses."""
+
+    def rearrange(x, pattern, **sizes):
+        if pattern == "... (d r) -> ... d r":
+            return x.unflatten(-1, (-1, sizes["r"]))
+        if pattern == "... d r -> ... (d r)":
+            return x.flatten(-2)
+        raise NotImplementedError(f"einops shim: pattern {pattern!r}")
+
+    def repeat(x, pattern, **sizes):
+        if pattern == "... n -> ... (n r)":
+            return x.unsqueeze(-1).expand(*x.shape, sizes["r"]).flatten(-2)
+        raise NotImplementedError(f"einops shim: pattern {pattern!r}")
+
+    shim = types.ModuleType("einops")
+    shim.rearrange, shim.repeat = rearrange, repeat
+    return shim
+
+
+@lru_cache(maxsize=None)
+def reference() -> types.SimpleNamespace:
+    """The reference modules: `encoders`, `encoders_transformer`, `eva_model` (eva_clip's `model.py`),
+    `eva_transformer`, `bisenet`, and `methods` (the pipelines' `get_id_embedding` per version)."""
+    reason = missing_reason()
+    if reason:
+        raise RuntimeError(reason)
+    pulid, facexlib = pulid_source(), facexlib_source()
+    try:
+        import einops  # noqa: F401
+    except ImportError:
+        sys.modules.setdefault("einops", _einops_shim())
+    root = "_pulid_reference"
+    _module(root, "", "<pulid reference>", is_package=True)
+    ns = types.SimpleNamespace()
+    ns.encoders = _module(f"{root}.encoders", pulid.read("pulid/encoders.py"), "pulid/encoders.py")
+    ns.encoders_transformer = _module(f"{root}.encoders_transformer", pulid.read("pulid/encoders_transformer.py"),
+                                      "pulid/encoders_transformer.py")
+    eva = f"{root}.eva_clip"
+    _module(eva, "", "eva_clip/__init__.py", is_package=True)
+    for name in ("rope", "utils", "transformer", "eva_vit_model", "modified_resnet", "timm_model", "model"):
+        # modified_resnet.py imports `eva_clip.utils` by its absolute name: alias it while loading only
+        aliases = {"eva_clip": sys.modules[eva], "eva_clip.utils": getattr(ns, "eva_utils", None)}
+        added = [k for k, v in aliases.items() if v is not None and k not in sys.modules]
+        sys.modules.update({k: aliases[k] for k in added})
+        try:
+            module = _module(f"{eva}.{name}", pulid.read(f"eva_clip/{name}.py"), f"eva_clip/{name}.py")
+        finally:
+            for k in added:
+                del sys.modules[k]
+        setattr(ns, f"eva_{name}", module)
+    constants = _module(f"{eva}.constants", pulid.read("eva_clip/constants.py"), "eva_clip/constants.py")
+    ns.eva_mean, ns.eva_std = constants.OPENAI_DATASET_MEAN, constants.OPENAI_DATASET_STD
+    ns.eva_config = __import__("json").loads(pulid.read("eva_clip/model_configs/EVA02-CLIP-L-14-336.json"))
+    parsing = f"{root}.facexlib_parsing"
+    _module(parsing, "", "facexlib/parsing/__init__.py", is_package=True)
+    _module(f"{parsing}.resnet", facexlib.read("facexlib/parsing/resnet.py"), "facexlib/parsing/resnet.py")
+    ns.bisenet = _module(f"{parsing}.bisenet", facexlib.read("facexlib/parsing/bisenet.py"),
+                         "facexlib/parsing/bisenet.py")
+    ns.methods = {
+        "v1": _methods(pulid, "pulid/pipeline.py"),
+        "v1.1": _methods(pulid, "pulid/pipeline_v1_1.py"),
+        "flux": _methods(pulid, "pulid/pipeline_flux.py"),
+    }
+    return ns
+
+
+def _methods(pulid: Source, path: str) -> dict:
+    """`get_id_embedding` and `to_gray` of a pipeline file, compiled with what their bodies use."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import normalize
+
+    import cv2
+
+    tree = ast.parse(pulid.read(path))
+    cls = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "PuLIDPipeline")
+    wanted = [node for node in cls.body if isinstance(node, ast.FunctionDef)
+              and node.name in ("get_id_embedding", "to_gray")]
+    utils = ast.parse(pulid.read("pulid/utils.py"))
+    helpers = [node for node in utils.body if isinstance(node, ast.FunctionDef)
+               and node.name in ("img2tensor", "tensor2img")]
+    namespace = {"cv2": cv2, "torch": torch, "np": np, "normalize": normalize, "resize": pinned_resize,
+                 "InterpolationMode": InterpolationMode, "make_grid": None, "math": __import__("math")}
+    for node in helpers + wanted:
+        node.decorator_list = []  # @torch.no_grad(): the callers run under no_grad anyway
+        exec(compile(ast.Module(body=[node], type_ignores=[]), path, "exec"), namespace)
+    return {name: namespace[name] for name in ("get_id_embedding", "to_gray")}
+
+
+def pinned_resize(image, size, interpolation):
+    """torchvision 0.15.2's `resize` of a tensor, as PuLID's `requirements.txt` pins it: tensors were resized
+    without antialiasing then (`antialias` defaulted to "warn", i.e. off, until 0.17)."""
+    from torchvision.transforms.functional import resize
+
+    return resize(image, size, interpolation, antialias=False)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def eva_vision_tower(vision_cfg: dict | None = None, embed_dim: int | None = None) -> torch.nn.Module:
+    """The reference EVA-CLIP vision tower, built by eva_clip's own `_build_vision_tower`, in eval mode.
+
+    Args:
+        vision_cfg (`dict`, *optional*): overrides of EVA02-CLIP-L-14-336's `vision_cfg` (tiny widths).
+        embed_dim (`int`, *optional*): the CLIP embedding width (768).
+    """
+    ref = reference()
+    cfg = dict(ref.eva_config["vision_cfg"], **(vision_cfg or {}))
+    tower = ref.eva_model._build_vision_tower(embed_dim or ref.eva_config["embed_dim"], cfg)
+    tower.image_mean, tower.image_std = ref.eva_mean, ref.eva_std  # what `create_model` sets
+    return tower.eval()
+
+
+def published_eva_state(tower: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tower's weights as QuanSun/EVA-CLIP's `EVA02_CLIP_L_336_psz14_s6B.pt` holds them (`visual.*`)."""
+    return {f"visual.{k}": v.clone() for k, v in tower.state_dict().items()}
+
+
+def randomise_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
+    """Every parameter and float buffer random (normal, times `scale`; BatchNorm variances positive, LayerNorm
+    weights near 1), so that no layer is an identity by initialisation. Rotary buffers are left as computed."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            if not tensor.is_floating_point() or "rope" in name or "freqs" in name:
+                continue
+            noise = torch.randn(tensor.shape, generator=generator) * scale
+            if name.endswith("running_var"):
+                tensor.copy_(1 + noise.abs() * 4)
+            elif tensor.ndim == 1 and ("norm" in name or "ln" in name or re.search(r"\.\d+\.weight$", name)
+                                       or name.endswith(("bn.weight", "bn1.weight", "bn2.weight"))):
+                tensor.copy_(1 + noise) if name.endswith("weight") else tensor.copy_(noise)
+            else:
+                tensor.copy_(noise)
+    return module
+
+
+class _FaceHelper:
+    """Stands in for facexlib's `FaceRestoreHelper` after detection and 512 alignment: it holds the aligned face
+    (BGR, as facexlib's `cropped_faces`) and the reference BiSeNet as `face_parse`."""
+
+    def __init__(self, aligned_rgb: np.ndarray, face_parse):
+        self._aligned_bgr = np.ascontiguousarray(aligned_rgb[..., ::-1])
+        self.face_parse = face_parse
+        self.cropped_faces = []
+
+    def clean_all(self):
+        self.cropped_faces = []
+
+    def read_image(self, image):
+        pass
+
+    def get_face_landmarks_5(self, only_center_face=True):
+        pass
+
+    def align_warp_face(self):
+        self.cropped_faces = [self._aligned_bgr]
+
+
+class _FaceAnalysis:
+    """Stands in for insightface's `FaceAnalysis.get`: one face with the given raw antelopev2 embedding."""
+
+    def __init__(self, embedding: np.ndarray):
+        self.embedding = embedding
+
+    def get(self, image_bgr):
+        h, w = image_bgr.shape[:2]
+        return [{"bbox": np.array([0, 0, w, h], np.float32), "embedding": self.embedding}]
+
+
+def get_id_embedding(pulid_version: str, photos, id_encoder, eva_tower, parser):
+    """Run the reference pipeline's own `get_id_embedding` on photos given as `(image_rgb, aligned_rgb_512,
+    raw_embedding)`, the face detection / alignment / insightface stand-ins answering with them.
+
+    Returns:
+        `(cond, uncond)` tokens, in the order each version returns them.
+    """
+    ref = reference()
+    family = "flux" if pulid_version.startswith("flux") else pulid_version
+    method, to_gray = ref.methods[family]["get_id_embedding"], ref.methods[family]["to_gray"]
+
+    def pipeline_for(aligned, embedding):
+        self = types.SimpleNamespace(device="cpu", weight_dtype=torch.float32, debug_img_list=[],
+                                     face_helper=_FaceHelper(aligned, parser), app=_FaceAnalysis(embedding),
+                                     clip_vision_model=eva_tower, eva_transform_mean=eva_tower.image_mean,
+                                     eva_transform_std=eva_tower.image_std)
+        self.to_gray = partial(to_gray, self)
+        self.id_adapter = self.pulid_encoder = id_encoder
+        return self
+
+    with torch.no_grad():
+        if family == "v1.1":  # one call with every photo (the encoder reads them together)
+            first = pipeline_for(*photos[0][1:])
+            # each photo's stand-ins answer in turn: FaceAnalysis.get and the helper are per call of the loop
+            queue = list(photos)
+
+            class _Queue:
+                def get(self_inner, image_bgr):
+                    return _FaceAnalysis(queue[0][2]).get(image_bgr)
+
+            class _Helper(_FaceHelper):
+                def align_warp_face(self_inner):
+                    photo = queue.pop(0)
+                    self_inner.cropped_faces = [np.ascontiguousarray(photo[1][..., ::-1])]
+
+            first.app, first.face_helper = _Queue(), _Helper(photos[0][1], parser)
+            uncond, cond = method(first, [p[0] for p in photos])
+            return cond, uncond
+        if family == "flux":
+            cond, uncond = method(pipeline_for(*photos[0][1:]), photos[0][0], cal_uncond=True)
+            return cond, uncond
+        both = method(pipeline_for(*photos[0][1:]), photos[0][0])  # v1: [uncond; cond]
+        return both[1:], both[:1]
+
+
+def bisenet(seed: int = 0) -> torch.nn.Module:
+    """facexlib's BiSeNet (19 classes), random weights, eval mode."""
+    return randomise_(reference().bisenet.BiSeNet(num_class=19), seed).eval()
