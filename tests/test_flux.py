@@ -223,3 +223,51 @@ def test_int8_transformer_close_to_float_and_offload_skipped_without_cuda(caplog
     assert 0 < np.abs(quantised - expected).max() < 0.05
     with pytest.raises(FaceStudioError, match="choose one of"):
         enable_flux_memory_modes(plain, cpu_offload=True, sequential_offload=True)
+
+
+@pytest.fixture(scope="module")
+def encoder_pipe(tmp_path_factory):
+    """The tiny pipeline with PuLID's ID encoder at tiny widths (64-wide ID tokens) and a tiny antelopev2."""
+    pytest.importorskip("timm")
+    pytest.importorskip("onnxscript")
+    from test_arcface import _export, _tiny_arcface
+
+    from facestudio.guidance.pulid.antelope import AntelopeRecognizer
+    from facestudio.guidance.pulid.encoder import tiny_pulid_encoder
+
+    onnx = _export(_tiny_arcface(0), tmp_path_factory.mktemp("antelopev2") / "glintr100.onnx")
+    encoder = tiny_pulid_encoder("flux-v0.9.1", seed=0, recognizer=AntelopeRecognizer(onnx))
+    config = PuLIDFluxConfig(id_dim=64, heads=2, head_dim=16)
+    pipe = load_base_pipeline("tiny", FaceStudioFluxPipeline, device="cpu")
+    modules = config.modules_for(pipe.transformer)
+    generator = seed(2)
+    state = {k: torch.randn(v.shape, generator=generator) * 0.3 + (v.ndim == 1) for k, v in modules.state_dict().items()}
+    pipe.load_pulid_flux(state, config, encoder=encoder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, encoder
+
+
+def test_photos_through_pulids_encoder_two_people_true_cfg_and_mix(encoder_pipe, photos, stock):
+    from facestudio.faces.analysis import select_face
+
+    pipe, encoder = encoder_pipe
+    obama, biden = photos["obama.jpg"], photos["biden.jpg"]
+    face = select_face(pipe.get_face_analyzer().detect(obama))
+    identity = pipe.encode_photos([obama], [face], "obama")
+    assert np.array_equal(identity.detail, encoder.encode([obama], [face]).cond[0].numpy())
+    assert np.array_equal(pipe._adapter("identity").null_identity.detail, encoder.null_tokens()[0].numpy())
+    two = [IdentityInput(photos=(obama,), region=LEFT), IdentityInput(photos=(biden,), region=RIGHT)]
+    expected = stock("two friends at the beach", height=H, width=W, num_inference_steps=3, generator=seed(5),
+                     output_type="np").images
+    out = pipe("two friends at the beach", identities=two, num_inference_steps=3, generator=seed(5), height=H,
+               width=W, output_type="np")
+    assert out.settings["identities"] == ["identity 1", "identity 2"]
+    assert np.abs(out.images - expected).max() > 1e-3
+    # true CFG with "no identity" (the encoder's uncond) in the negative row, and three-way guidance
+    for scales in ({"text_guidance_scale": 2.0}, {"text_guidance_scale": 2.0, "reference_guidance_scale": 3.0}):
+        images = pipe("two friends", negative_prompt="blurry", identities=two, num_inference_steps=2, height=H,
+                      width=W, generator=seed(5), output_type="np", **scales).images
+        assert np.isfinite(images).all()
+    mixed = pipe("a portrait", identities=two[:1] + [IdentityInput(photos=(biden,))], mix=(0.5, 0.5),
+                 num_inference_steps=2, height=H, width=W, generator=seed(5), output_type="np")
+    assert mixed.settings["identities"] == ["mix of identity 1, identity 2"]

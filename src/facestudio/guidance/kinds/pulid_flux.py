@@ -55,14 +55,19 @@ class PuLIDFluxConfig:
 
 
 def pulid_identity(tokens, name: str = "") -> Identity:
-    """An `Identity` from ID tokens `[T, id_dim]` (or `[photos, T, id_dim]`, the photos' tokens side by side)."""
+    """An `Identity` from ID tokens `[T, id_dim]` (or `[1, T, id_dim]` as the encoder gives them). Mixing
+    (`identity.mix`) averages the tokens of the people with the mix weights, token by token."""
     array = np.asarray(tokens.detach().float().cpu() if isinstance(tokens, torch.Tensor) else tokens, np.float32)
     array = array.reshape(-1, array.shape[-1])
-    return Identity(np.zeros(0, np.float32), array, PULID_SIGNATURE, name, tokens_per_photo=0)
+    return Identity(np.zeros(0, np.float32), array, PULID_SIGNATURE, name, tokens_per_photo=array.shape[0])
 
 
 class PuLIDFluxKind(AdapterKind):
-    """PuLID-FLUX: ID tokens read by cross-attentions between FLUX's blocks (not an IP-Adapter projection)."""
+    """PuLID-FLUX: ID tokens read by cross-attentions between FLUX's blocks (not an IP-Adapter projection).
+
+    Photos become ID tokens through PuLID's ID encoder (`guidance.pulid.encoder.PuLIDEncoder`, version
+    `flux-v0.9.1`), the same as PuLID on SDXL.
+    """
 
     name = "pulid-flux"
     projection_class = IdentityCrossAttentions
@@ -113,7 +118,8 @@ class PuLIDFluxKind(AdapterKind):
         if encoder is None:
             raise FaceStudioError("PuLID-FLUX needs PuLID's ID encoder to read photos, and none is loaded; give "
                                   "encoded identities (pulid_identity(tokens)) or load the encoder")
-        return pulid_identity(encoder.encode(photos, faces), name)
+        # PuLID's ID former reads all photos of a person together (up to 4): 32 tokens whatever their number
+        return pulid_identity(encoder.encode(photos, faces).cond, name)
 
     def null_identity(self, encoder) -> Identity:
         """The encoder's tokens for zero inputs (PuLID's `uncond_id`); zeros when no encoder is loaded."""
