@@ -90,3 +90,29 @@ def test_generate_with_the_schnell_preset_from_the_hub_cache(empty_hub, tmp_path
     assert image.stat().st_size > 0
     settings = str(read_png_metadata(image))
     assert "pulid-flux-schnell" in settings and "black-forest-labs/FLUX.1-schnell" in settings
+
+
+def test_serve_preset_loads_flux_and_the_api_generates(empty_hub, tmp_path):
+    """`facestudio serve --preset pulid-flux-schnell`'s loading path, then a generation over real HTTP."""
+    import time
+
+    import httpx
+
+    from facestudio.loading import load_generation_pipeline
+    from facestudio.pipeline_flux import FaceStudioFluxPipeline
+    from facestudio.server import BackgroundServer, create_app
+
+    fill_hub(empty_hub)
+    pipe = load_generation_pipeline(None, preset="pulid-flux-schnell", device="cpu")
+    assert isinstance(pipe, FaceStudioFluxPipeline) and hasattr(pipe.transformer, "pulid_flux")
+    app = create_app(pipe, tmp_path / "data", max_side=256, default_steps=2,
+                     base_model="black-forest-labs/FLUX.1-schnell")
+    with BackgroundServer(app) as running, httpx.Client(base_url=running.url, timeout=60) as client:
+        assert client.get("/v1/models").json()["adapters"][0]["kind"] == "identity"
+        job = client.post("/v1/generations", json={"prompt": "a lighthouse", "width": 64, "height": 48,
+                                                    "text_guidance_scale": 1.0}).json()
+        deadline = time.monotonic() + 60
+        while (status := client.get(f"/v1/generations/{job['id']}").json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert status["state"] == "done", status
