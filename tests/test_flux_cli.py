@@ -76,6 +76,8 @@ def test_flux_options_are_checked_before_loading(capsys):
     assert "--width 72: FLUX needs a multiple of 16" in capsys.readouterr().err
     assert main(["generate", "--base-model", "tiny", "--prompt", "x", "--quantize", "int8"]) == 2
     assert "--quantize is for the FLUX presets" in capsys.readouterr().err
+    assert main(["generate", "--preset", "pulid-flux-schnell", "--prompt", "x", "--identity", "me.jpg"]) == 2
+    assert "not wired into the FLUX presets yet" in capsys.readouterr().err
     assert main(["generate", "--preset", "pulid-flux-dev", "--prompt", "x", "--start-step", "-1"]) == 2
     assert "--start-step -1: must be at least 0" in capsys.readouterr().err
 

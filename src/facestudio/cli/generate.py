@@ -302,6 +302,10 @@ def _check_settings(args, mix) -> GenerationSettings:
                           ("--start-step", bool(args.start_step))):
         if given and not flux:
             raise FaceStudioError(f"{option} is for the FLUX presets (pulid-flux-dev, pulid-flux-schnell)")
+    if flux and args.identity:  # before any model loads: the encoder's files are not part of the FLUX presets yet
+        raise FaceStudioError(f"--identity with --preset {args.preset}: PuLID's ID encoder files (EVA-CLIP, BiSeNet, "
+                              "antelopev2) are not wired into the FLUX presets yet; encode photos from Python "
+                              "(docs/flux.md)")
     for option, side in (("--width", args.width), ("--height", args.height)):
         if flux and side is not None and side % 16:
             raise FaceStudioError(f"{option} {side}: FLUX needs a multiple of 16")
