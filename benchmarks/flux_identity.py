@@ -11,7 +11,7 @@ cross-attentions installed (`guidance.pulid_flux.install`), at 1024x1024 (4096 i
 2. Peak GPU memory (`torch.cuda.max_memory_allocated`) of one transformer call in each memory mode:
    `none` (all on the GPU), `model-offload` (diffusers' `enable_model_cpu_offload` hook on the transformer:
    the whole transformer moves in for the call), `sequential-offload` (accelerate's `cpu_offload`: one layer
-   at a time), `int8` and `fp8` (torchao weight-only quantisation of the transformer's linear layers;
+   at a time), `int8` and `fp8` (optimum-quanto weight-only quantisation of the transformer's linear layers;
    fp8 needs compute capability 8.9+). The text encoders and the VAE are not part of this number: T5-XXL
    adds 9.5 GB in bf16 where it stays on the GPU (with model offload it is moved out before the transformer).
 
@@ -131,10 +131,9 @@ def peak_memory(args, dtype) -> None:
         torch.cuda.empty_cache()
         transformer, config = build(args.tiny, "cpu" if "offload" in mode else "cuda", dtype)
         if mode in ("int8", "fp8"):
-            from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+            from facestudio.models_flux import quantize_transformer
 
-            quantize_(transformer, Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig(),
-                      filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and not name.startswith("pulid_flux."))
+            quantize_transformer(transformer, mode)
         elif mode == "sequential-offload":
             cpu_offload(transformer, execution_device=torch.device("cuda"))
         elif mode == "model-offload":

@@ -107,14 +107,35 @@ def tiny_t5_tokenizer() -> T5TokenizerFast:
                                extra_ids=0, model_max_length=T5_MAX_LENGTH)
 
 
-#: Weight types `enable_flux_memory_modes(quantize=...)` takes, as torchao configs (weight-only: activations stay
-#: in bfloat16). int8 runs everywhere torchao does; fp8 needs a GPU with float8 (compute capability 8.9+).
+#: Weight types `enable_flux_memory_modes(quantize=...)` takes: optimum-quanto's weight-only int8 and float8
+#: (activations stay in the pipeline's dtype). int8 runs on any device; float8 needs a GPU with float8 support to
+#: be fast (compute capability 8.9+). (torchao is not used: with torch 2.14, diffusers imports an installed torchao
+#: at start-up and it prints warnings on every run.)
 QUANTIZE_MODES = ("int8", "fp8")
+
+
+def quantize_transformer(transformer, mode: str) -> None:
+    """Quantise the weights of every linear layer of FLUX's blocks and embedders in place (`QUANTIZE_MODES`);
+    PuLID's cross-attentions (small) keep theirs.
+
+    Raises:
+        FaceStudioError: an unknown `mode`, or optimum-quanto missing.
+    """
+    from .errors import FaceStudioError
+
+    if mode not in QUANTIZE_MODES:
+        raise FaceStudioError(f"--quantize {mode!r}: one of {', '.join(QUANTIZE_MODES)}")
+    try:
+        from optimum.quanto import freeze, qfloat8, qint8, quantize
+    except ImportError:
+        raise FaceStudioError("--quantize needs optimum-quanto: pip install 'facestudio[quantize]'") from None
+    quantize(transformer, weights=qint8 if mode == "int8" else qfloat8, exclude="pulid_flux*")
+    freeze(transformer)
 
 
 def enable_flux_memory_modes(pipe, *, device=None, cpu_offload: bool = False, sequential_offload: bool = False,
                              quantize: str | None = None, vae_tiling: bool = False):
-    """Fit FLUX.1 (12B transformer, 4.7B T5) on a smaller GPU; each mode trades speed for memory (README, "FLUX").
+    """Fit FLUX.1 (12B transformer, 4.7B T5) on a smaller GPU; each mode trades speed for memory (docs/flux.md).
 
     Args:
         pipe: a FLUX pipeline loaded on the CPU (the modes then move what runs where).
@@ -123,12 +144,13 @@ def enable_flux_memory_modes(pipe, *, device=None, cpu_offload: bool = False, se
             runs. CUDA only; elsewhere skipped with a log line.
         sequential_offload (`bool`): diffusers' sequential offload: every layer moved in as it runs (the least
             memory, by far the slowest). CUDA only.
-        quantize (`str`, *optional*): `"int8"` or `"fp8"`: the transformer's linear weights quantised by torchao
-            (weight-only; PuLID's cross-attentions stay as they are), about half the transformer's bf16 memory.
+        quantize (`str`, *optional*): `"int8"` or `"fp8"`: the transformer's linear weights quantised by
+            optimum-quanto (weight-only; PuLID's cross-attentions stay as they are), about half the transformer's
+            bf16 memory.
         vae_tiling (`bool`): decode in tiles.
 
     Raises:
-        FaceStudioError: both offloads, an unknown `quantize`, or torchao missing.
+        FaceStudioError: both offloads, an unknown `quantize`, or optimum-quanto missing.
     """
     from .errors import FaceStudioError
     from .models import choose_device
@@ -136,15 +158,7 @@ def enable_flux_memory_modes(pipe, *, device=None, cpu_offload: bool = False, se
     if cpu_offload and sequential_offload:
         raise FaceStudioError("choose one of --cpu-offload and --sequential-offload")
     if quantize is not None:
-        if quantize not in QUANTIZE_MODES:
-            raise FaceStudioError(f"--quantize {quantize!r}: one of {', '.join(QUANTIZE_MODES)}")
-        try:
-            from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
-        except ImportError:
-            raise FaceStudioError("--quantize needs torchao: pip install 'facestudio[quantize]'") from None
-        config = Int8WeightOnlyConfig() if quantize == "int8" else Float8WeightOnlyConfig()
-        quantize_(pipe.transformer, config, filter_fn=lambda module, name: isinstance(module, torch.nn.Linear)
-                  and not name.startswith("pulid_flux."))
+        quantize_transformer(pipe.transformer, quantize)
     if vae_tiling:
         pipe.vae.enable_tiling()
     offload = cpu_offload or sequential_offload

@@ -129,7 +129,8 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
 
     def check_flux_settings(self, settings: GenerationSettings) -> None:
         """What FLUX does not take (yet), refused by name before any work."""
-        self.check_adapters(settings)
+        if settings.identities and not self.facestudio_adapters:
+            raise FaceStudioError("identities given, but PuLID-FLUX is not loaded (load_pulid_flux(...))")
         if settings.style_image is not None:
             raise FaceStudioError("a style image is not supported on FLUX (PuLID-FLUX has no style adapter)")
         if settings.scene_image is not None:
@@ -140,6 +141,7 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
         if settings.width % 16 or settings.height % 16:
             raise FaceStudioError(f"FLUX needs a width and height that are multiples of 16, got "
                                   f"{settings.width}x{settings.height}")
+        self.check_adapters(settings)
 
     def token_gates(self, masks: np.ndarray, strengths: Sequence[float], height: int, width: int) -> torch.Tensor:
         """Per-person masks `[N, height, width]` at the image-token grid (area-averaged, packed row-major as

@@ -149,8 +149,8 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
     output.add_argument("--sequential-offload", action="store_true",
                         help="FLUX presets: move every layer to the GPU as it runs (least memory, slowest; CUDA)")
     output.add_argument("--quantize", choices=("int8", "fp8"),
-                        help="FLUX presets: quantise the transformer's weights with torchao (about half its memory; "
-                             "needs the quantize extra; fp8 needs a GPU of compute capability 8.9+)")
+                        help="FLUX presets: quantise the transformer's weights with optimum-quanto (about half its "
+                             "memory; needs the quantize extra; fp8 is fast on GPUs of compute capability 8.9+)")
 
 
 #: Image files written by `generate`: `NNN-seedS.png`.
