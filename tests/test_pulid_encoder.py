@@ -200,8 +200,8 @@ def test_eva_clip_layout_is_checked_before_timm_reads_it():
     with pytest.raises(ModelFileError, match=r"visual\.pos_embed has shape \[1, 577, 32\], expected \[1, 17, 32\]"):
         eva.tower_state({"visual.pos_embed": torch.zeros(1, 577, 32)}, model)
     with pytest.raises(ModelFileError, match=r"in timm's names\): missing cls_token, patch_embed\.proj\.weight, "
-                                             r"patch_embed\.proj\.bias, blocks\.0\.norm1\.weight, blocks\.0\.norm1\.bias "
-                                             r"and \d+ more"):
+                                             r"patch_embed\.proj\.bias, blocks\.0\.norm1\.weight, "
+                                             r"blocks\.0\.norm1\.bias and \d+ more"):
         eva.tower_state({"visual.pos_embed": torch.zeros(1, 17, 32)}, model)
 
 
@@ -212,6 +212,91 @@ def test_bisenet_layout_is_checked_and_loads_by_key():
     torch.testing.assert_close(parser.model.ffm.conv2.weight, model.ffm.conv2.weight, rtol=0, atol=0)
     del state["cp.arm16.bn_atten.running_mean"]
     state["cp.resnet.conv1.weight"] = torch.zeros(64, 3, 3, 3)
-    with pytest.raises(ModelFileError, match=r"not facexlib's BiSeNet face parser \(parsing_bisenet\.pth\): missing "
-                                             r"cp\.arm16\.bn_atten\.running_mean; wrong shape cp\.resnet\.conv1\.weight"):
+    with pytest.raises(ModelFileError, match=r"not facexlib's BiSeNet face parser \(parsing_bisenet\.pth\): "
+                                             r"missing cp\.arm16\.bn_atten\.running_mean; "
+                                             r"wrong shape cp\.resnet\.conv1\.weight"):
         parsing.load_parser(state)
+
+
+# ------------------------------------------------------------------------------------------------ photos
+
+
+@pytest.fixture(scope="module")
+def antelope(tmp_path_factory):
+    """A tiny ArcFace network exported as antelopev2's file name, in an unpacked antelopev2 folder."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from test_arcface import _export, _tiny_arcface
+
+    from facestudio.guidance.pulid.antelope import AntelopeRecognizer
+
+    folder = tmp_path_factory.mktemp("antelopev2")
+    net = _tiny_arcface(3)
+    _export(net, folder / "glintr100.onnx")
+    return AntelopeRecognizer(folder), net
+
+
+def test_antelopev2_gives_the_raw_embedding_pulid_reads(antelope):
+    from facestudio.faces.arcface import arcface_blob
+
+    recognizer, net = antelope
+    assert recognizer.name == "antelopev2" and recognizer.model_path.name == "glintr100.onnx"
+    crops = np.random.default_rng(4).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    raw = recognizer.raw_embeddings(crops)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(arcface_blob(crops))).numpy()
+    np.testing.assert_allclose(raw, expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)  # not normalised, unlike embed_crops
+    np.testing.assert_allclose(recognizer.embed_crops(crops), raw / np.linalg.norm(raw, axis=1, keepdims=True),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_missing_antelopev2_file_says_where_to_get_it(tmp_path):
+    from facestudio.guidance.pulid.antelope import AntelopeRecognizer
+
+    with pytest.raises(ModelFileError, match=r"glintr100\.onnx: ArcFace model file not found; .*antelopev2\.zip.*"
+                                             r"non-commercial"):
+        AntelopeRecognizer(tmp_path)
+
+
+def test_photos_of_a_person_become_id_tokens(antelope, analyzer, photos):
+    recognizer, _ = antelope
+    encoder = tiny_pulid_encoder("v1.1", seed=5, recognizer=recognizer)
+    image = photos["obama.jpg"]
+    face = analyzer.detect(image)[0]
+    aligned = encoder.aligned_face(image, face)
+    assert aligned.shape == (512, 512, 3) and aligned.dtype == np.uint8
+    tokens = encoder.encode([image], [face])
+    assert tokens.num_photos == 1 and tokens.cond.shape == (1, 32, 64) and tokens.uncond.shape == (1, 32, 64)
+    assert torch.isfinite(tokens.cond).all()
+    # the same as the features of the FFHQ-aligned face and the raw embedding of the ArcFace crop
+    embedding = encoder.embedding(image, face)
+    assert embedding.shape == (512,)
+    by_parts = encoder.id_tokens(encoder.features_from_aligned(aligned[None], embedding[None]))
+    torch.testing.assert_close(tokens.cond, by_parts, rtol=1e-5, atol=1e-5)
+    without = PuLIDEncoder("v1.1", encoder.id_encoder, encoder.tower, encoder.parser)
+    with pytest.raises(ValueError, match="no antelopev2 recogniser"):
+        without.encode([image], [face])
+
+
+def test_ffhq_alignment_is_facexlibs_transform(analyzer, photos):
+    import cv2
+
+    from facestudio.faces.alignment import FFHQ, estimate_similarity
+
+    for name in ("obama.jpg", "obama2.jpg", "biden.jpg"):
+        landmarks = analyzer.detect(photos[name])[0].landmark_array().astype(np.float64)
+        # facexlib's FaceRestoreHelper.align_warp_face: LMEDS "for the equivalence to skimage transform"
+        facexlib = cv2.estimateAffinePartial2D(landmarks, FFHQ.at(512), method=cv2.LMEDS)[0]
+        np.testing.assert_allclose(estimate_similarity(landmarks, FFHQ.at(512)), facexlib, rtol=1e-6, atol=1e-6)
+
+
+def test_threads_share_one_encoder(shared):
+    from conftest import run_in_threads
+
+    encoders, photos, _ = shared
+    alone = {v: e.id_tokens(photos[:2]) for v, e in encoders.items()}
+    results = run_in_threads(lambda v: encoders[v].id_tokens(photos[:2]), list(encoders), repeats=2)
+    for v, outputs in results.items():
+        for out in outputs:
+            torch.testing.assert_close(out, alone[v], rtol=0, atol=1e-6)

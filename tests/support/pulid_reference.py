@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ast
 import os
-import re
 import subprocess
 import sys
 import types
@@ -215,21 +214,28 @@ def published_eva_state(tower: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def randomise_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
-    """Every parameter and float buffer random (normal, times `scale`; BatchNorm variances positive, LayerNorm
-    weights near 1), so that no layer is an identity by initialisation. Rotary buffers are left as computed."""
+    """Every parameter and float buffer random, at the magnitudes of a trained network, so that no layer is an
+    identity by initialisation and activations stay of order one through deep stacks (as real ones do):
+    weight matrices and kernels normal with std `1 / sqrt(fan_in)` (`proj_out`, applied as `x @ proj_out`,
+    by its first dimension), norm weights `1 + N(0, scale)`, biases and embeddings `N(0, scale)`, BatchNorm
+    variances `1 + |N(0, 4 scale)|`. Rotary tables are left as computed."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
             if not tensor.is_floating_point() or "rope" in name or "freqs" in name:
                 continue
-            noise = torch.randn(tensor.shape, generator=generator) * scale
-            if name.endswith("running_var"):
-                tensor.copy_(1 + noise.abs() * 4)
-            elif tensor.ndim == 1 and ("norm" in name or "ln" in name or re.search(r"\.\d+\.weight$", name)
-                                       or name.endswith(("bn.weight", "bn1.weight", "bn2.weight"))):
-                tensor.copy_(1 + noise) if name.endswith("weight") else tensor.copy_(noise)
+            noise = torch.randn(tensor.shape, generator=generator)
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "running_var":
+                tensor.copy_(1 + (noise * scale * 4).abs())
+            elif leaf == "proj_out":
+                tensor.copy_(noise * tensor.shape[0] ** -0.5)
+            elif tensor.ndim >= 2 and leaf == "weight":
+                tensor.copy_(noise * (tensor[0].numel()) ** -0.5)
+            elif tensor.ndim == 1 and leaf == "weight":  # LayerNorm / BatchNorm scales
+                tensor.copy_(1 + noise * scale)
             else:
-                tensor.copy_(noise)
+                tensor.copy_(noise * scale)
     return module
 
 
@@ -314,3 +320,43 @@ def get_id_embedding(pulid_version: str, photos, id_encoder, eva_tower, parser):
 def bisenet(seed: int = 0) -> torch.nn.Module:
     """facexlib's BiSeNet (19 classes), random weights, eval mode."""
     return randomise_(reference().bisenet.BiSeNet(num_class=19), seed).eval()
+
+
+def _reference_mlp(in_dim: int, hidden: int, out_dim: int) -> torch.nn.Sequential:
+    """The pattern every MLP of `encoders.py` / `encoders_transformer.py` is written in, at other widths."""
+    nn = torch.nn
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.LeakyReLU(),
+                         nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
+
+
+def id_encoder(pulid_version: str, config, seed: int = 0) -> torch.nn.Module:
+    """The reference's ID encoder for a facestudio config (`MLPEncoderConfig` or `IDFormerConfig`), random.
+
+    The reference constructors take the token sizes but write the EVA-CLIP widths (1024 in, 1024 hidden) and
+    `id_cond`'s (1280) as literals. For configs with other widths (the tiny ones), those MLPs are rebuilt in
+    the reference's own pattern at the config's widths; `forward` is the reference's, untouched. At the
+    published widths nothing is rebuilt.
+    """
+    ref = reference()
+    published = (config.id_dim, config.vit_dim, config.hidden_dim) == (1280, 1024, 1024)
+    torch.manual_seed(seed)
+    if pulid_version == "v1":
+        module = ref.encoders.IDEncoder(width=config.id_dim, context_dim=config.context_dim,
+                                        num_token=config.num_tokens)
+        if not published:
+            module.body = _reference_mlp(config.id_dim, config.hidden_dim, config.context_dim * config.num_tokens)
+            for i in range(5):
+                setattr(module, f"mapping_{i}", _reference_mlp(config.vit_dim, config.hidden_dim, config.context_dim))
+                setattr(module, f"mapping_patch_{i}",
+                        _reference_mlp(config.vit_dim, config.hidden_dim, config.context_dim))
+    else:
+        module = ref.encoders_transformer.IDFormer(
+            dim=config.dim, depth=config.depth, dim_head=config.dim_head, heads=config.heads,
+            num_id_token=config.num_id_tokens, num_queries=config.num_queries, output_dim=config.output_dim,
+            ff_mult=config.ff_mult)
+        if not published:
+            for i in range(5):
+                setattr(module, f"mapping_{i}", _reference_mlp(config.vit_dim, config.hidden_dim, config.dim))
+            module.id_embedding_mapping = _reference_mlp(config.id_dim, config.hidden_dim,
+                                                         config.dim * config.num_id_tokens)
+    return randomise_(module, seed).eval()

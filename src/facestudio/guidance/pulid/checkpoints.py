@@ -1,11 +1,11 @@
 """PuLID's checkpoints: which file holds which encoder under which prefix, read and checked key by key.
 
-| version       | file (hub `guozinan/PuLID`)       | encoder keys      | encoder           | attention keys             |
-| ------------- | --------------------------------- | ----------------- | ----------------- | -------------------------- |
-| `v1`          | `pulid_v1.bin`                    | `id_adapter.*`    | MLP, 10 tokens    | `id_adapter_attn_layers.*` |
-| `v1.1`        | `pulid_v1.1.safetensors`          | `id_adapter.*`    | IDFormer, 32      | `id_adapter_attn_layers.*` |
-| `flux-v0.9.0` | `pulid_flux_v0.9.0.safetensors`   | `pulid_encoder.*` | IDFormer, 32      | `pulid_ca.*`               |
-| `flux-v0.9.1` | `pulid_flux_v0.9.1.safetensors`   | `pulid_encoder.*` | IDFormer, 32      | `pulid_ca.*`               |
+| version       | file (hub `guozinan/PuLID`)     | encoder keys      | encoder        | attention keys             |
+| ------------- | ------------------------------- | ----------------- | -------------- | -------------------------- |
+| `v1`          | `pulid_v1.bin`                  | `id_adapter.*`    | MLP, 10 tokens | `id_adapter_attn_layers.*` |
+| `v1.1`        | `pulid_v1.1.safetensors`        | `id_adapter.*`    | IDFormer, 32   | `id_adapter_attn_layers.*` |
+| `flux-v0.9.0` | `pulid_flux_v0.9.0.safetensors` | `pulid_encoder.*` | IDFormer, 32   | `pulid_ca.*`               |
+| `flux-v0.9.1` | `pulid_flux_v0.9.1.safetensors` | `pulid_encoder.*` | IDFormer, 32   | `pulid_ca.*`               |
 
 (The reference's `load_pretrain` splits each file by its first key component and loads each part with
 `strict=True`.) The FLUX encoder has v1.1's sizes (`IDFormer()` with its defaults in `pipeline_flux.py`).
