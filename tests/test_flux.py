@@ -276,3 +276,23 @@ def test_photos_through_pulids_encoder_two_people_true_cfg_and_mix(encoder_pipe,
     mixed = pipe("a portrait", identities=two[:1] + [IdentityInput(photos=(biden,))], mix=(0.5, 0.5),
                  num_inference_steps=2, height=H, width=W, generator=seed(5), output_type="np")
     assert mixed.settings["identities"] == ["mix of identity 1, identity 2"]
+
+
+def test_a_face_put_into_a_scene_keeps_the_scene_outside_it(pipe, faces_dir):
+    from PIL import Image
+
+    from facestudio.faces.regions import dilated_face_mask
+    from facestudio.regions.scene import FACE_GROWTH
+
+    scene = Image.open(faces_dir / "obama.jpg").convert("RGB")
+    out = pipe("a portrait", identities=people((1.0,), (None,)), scene_image=scene, num_inference_steps=2,
+               generator=seed(5), output_type="np")
+    image = out.images[0]
+    height, width = image.shape[:2]
+    assert max(height, width) == 1024 and height % 16 == 0 and width % 16 == 0  # the scene's shape, FLUX's side
+    assert out.settings["scene_image"] is True
+    resized = np.asarray(scene.resize((width, height), Image.LANCZOS)).astype(np.float32) / 255.0
+    face = pipe.get_face_analyzer().detect((resized * 255).astype(np.uint8))[0]
+    kept = ~dilated_face_mask(face, width, height, FACE_GROWTH).astype(bool)
+    assert np.abs(image[kept] - resized[kept]).max() < 1 / 255 + 1e-6  # the scene's own pixels, exactly
+    assert np.abs(image[~kept] - resized[~kept]).max() > 0.05  # and the face regenerated

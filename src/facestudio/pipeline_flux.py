@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,6 +28,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_tim
 from .adapter_loading import GUIDANCE_ENCODERS, LoadedAdapter
 from .attention import resize_masks, side_by_side
 from .errors import FaceStudioError, ModelFileError
+from .imaging import load_image
 from .guidance import identity as idg
 from .guidance.cfg import ONE_ROW, TWO_WAY, CONDITIONS, GuidanceRows
 from .guidance.kinds.pulid_flux import PuLIDFluxConfig, PuLIDFluxKind
@@ -133,8 +135,6 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
             raise FaceStudioError("identities given, but PuLID-FLUX is not loaded (load_pulid_flux(...))")
         if settings.style_image is not None:
             raise FaceStudioError("a style image is not supported on FLUX (PuLID-FLUX has no style adapter)")
-        if settings.scene_image is not None:
-            raise FaceStudioError("a scene image is not supported on FLUX yet")
         if self.pulid_encoder is None and any(p.identity is None for p in settings.identities):
             raise FaceStudioError("PuLID-FLUX needs PuLID's ID encoder to read photos, and none is loaded; give "
                                   "encoded identities (IdentityInput(identity=pulid_identity(tokens)))")
@@ -182,6 +182,7 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | GenerationSettings, negative_prompt: str | list[str] | None = None,
                  identities: Sequence[IdentityInput] | None = None, mix: Sequence[float] | None = None,
+                 scene_image: PIL.Image.Image | str | None = None, scene_faces: Sequence[int] | None = None,
                  regions: str | None = None, text_guidance_scale: float = 1.0,
                  reference_guidance_scale: float | None = None, num_inference_steps: int = FLUX_DEFAULT_STEPS,
                  height: int | None = None, width: int | None = None,
@@ -202,12 +203,20 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
         """
         # 1. Check inputs
         settings = prompt if isinstance(prompt, GenerationSettings) else GenerationSettings(
-            prompt, negative_prompt, tuple(identities or ()), mix, regions=regions,
+            prompt, negative_prompt, tuple(identities or ()), mix, scene_image=scene_image, scene_faces=scene_faces,
+            regions=regions,
             text_guidance_scale=text_guidance_scale, reference_guidance_scale=reference_guidance_scale,
             num_inference_steps=num_inference_steps, width=width, height=height,
             num_images_per_prompt=num_images_per_prompt, output_type=output_type,
             distilled_guidance_scale=distilled_guidance_scale, start_step=start_step)
-        settings = settings.validate().resolved(self.default_side)
+        settings.validate()
+        scene = None if settings.scene_image is None else \
+            load_image(settings.scene_image, min_side=32, name="scene image")
+        sized_by_scene = scene is not None and settings.width is None and settings.height is None
+        settings = settings.resolved(self.default_side, None if scene is None else scene.size)
+        if sized_by_scene:  # the scene's shape in FLUX's steps of 16 pixels (2x2 patches of 8x latents)
+            settings = replace(settings, width=max(16, round(settings.width / 16) * 16),
+                               height=max(16, round(settings.height / 16) * 16))
         self.check_flux_settings(settings)
         people, height, width = list(settings.identities), settings.height, settings.width
         generator = settings.generator() if generator is None else generator
@@ -221,11 +230,12 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
         # 3. Faces: identities and their regions, as gates at the image-token grid
         encoded = self.encode_identities(people, settings.mix)
         strengths = [p.strength for p in people] if settings.mix is None else [people[0].strength]
-        joint = {}
+        joint, edit = {}, None
         if self.facestudio_adapters:
             call = None
             if encoded:
-                masks, _ = self.place_people(people, len(encoded), height, width, settings.regions, None, None, None)
+                masks, edit = self.place_people(people, len(encoded), height, width, settings.regions, None, scene,
+                                                settings.scene_faces)
                 call = FluxIdentityCall(tuple(self.person_tokens(encoded, batch, rows)),
                                         self.token_gates(masks, strengths, height, width))
             joint = {IDENTITY_KEY: call}
@@ -241,6 +251,8 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
         sigmas = None if getattr(scheduler.config, "use_flow_sigmas", False) else np.linspace(1.0, 1 / steps, steps)
         timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
         scheduler.set_begin_index(0)
+        scene_blend = None if edit is None else edit.latents(self.encode_pixels, batch, generator, latents.dtype,
+                                                              device)
         guidance = None
         if self.transformer.config.guidance_embeds:
             scale = settings.distilled_guidance_scale
@@ -253,12 +265,15 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
                 step_joint = joint if i >= settings.start_step or not joint else {IDENTITY_KEY: None}
                 latents = self.denoise_step(scheduler, t, latents, rows, text, pooled, text_ids, image_ids, guidance,
                                             step_joint, settings)
+                if scene_blend is not None:  # the scene outside the faces, re-noised to the next step's level
+                    latents = self.keep_scene(scene_blend, latents, scheduler, timesteps, i, height, width)
                 progress.update()
                 if on_step is not None:
                     on_step(i + 1, len(timesteps))
 
         # 6. Decode
         record = {**settings.metadata(), "identities": [i.name for i in encoded], "strengths": strengths,
+                  "scene_image": scene is not None,
                   "distilled_guidance_scale": None if guidance is None else float(guidance[0]),
                   "start_step": settings.start_step, "scheduler": type(scheduler).__name__}
         if settings.output_type == "latent":
@@ -267,9 +282,27 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
         latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)
         latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
         image = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
-        image = self.image_processor.postprocess(image, output_type=settings.output_type)
+        image = self.image_processor.postprocess(image, output_type="np")
+        if edit is not None:
+            image = edit.paste(image)  # the scene's own pixels outside the (grown) faces
+        if settings.output_type == "pil":
+            image = self.image_processor.numpy_to_pil(image)
+        elif settings.output_type == "pt":
+            image = torch.from_numpy(image).permute(0, 3, 1, 2)
         self.maybe_free_model_hooks()
         return FaceStudioPipelineOutput(image, record) if return_dict else (image,)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] -> FLUX's latents (the posterior's mode, shifted and scaled as FLUX's VAE is read)."""
+        mode = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()
+        return (mode - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+
+    def keep_scene(self, blend, latents, scheduler, timesteps, i: int, height: int, width: int) -> torch.Tensor:
+        """`SceneBlend.keep_scene` on the unpacked latents, packed again (FLUX's tokens are 2x2 latent patches)."""
+        channels = self.transformer.config.in_channels // 4
+        grid = self._unpack_latents(latents, height, width, self.vae_scale_factor)
+        kept = blend.keep_scene(grid, _FlowNoise(scheduler), timesteps, i)
+        return self._pack_latents(kept, kept.shape[0], channels, kept.shape[2], kept.shape[3])
 
     def denoise_step(self, scheduler, t, latents, rows: GuidanceRows, text, pooled, text_ids, image_ids, guidance,
                      joint: dict, settings: GenerationSettings) -> torch.Tensor:
@@ -281,6 +314,17 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
                                     img_ids=image_ids, joint_attention_kwargs=joint, return_dict=False)[0]
         velocity = rows.combine(velocity, settings.text_guidance_scale, settings.reference_scale)
         return scheduler.step(velocity, t, latents, return_dict=False)[0]
+
+
+class _FlowNoise:
+    """`add_noise` of the SD schedulers for a flow-matching scheduler (`x_t = sigma * noise + (1 - sigma) * x` at
+    the scheduler's current step), which `regions.SceneBlend.keep_scene` calls."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def add_noise(self, sample, noise, timesteps):
+        return self.scheduler.scale_noise(sample, timesteps, noise)
 
 
 def _read_flat(source, hub_kwargs: dict) -> tuple[dict, str]:
