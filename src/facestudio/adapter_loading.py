@@ -86,7 +86,8 @@ class AdapterLoadingMixin:
             identity_config, style_config: the adapter's config (needed for a dict or a public file):
                 `IdentityAdapterConfig`, `PublicIdentityConfig` or `StyleAdapterConfig`.
             identity_encoder, style_encoder (`StyleEncoder`, *optional*): CLIP vision encoders already loaded
-                (else loaded by the name the config gives; one encoder serves both when they name the same).
+                (else loaded by the name the config gives; one encoder serves both when they name the same);
+                for PuLID, a ready `PuLIDEncoder` (else made from the checkpoint and the config's files).
             face_analyzer (`FaceAnalyzer`, *optional*): must carry the recogniser the identity adapter reads.
             hub_kwargs: where public files come from (`local_files_only`, `cache_dir`, `token`, ...).
 
@@ -122,12 +123,24 @@ class AdapterLoadingMixin:
                 encoders[kind.image_encoder] = encoder
                 kind.check_encoder(encoder)
             kind.check_layout(state, self.unet, encoder, label)
-            checked.append((kind, state, encoder if kind.image_encoder else None))
+            checked.append((kind, state, encoder if kind.image_encoder or kind.installs_itself else None))
         # 2. diffusers loads them all in one call (FaceID LoRAs kept right), the encoders become components
         if self.facestudio_adapters:
             self.unload_adapters()
-        load_public_adapters(self, [state for _, state, _ in checked], [None] * len(checked))
-        self._set_encoders({f"{kind.role}_image_encoder": encoder for kind, _, encoder in checked})
+        own = [kind for kind, _, _ in checked if kind.installs_itself]
+        if own and len(checked) > 1:
+            raise ModelFileError(f"a {own[0].name} adapter loads alone: it cannot be combined with another adapter")
+        if own:  # its own attention processors, its projection where diffusers keeps the IP-Adapter ones
+            from diffusers.models.embeddings import MultiIPAdapterImageProjection
+
+            (kind, state, encoder), = checked
+            projection = kind.install(self.unet, state, encoder)
+            self.unet.encoder_hid_proj = MultiIPAdapterImageProjection([projection.to(self.unet.device)])
+            self.unet.config.encoder_hid_dim_type = "ip_image_proj"
+            self._set_encoders({})
+        else:
+            load_public_adapters(self, [state for _, state, _ in checked], [None] * len(checked))
+            self._set_encoders({f"{kind.role}_image_encoder": encoder for kind, _, encoder in checked})
         # 3. The kind objects held, with their "no reference" identities; region processors installed
         adapters = [LoadedAdapter(kind, i, kind.null_identity(encoder)) for i, (kind, _, encoder) in enumerate(checked)]
         for adapter in adapters:  # the layout check makes this hold; a diffusers that sniffs formats otherwise fails here
@@ -224,12 +237,11 @@ def _read(role: str, source, config, hub_kwargs: dict):
             raise ValueError(f"a checkpoint dict needs its config ({role}_config=)")
         return source, config, "(checkpoint dict)"
     if isinstance(source, (tuple, list)):
-        from .guidance.public_loading import read_checkpoint_file
-
         if config is None:
             raise ValueError(f"a public {role} adapter needs its config ({role}_config=)")
         folder, weight_name, subfolder = source
-        return read_checkpoint_file(folder, weight_name, subfolder, **hub_kwargs), config, f"{folder}/{weight_name}"
+        state = kind_for(config).read_checkpoint(folder, weight_name, subfolder, **hub_kwargs)
+        return state, config, f"{folder}/{weight_name}"
     folder = Path(source)
     if not folder.is_dir():
         raise ModelFileError(f"adapter {source}: no such folder")

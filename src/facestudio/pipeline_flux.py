@@ -30,7 +30,7 @@ from .attention import resize_masks, side_by_side
 from .errors import FaceStudioError, ModelFileError
 from .imaging import load_image
 from .guidance import identity as idg
-from .guidance.cfg import ONE_ROW, TWO_WAY, CONDITIONS, GuidanceRows
+from .guidance.cfg import GuidanceRows
 from .guidance.kinds.pulid_flux import PuLIDFluxConfig, PuLIDFluxKind
 from .guidance.pulid_flux import IDENTITY_KEY, FluxIdentityCall, install, token_grid, uninstall
 from .pipeline import FaceStudioMixin, FaceStudioPipelineOutput
@@ -39,17 +39,6 @@ from .request import (DEFAULT_DISTILLED_GUIDANCE, FLUX_DEFAULT_SIDE, FLUX_DEFAUL
 
 logger = logging.getLogger(__name__)
 
-
-
-def flux_rows(references: bool, text_scale: float, reference_scale: float) -> GuidanceRows:
-    """Which predictions a step makes. Scales of 1 (the default for FLUX): one, the model's own (distilled)
-    guidance only; equal scales: ordinary true CFG of (prompt, identities) against (negative prompt, "no
-    identity"), PuLID's `true_cfg`; different scales with identities: facestudio's three-way guidance."""
-    if text_scale == 1.0 and (not references or reference_scale == 1.0):
-        return GuidanceRows(ONE_ROW)
-    if not references or reference_scale == text_scale:
-        return GuidanceRows(TWO_WAY)
-    return GuidanceRows(CONDITIONS)
 
 
 class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
@@ -135,6 +124,12 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
             raise FaceStudioError("identities given, but PuLID-FLUX is not loaded (load_pulid_flux(...))")
         if settings.style_image is not None:
             raise FaceStudioError("a style image is not supported on FLUX (PuLID-FLUX has no style adapter)")
+        if settings.speed:
+            raise FaceStudioError(f"speed model {settings.speed}: the speed models are for SD 1.5 and SDXL; "
+                                  "FLUX.1-schnell is FLUX's few-step model")
+        if settings.reference_guidance_start is not None:
+            raise FaceStudioError("late reference guidance (reference_guidance_start) is not supported on FLUX; "
+                                  "PuLID-FLUX's start_step delays the identities instead")
         if self.pulid_encoder is None and any(p.identity is None for p in settings.identities):
             raise FaceStudioError("PuLID-FLUX needs PuLID's ID encoder to read photos, and none is loaded; give "
                                   "encoded identities (IdentityInput(identity=pulid_identity(tokens)))")
@@ -224,7 +219,8 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
         batch = len(settings.prompts()) * settings.num_images_per_prompt
 
         # 2. Encode the prompt for each guidance row
-        rows = flux_rows(bool(people), settings.text_guidance_scale, settings.reference_scale)
+        # PuLID's fake CFG (scales 1): one row; its true CFG (equal scales): two; else three-way (guidance/cfg.py)
+        rows = GuidanceRows.for_scales(bool(people), settings.text_guidance_scale, settings.reference_scale)
         text, pooled, text_ids = self.text_inputs(settings, rows, device)
 
         # 3. Faces: identities and their regions, as gates at the image-token grid

@@ -15,8 +15,9 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import FaceStudioError, ModelFileError
+from .errors import FaceStudioError, ModelFileError, first_line
 from .request import DEFAULT_TEXT_SCALE
+from .sampling.schedulers import DEFAULT_SCHEDULER
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,49 @@ _FACEID_LICENCE = ("IP-Adapter-FaceID weights: non-commercial research use only 
                    "buffalo_l ArcFace embeddings, whose models are non-commercial); the ArcFace model itself: "
                    "insightface's non-commercial research licence")
 _APACHE_LICENCE = "IP-Adapter weights: Apache-2.0 (h94/IP-Adapter); CLIP ViT-H/14: MIT"
+_PULID_LICENCE = ("PuLID weights (guozinan/PuLID): Apache-2.0; EVA02-CLIP-L-14-336 (QuanSun/EVA-CLIP): MIT; the "
+                  "antelopev2 face recogniser PuLID reads: insightface's non-commercial research licence (you supply "
+                  "it, it is never downloaded or bundled)")
+_LIGHTNING_LICENCE = "SDXL-Lightning UNet (ByteDance/SDXL-Lightning): CreativeML OpenRAIL++-M"
+_SDXL_LICENCE = "SDXL base 1.0 (stabilityai): CreativeML OpenRAIL++-M"
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file the user supplies (never downloaded by facestudio), found by option, environment or default.
+
+    Attributes:
+        key: its name among a preset's `local_files` (the argument that gives it).
+        what: what it is, for messages.
+        option, env, default: the command-line option, the environment variable and the default path.
+        how: how to get it.
+    """
+
+    key: str
+    what: str
+    option: str
+    env: str
+    default: str
+    how: str
+
+    def path(self, given: str | os.PathLike | None = None) -> Path:
+        return Path(given or os.environ.get(self.env) or self.default).expanduser()
+
+
+#: antelopev2's recogniser, which PuLID reads (insightface model zoo: non-commercial, never downloaded).
+ANTELOPEV2 = LocalFile("antelopev2", "the antelopev2 face recogniser (glintr100.onnx)", "--antelopev2-model",
+                       "FACESTUDIO_ANTELOPEV2_MODEL", "~/.insightface/models/antelopev2/glintr100.onnx",
+                       "insightface's antelopev2.zip, non-commercial research only; unzip it and pass "
+                       "--antelopev2-model PATH or set FACESTUDIO_ANTELOPEV2_MODEL")
+#: facexlib's BiSeNet face parser (MIT), a GitHub release rather than a hub file.
+BISENET = LocalFile("bisenet", "the BiSeNet face parser (parsing_bisenet.pth)", "--bisenet-model",
+                    "FACESTUDIO_BISENET_MODEL", "~/.cache/facestudio/parsing_bisenet.pth",
+                    "where you have a connection: curl -L --create-dirs -o ~/.cache/facestudio/parsing_bisenet.pth "
+                    "https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth")
+
+#: SDXL-Lightning's 4-step distilled UNet (Lin et al. 2024), the base of PuLID's own demo and benchmark.
+SDXL_LIGHTNING_4STEP_UNET = HubFile("ByteDance/SDXL-Lightning", "sdxl_lightning_4step_unet.safetensors")
+#: EVA02-CLIP-L-14-336, the image encoder of PuLID's ID encoder.
+EVA02_CLIP_L_336 = HubFile("QuanSun/EVA-CLIP", "EVA02_CLIP_L_336_psz14_s6B.pt")
 
 #: The PuLID-FLUX checkpoint (ID encoder `pulid_encoder.*` and cross-attentions `pulid_ca.*`), Apache-2.0.
 PULID_FLUX = HubFile("guozinan/PuLID", "pulid_flux_v0.9.1.safetensors")
@@ -91,8 +135,15 @@ class Preset:
         style_adapter, style_encoder, style_blocks: the plain IP-Adapter used for a style image, with the
             per-block scales that keep it out of layout.
         steps, text_guidance_scale, reference_guidance_scale, shortcut_scale: recommended settings.
+        negative_prompt: the negative prompt used when a request gives none ("" for none).
+        speed: a speed model (`sampling.speed.SPEED_MODELS`) used unless a request names another, or "".
         licence: printed once when the preset loads.
         non_commercial: whether the weights forbid commercial use.
+        unet: a UNet state dict that replaces the base model's (a few-step distilled UNet), or None.
+        scheduler, timestep_spacing: the sampler (`sampling.schedulers`) and timestep spacing it was made for
+            (None: the base model's spacing).
+        encoder_files: further hub files the identity encoder reads, each with what it is.
+        local_files: files the user supplies (`LocalFile`), checked with the rest.
     """
 
     name: str
@@ -114,6 +165,13 @@ class Preset:
     text_guidance_scale: float = DEFAULT_TEXT_SCALE
     reference_guidance_scale: float = DEFAULT_TEXT_SCALE
     shortcut_scale: float = 1.0
+    unet: HubFile | None = None
+    scheduler: str = DEFAULT_SCHEDULER
+    timestep_spacing: str | None = None
+    encoder_files: tuple[tuple[HubFile, str], ...] = ()
+    local_files: tuple[LocalFile, ...] = ()
+    negative_prompt: str = ""
+    speed: str = ""
     distilled_guidance_scale: float | None = None
     start_step: int = 0
 
@@ -146,6 +204,24 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            style_adapter=HubFile("h94/IP-Adapter", "ip-adapter_sdxl.safetensors", "sdxl_models"),
            style_encoder="h94/IP-Adapter/sdxl_models/image_encoder", style_embed_dim=1280,
            style_blocks=STYLE_BLOCKS_SDXL),
+    # PuLID's own demo and DivID-120 numbers: v1 on SDXL-Lightning 4-step, CFG 1.2, id_scale 0.8 (strength);
+    # v1 rather than v1.1 there (docs/pulid_v1.1.md: v1.1 "does not perform as well as v1" on Lightning 4-step).
+    # The reference samples with DPM++ trailing; SDXL-Lightning is distilled for Euler with trailing timesteps.
+    Preset("pulid-sdxl", "PuLID v1 on SDXL-Lightning 4-step: antelopev2 + EVA02-CLIP ID tokens in every "
+           "cross-attention layer, 1024 px in 4 steps",
+           SDXL_BASE, HubFile("guozinan/PuLID", "pulid_v1.bin"), "pulid", "", "",
+           f"{_PULID_LICENCE}; {_LIGHTNING_LICENCE}; {_SDXL_LICENCE}", True, sdxl=True, style_adapter=None,
+           style_blocks=STYLE_BLOCKS_SDXL, steps=4, text_guidance_scale=1.2, reference_guidance_scale=1.2,
+           unet=SDXL_LIGHTNING_4STEP_UNET, scheduler="euler", timestep_spacing="trailing",
+           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET)),
+    # v1.1 on a non-distilled SDXL, as its demo runs Juggernaut-XL: DPM++ 2M Karras, 25 steps, CFG 7.
+    Preset("pulid-sdxl-base", "PuLID v1.1 on SDXL base 1.0: 25 steps at guidance 7, for community SDXL models "
+           "(--base-model)",
+           SDXL_BASE, HubFile("guozinan/PuLID", "pulid_v1.1.safetensors"), "pulid", "", "",
+           f"{_PULID_LICENCE}; {_SDXL_LICENCE}", True, sdxl=True, style_adapter=None, style_blocks=STYLE_BLOCKS_SDXL,
+           steps=25,
+           text_guidance_scale=7.0, reference_guidance_scale=7.0, scheduler="dpmpp-2m-karras",
+           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET)),
     _flux_preset("pulid-flux-dev", "PuLID-FLUX v0.9.1 on FLUX.1-dev: 20 steps, distilled guidance 4, 1024 px "
                  "(non-commercial base)", "black-forest-labs/FLUX.1-dev", _FLUX_DEV_LICENCE, True, 20, 4.0),
     _flux_preset("pulid-flux-schnell", "PuLID-FLUX v0.9.1 on FLUX.1-schnell: 4 steps, 1024 px (Apache-2.0 base)",
@@ -166,9 +242,17 @@ def arcface_model_path(given: str | os.PathLike | None = None) -> Path:
 
 
 def missing_files(preset: Preset, *, base_model: str | None = None, with_style: bool = False,
-                  arcface_model: str | os.PathLike | None = None) -> list[str]:
-    """What the preset needs that is not here, each with how to get it; empty when all can be had."""
+                  arcface_model: str | os.PathLike | None = None, speed: str | None = None,
+                  speed_weights: str | os.PathLike | None = None, local_files: dict | None = None) -> list[str]:
+    """What the preset needs that is not here, each with how to get it; empty when all can be had.
+    `speed`: the speed model asked for (None: the preset's own, "" or "none": none); `speed_weights`: its
+    local file instead of the hub's. `local_files` gives the paths of the preset's `LocalFile`s by key (else
+    their environment variables or defaults)."""
     missing = []
+    for f in preset.local_files:
+        path = f.path((local_files or {}).get(f.key))
+        if not (path.is_file() or (path.is_dir() and any(path.iterdir()))):
+            missing.append(f"{f.what} {path} ({f.how})")
     if preset.recognizer == "arcface":
         path = arcface_model_path(arcface_model)
         if not path.is_file():
@@ -177,6 +261,9 @@ def missing_files(preset: Preset, *, base_model: str | None = None, with_style: 
                            f"{ARCFACE_ENV})")
     # (a file that shows the thing is in the cache, what it is, the command that fetches all of it)
     needed = [(f, "adapter", f"hf download {f.repo} {_path(f)}") for f in (preset.adapter,)]
+    if preset.unet is not None:
+        needed.append((preset.unet, "UNet", f"hf download {preset.unet.repo} {_path(preset.unet)}"))
+    needed += [(f, what, f"hf download {f.repo} {_path(f)}") for f, what in preset.encoder_files]
     base = base_model or preset.base_model
     if not Path(base).expanduser().is_dir():
         needed.append((HubFile(base, "model_index.json"), "base model", f"hf download {base}"))
@@ -192,11 +279,34 @@ def missing_files(preset: Preset, *, base_model: str | None = None, with_style: 
             repo, subfolder = split_hub_path(encoder)
             include = f" --include '{subfolder}/*'" if subfolder else ""
             needed.append((HubFile(repo, "config.json", subfolder), "image encoder", f"hf download {repo}{include}"))
+    speed = preset.speed if speed is None else "" if speed == "none" else speed
+    needed += _speed_needs(speed, speed_weights)
+    return missing + _absent(needed)
+
+
+def check_speed_available(speed: str, weights: str | os.PathLike | None = None) -> None:
+    """Raise one `ModelFileError` when the speed model's file is neither at `weights`, cached nor reachable."""
+    missing = _absent(_speed_needs(speed, weights))
+    if missing:
+        raise ModelFileError(f"speed model {speed} cannot load; missing:\n  - " + "\n  - ".join(missing))
+
+
+def _speed_needs(speed: str, weights) -> list[tuple[HubFile, str, str]]:
+    if not speed or weights is not None:  # a local file is checked when it loads
+        return []
+    from .sampling.speed import get_speed_model
+
+    f = get_speed_model(speed).file
+    return [(f, f"speed model {speed}", f"hf download {f.repo} {_path(f)}")]
+
+
+def _absent(needed: list[tuple[HubFile, str, str]]) -> list[str]:
+    """The entries of `needed` (file, what, command) neither cached nor reachable, each with how to get it."""
     absent = [(f, what, command) for f, what, command in needed if not _cached(f)]
     if absent and not _hub_reachable():
-        missing += [f"{what} {f.repo} (offline, and {_path(f)} is not in the model hub cache); where you have a "
-                    f"connection: {command}" for f, what, command in absent]
-    return missing
+        return [f"{what} {f.repo} (offline, and {_path(f)} is not in the model hub cache); where you have a "
+                f"connection: {command}" for f, what, command in absent]
+    return []
 
 
 def check_available(preset: Preset, **kwargs) -> None:
@@ -219,10 +329,15 @@ def show_licence(preset: Preset) -> None:
 
 def load_preset_pipeline(name: str, *, base_model: str | None = None, device: str | None = None,
                          cpu_offload: bool = False, vae_tiling: bool = False, face_analyzer=None,
-                         with_style: bool = False, arcface_model: str | os.PathLike | None = None, **memory):
-    """A `FaceStudioPipeline` with the preset's base model and adapters (and its style adapter if asked); for a
-    FLUX preset a `FaceStudioFluxPipeline` with PuLID-FLUX (`memory`: `sequential_offload`, `quantize`, see
-    `models_flux.enable_flux_memory_modes`)."""
+                         with_style: bool = False, arcface_model: str | os.PathLike | None = None,
+                         speed: str | None = None, speed_weights: str | os.PathLike | None = None,
+                         pulid_mode: str | None = None, local_files: dict | None = None,
+                         pulid_sizes: str = "published", **memory):
+    """A `FaceStudioPipeline` with the preset's base model (its UNet and sampler) and adapters (and its style
+    adapter if asked), and a speed model (`speed`; None: the preset's own, "none": none) from the hub or
+    `speed_weights`; `pulid_mode` is a PuLID preset's mode (`guidance.kinds.pulid.MODES`, default fidelity).
+    For a FLUX preset, a `FaceStudioFluxPipeline` with PuLID-FLUX (`memory`: `sequential_offload`, `quantize`,
+    see `models_flux.enable_flux_memory_modes`)."""
     from .faces import FaceAnalyzer
     from .guidance.public_identity import PublicIdentityConfig
     from .guidance.style import StyleAdapterConfig
@@ -231,7 +346,8 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     from .pipeline_xl import FaceStudioXLPipeline
 
     preset = get_preset(name)
-    check_available(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model)
+    check_available(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model, speed=speed,
+                    speed_weights=speed_weights, local_files=local_files)
     show_licence(preset)
     if preset.flux:
         return _load_flux_preset(preset, base_model=base_model, device=device, cpu_offload=cpu_offload,
@@ -242,11 +358,25 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
         face_analyzer = FaceAnalyzer(recognizer=ArcFaceRecognizer(arcface_model_path(arcface_model)))
     pipeline_class = FaceStudioXLPipeline if preset.sdxl else FaceStudioPipeline
     pipe = load_base_pipeline(base_model or preset.base_model, pipeline_class, device=device)
+    if preset.unet is not None:
+        _load_unet_weights(pipe, preset.unet)
+    if preset.scheduler != DEFAULT_SCHEDULER or preset.timestep_spacing:
+        from .sampling.schedulers import make_scheduler
+
+        pipe.scheduler = make_scheduler(preset.scheduler, pipe.scheduler, timestep_spacing=preset.timestep_spacing)
     enable_memory_savers(pipe, cpu_offload=cpu_offload, vae_tiling=vae_tiling)
     cross_dim = pipe.unet.config.cross_attention_dim
-    identity_config = PublicIdentityConfig(projection=preset.projection, recognizer=preset.recognizer,
-                                           image_encoder=preset.image_encoder, shortcut_scale=preset.shortcut_scale,
-                                           cross_attention_dim=cross_dim)
+    if preset.projection == "pulid":
+        from .guidance.kinds.pulid import PuLIDConfig, version_of_file
+
+        files = {f.key: str(f.path((local_files or {}).get(f.key))) for f in preset.local_files}
+        identity_config = PuLIDConfig(version=version_of_file(preset.adapter.filename), mode=pulid_mode or "fidelity",
+                                      cross_attention_dim=cross_dim, eva_clip=_download(EVA02_CLIP_L_336),
+                                      sizes=pulid_sizes, **files)
+    else:
+        identity_config = PublicIdentityConfig(projection=preset.projection, recognizer=preset.recognizer,
+                                               image_encoder=preset.image_encoder,
+                                               shortcut_scale=preset.shortcut_scale, cross_attention_dim=cross_dim)
     kwargs = {}
     if with_style and preset.style_adapter is not None:
         kwargs = dict(style=_file(preset.style_adapter), style_config=StyleAdapterConfig(
@@ -255,7 +385,39 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     pipe.load_public_adapters(_file(preset.adapter), identity_config=identity_config, face_analyzer=face_analyzer,
                               **kwargs)
     pipe.preset = preset
+    speed = preset.speed if speed is None else "" if speed == "none" else speed
+    if speed:
+        from .sampling.speed import load_speed_model
+
+        load_speed_model(pipe, speed, weights=speed_weights)
     return pipe
+
+
+def _download(hub_file: HubFile) -> str:
+    """The local path of a hub file (from the cache; fetched first where the hub is reachable)."""
+    from huggingface_hub import hf_hub_download
+
+    from .models import hub_offline
+
+    try:
+        return hf_hub_download(hub_file.repo, _path(hub_file), local_files_only=hub_offline())
+    except (OSError, ValueError) as error:
+        raise ModelFileError(f"could not fetch {hub_file}: {first_line(error)}") from error
+
+
+def _load_unet_weights(pipe, hub_file: HubFile) -> None:
+    """Replace the UNet's weights with a published state dict of the same architecture (SDXL-Lightning's)."""
+    from safetensors.torch import load_file
+
+    path = _download(hub_file)
+    try:
+        missing, unexpected = pipe.unet.load_state_dict(load_file(path), strict=False)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"could not load the UNet {hub_file}: {first_line(error)}") from error
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise ModelFileError(f"the UNet {hub_file} does not fit the base model's UNet: "
+                             f"{'missing' if missing else 'unexpected'} key {first}")
 
 
 def _load_flux_preset(preset: Preset, *, base_model, device, cpu_offload, vae_tiling, face_analyzer, **memory):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import FaceStudioError
+from .sampling.schedulers import DEFAULT_SCHEDULER, check_scheduler
 from .regions import Box, Mask, as_call_source, as_region, check_sources, source_name
 
 if TYPE_CHECKING:
@@ -51,7 +52,9 @@ FIELD_NAMES = {
             "text_guidance_scale": "--text-scale", "reference_guidance_scale": "--reference-scale",
             "num_inference_steps": "--steps", "width": "--width", "height": "--height", "seed": "--seed",
             "count": "--num-images", "strength": "--strength", "face": "--face", "region": "--region",
-            "regions": "--regions", "distilled_guidance_scale": "--distilled-guidance", "start_step": "--start-step"},
+            "regions": "--regions", "scheduler": "--scheduler", "speed": "--speed",
+            "reference_guidance_start": "--reference-start", "distilled_guidance_scale": "--distilled-guidance",
+            "start_step": "--start-step"},
     "api": {"num_inference_steps": "steps", "strength": "identities[].strength",
             "region": "identities[].region"},
 }
@@ -104,6 +107,9 @@ class GenerationSettings:
             people or strips (see `regions.choose_source`).
         text_guidance_scale (`float`, defaults to `DEFAULT_TEXT_SCALE`): `g_text` of `guidance.cfg`.
         reference_guidance_scale (`float`, *optional*): `g_ref`; None: the text scale.
+        reference_guidance_start (`float`, *optional*): FlashFace's start of reference guidance: at timesteps
+            above it (the noisiest steps) the references join the prompt in ordinary text guidance, from it
+            down `g_ref` acts (FlashFace uses 600 of 1000); None: `g_ref` at every step (`guidance.cfg`).
         num_inference_steps (`int`, defaults to `DEFAULT_STEPS`).
         width, height (`int`, *optional*): None until `resolved`: the pipeline's default side, or with a scene
             image and neither given, the scene's aspect ratio with that longest side.
@@ -111,6 +117,9 @@ class GenerationSettings:
         count (`int`, defaults to 1): images a front end makes one by one (seeds seed, seed + 1, ...).
         num_images_per_prompt (`int`, defaults to 1): images of one pipeline call.
         output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
+        scheduler (`str`, defaults to `"euler-a"`): the sampler by name (`sampling.schedulers.SCHEDULERS`).
+        speed (`str`, defaults to `""`): a few-step speed model by name (`sampling.speed.SPEED_MODELS`) the
+            pipeline has loaded; `""`: none.
         distilled_guidance_scale (`float`, *optional*): FLUX.1-dev's guidance input (a guidance-distilled model
             takes it instead of classifier-free guidance); None: the pipeline's default. Other models ignore it.
         start_step (`int`, defaults to 0): the first denoising step the identities act in (PuLID-FLUX's
@@ -135,6 +144,9 @@ class GenerationSettings:
     count: int = 1
     num_images_per_prompt: int = 1
     output_type: str = "pil"
+    scheduler: str = DEFAULT_SCHEDULER
+    speed: str = ""
+    reference_guidance_start: float | None = None
     distilled_guidance_scale: float | None = None
     start_step: int = 0
 
@@ -221,7 +233,8 @@ class GenerationSettings:
         scales = [("text_guidance_scale", self.text_guidance_scale),
                   ("distilled_guidance_scale", self.distilled_guidance_scale),
                   ("reference_guidance_scale", self.reference_guidance_scale),
-                  ("style_strength", self.style_strength), *(("strength", p.strength) for p in self.identities)]
+                  ("style_strength", self.style_strength),
+                  ("reference_guidance_start", self.reference_guidance_start), *(("strength", p.strength) for p in self.identities)]
         for key, value in scales:
             if value is not None and not (math.isfinite(value) and value >= 0):
                 fail(f"{name(key)} {value}: must be a finite number >= 0")
@@ -249,6 +262,13 @@ class GenerationSettings:
                                                                                         self.scene_faces)):
             fail(f"{name('scene_faces')} {list(self.scene_faces)}: give {self.slots} face number(s) >= 0 (0 is "
                  "the scene's largest face), one per " + ("mixed face" if self.mix else "identity"))
+        if not isinstance(self.scheduler, str):
+            fail(f"{name('scheduler')} must be a sampler name")
+        check_scheduler(self.scheduler, name("scheduler"))
+        if self.speed:
+            from .sampling.speed import get_speed_model  # here: it reads the presets, which read this module
+
+            get_speed_model(self.speed, name("speed"))
         if self.output_type not in ("pil", "np", "pt", "latent"):
             fail(f"output_type {self.output_type!r}: one of 'pil', 'np', 'pt', 'latent'")
         return self
@@ -267,5 +287,6 @@ class GenerationSettings:
             "regions": source_name(as_call_source(self.regions)),
             "steps": self.num_inference_steps, "text_guidance_scale": self.text_guidance_scale,
             "reference_guidance_scale": self.reference_scale, "width": self.width, "height": self.height,
-            "num_images": self.count,
+            "num_images": self.count, "scheduler": self.scheduler, "speed": self.speed or None,
+            "reference_guidance_start": self.reference_guidance_start,
         }

@@ -21,6 +21,8 @@ from ..files import check_free_space, existing_ancestor
 from ..loading import TINY, adapter_folder, load_generation_pipeline, style_beside
 from ..presets import PRESETS
 from ..regions.sources import CHOICES, as_region
+from ..sampling.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from ..sampling.speed import SPEED_MODELS, get_speed_model
 from ..request import (DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_TEXT_SCALE, SDXL_DEFAULT_SIDE, GenerationSettings,
                        IdentityInput)
 from . import EXIT_OK, MIN_IMAGE_SIDE, quiet_libraries
@@ -103,7 +105,18 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
     models.add_argument("--preset", choices=sorted(PRESETS), metavar="NAME",
                         help="public weights picked by name, with their recommended settings: "
                              + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())
-                             + ". FaceID presets are non-commercial")
+                             + ". FaceID and PuLID presets are non-commercial (their face recognisers)")
+    models.add_argument("--pulid-mode", choices=["fidelity", "extremely-style", "neutral"], metavar="MODE",
+                        help="PuLID presets: fidelity (default), extremely-style (more prompt, less likeness) or "
+                             "neutral (PuLID's plain ID attention)")
+    models.add_argument("--antelopev2-model", metavar="FILE",
+                        help="insightface antelopev2's glintr100.onnx (or its folder), for the PuLID presets "
+                             "(default: $FACESTUDIO_ANTELOPEV2_MODEL, else ~/.insightface/models/antelopev2/)")
+    models.add_argument("--bisenet-model", metavar="FILE",
+                        help="facexlib's parsing_bisenet.pth, for the PuLID presets (default: "
+                             "$FACESTUDIO_BISENET_MODEL, else ~/.cache/facestudio/parsing_bisenet.pth)")
+    models.add_argument("--pulid-sizes", choices=["published", "tiny"], default="published",
+                        help="tiny: PuLID's encoder at test widths, for tiny checkpoints (smoke tests only)")
     models.add_argument("--base-model", metavar="tiny|FOLDER|HUB_ID",
                         help="the Stable Diffusion 1.x/2.x pipeline: a local folder (diffusers layout), a model "
                              "hub id (downloaded once), or 'tiny' (a random model: smoke tests only). Needed "
@@ -119,15 +132,27 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
         models.add_argument("--style-adapter", metavar="FOLDER|tiny",
                             help="style adapter folder (FOLDER/style or a folder holding facestudio_adapter.json); "
                                  "default: the style/ beside --adapter's identity/, if there is one")
+    models.add_argument("--speed", metavar="NAME",
+                        help="a few-step speed LoRA with its sampler, steps and guidance (see `facestudio "
+                             "speed-models`): " + ", ".join(SPEED_MODELS) + "; 'none' turns a preset's off")
+    models.add_argument("--speed-weights", metavar="FILE",
+                        help="the --speed LoRA from this local file (or folder) instead of the model hub")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, metavar="N",
                           help=f"denoising steps (default {DEFAULT_STEPS}, or the preset's)")
+    sampling.add_argument("--scheduler", choices=list(SCHEDULERS), metavar="NAME",
+                          help="the sampler: " + "; ".join(f"{s.name}: {s.description}" for s in SCHEDULERS.values())
+                               + f" (default {DEFAULT_SCHEDULER}, or the speed model's)")
     sampling.add_argument("--seed", type=int, default=0, metavar="S",
                           help="seed of the first image; image i uses S+i (default 0)")
     sampling.add_argument("--text-scale", type=float, metavar="G",
                           help=f"guidance scale of the prompt (default {DEFAULT_TEXT_SCALE}, or the preset's)")
     sampling.add_argument("--reference-scale", type=float, metavar="G",
                           help="guidance scale of the identities and style (default: --text-scale)")
+    sampling.add_argument("--reference-start", type=float, metavar="T",
+                          help="FlashFace's late reference guidance: --reference-scale acts only at timesteps <= T "
+                               "(of 1000; FlashFace uses 600); before, the identities join the prompt in plain "
+                               "text guidance (default: every step)")
     sampling.add_argument("--distilled-guidance", type=float, metavar="G",
                           help="FLUX.1-dev's built-in guidance (default: the preset's, else 3.5); FLUX only. With "
                                "FLUX presets --text-scale is 1 (no true CFG); above 1 it runs true CFG")
@@ -191,6 +216,10 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
         from ..models import choose_device
 
         choose_device(args.device)  # an unavailable device fails now, not after the faces are encoded
+    if args.speed is not None and preset is None:
+        from ..presets import check_speed_available
+
+        check_speed_available(args.speed, args.speed_weights)
     adapter = _identity_adapter(args) if people and preset is None else None
     style_adapter = _style_adapter(args) if preset is None else None
     style = None if args.style is None else load_image(args.style, name=args.style)
@@ -204,7 +233,8 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
         from ..presets import check_available
 
         check_available(preset, base_model=args.base_model, with_style=style is not None,
-                        arcface_model=args.arcface_model)
+                        arcface_model=args.arcface_model, speed=args.speed or "none",
+                        speed_weights=args.speed_weights, local_files=_local_files(args))
         _find_faces(people)
     elif people:
         from ..faces import FaceAnalyzer
@@ -224,6 +254,7 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     metadata = {
         **settings.metadata(), "command": command,
         "preset": args.preset, "base_model": str(args.base_model or preset.base_model),
+        **({"pulid_mode": args.pulid_mode or "fidelity"} if preset is not None and preset.projection == "pulid" else {}),
         "adapter": (str(preset.adapter) if preset else args.adapter) if people else None,
         "style_adapter": str(style_adapter[0]) if style_adapter else None,
         "identities": [{"name": p.name, "photos": [Path(f).name for f in p.photos], "face": p.face,
@@ -243,6 +274,12 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     return EXIT_OK
 
 
+def _local_files(args) -> dict:
+    """The user-supplied model files the command line names, by `presets.LocalFile` key."""
+    return {key: value for key, value in (("antelopev2", args.antelopev2_model), ("bisenet", args.bisenet_model))
+            if value}
+
+
 def _preset_defaults(args):
     """The preset (or None), and the settings the user left out taken from it (else the general defaults)."""
     preset = None
@@ -250,11 +287,25 @@ def _preset_defaults(args):
         from ..presets import get_preset
 
         preset = get_preset(args.preset)
-    args.steps = args.steps if args.steps is not None else preset.steps if preset else DEFAULT_STEPS
+    if args.speed is None and preset is not None:
+        args.speed = preset.speed or None
+    args.speed = None if args.speed in (None, "", "none") else args.speed
+    speed = None if args.speed is None else get_speed_model(args.speed, "--speed")
+    if speed is not None and preset is not None and speed.sdxl != preset.sdxl:
+        raise FaceStudioError(f"--speed {speed.name} is made for {'SDXL' if speed.sdxl else 'SD 1.5'}; preset "
+                              f"{preset.name} is {'SDXL' if preset.sdxl else 'SD 1.5'}")
+    if args.speed_weights is not None and speed is None:
+        raise FaceStudioError("--speed-weights needs --speed NAME (which speed model the file is)")
+    # what the user gave wins, then the speed model's settings, then the preset's, then the defaults
+    args.scheduler = args.scheduler or (speed.scheduler if speed else preset.scheduler if preset else
+                                        DEFAULT_SCHEDULER)
+    args.steps = args.steps if args.steps is not None else speed.steps if speed else \
+        preset.steps if preset else DEFAULT_STEPS
     if args.text_scale is None:
-        args.text_scale = preset.text_guidance_scale if preset else DEFAULT_TEXT_SCALE
-        if args.reference_scale is None and preset is not None:
-            args.reference_scale = preset.reference_guidance_scale
+        args.text_scale = speed.guidance_scale if speed else preset.text_guidance_scale if preset else \
+            DEFAULT_TEXT_SCALE
+        if args.reference_scale is None and (preset is not None or speed is not None):
+            args.reference_scale = speed.guidance_scale if speed else preset.reference_guidance_scale
     if args.distilled_guidance is None and preset is not None:
         args.distilled_guidance = preset.distilled_guidance_scale
     if args.start_step is None:
@@ -296,6 +347,9 @@ def _check_settings(args, mix) -> GenerationSettings:
     regions += [None] * (count - len(regions))
     if args.base_model is None and args.preset is None:
         raise FaceStudioError("give --base-model (a folder, a hub id or 'tiny') or --preset")
+    if getattr(args, "pulid_mode", None) and not (args.preset and PRESETS[args.preset].projection == "pulid"):
+        raise FaceStudioError("--pulid-mode is for the PuLID presets: "
+                              + ", ".join(p.name for p in PRESETS.values() if p.projection == "pulid"))
     flux = args.preset is not None and PRESETS[args.preset].flux
     for option, given in (("--sequential-offload", args.sequential_offload), ("--quantize", args.quantize),
                           ("--distilled-guidance", args.distilled_guidance is not None),
@@ -323,7 +377,9 @@ def _check_settings(args, mix) -> GenerationSettings:
         args.prompt, args.negative_prompt, people, mix, style_image=args.style, style_strength=args.style_strength,
         scene_image=args.scene, scene_faces=scene_faces, regions=args.regions, text_guidance_scale=args.text_scale,
         reference_guidance_scale=args.reference_scale, num_inference_steps=args.steps, width=args.width,
-        height=args.height, seed=args.seed, count=args.num_images, distilled_guidance_scale=args.distilled_guidance,
+        height=args.height, seed=args.seed, count=args.num_images,
+        scheduler=args.scheduler, speed=args.speed or "",
+        reference_guidance_start=args.reference_start, distilled_guidance_scale=args.distilled_guidance,
         start_step=args.start_step).validate("cli")
 
 
@@ -423,12 +479,15 @@ def _load_models(args, people, adapter, style_adapter, analyzer, with_style: boo
             if PRESETS[args.preset].flux else {}
         pipe = load_preset_pipeline(args.preset, base_model=args.base_model, device=args.device,
                                     cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, with_style=with_style,
-                                    arcface_model=args.arcface_model, **memory)
+                                    arcface_model=args.arcface_model, speed=args.speed or "none",
+                                    speed_weights=args.speed_weights, pulid_mode=args.pulid_mode,
+                                    local_files=_local_files(args), pulid_sizes=args.pulid_sizes, **memory)
     else:
         pipe = load_generation_pipeline(
             args.base_model, adapter=(adapter[0] if adapter else TINY) if people else None,
             style_adapter=style_adapter[0] if style_adapter else None, device=args.device,
-            cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, face_analyzer=analyzer, with_style=with_style)
+            cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, face_analyzer=analyzer, with_style=with_style,
+            speed=args.speed, speed_weights=args.speed_weights)
     pipe.set_progress_bar_config(disable=True)  # the command shows one bar over all images
     return pipe
 
@@ -452,7 +511,7 @@ def _write_images(pipe, settings: GenerationSettings, metadata: dict, output: Pa
             image = result.images[0]
             image_metadata = ai_generated_metadata({**metadata, "seed": seed, "width": image.width,
                                                     "height": image.height,
-                                                    "scheduler": result.settings.get("scheduler")})
+                                                    "scheduler_class": result.settings.get("scheduler_class")})
             path, index = _save_numbered(image, output, index, seed, image_metadata)
             index += 1
             written.append(path)

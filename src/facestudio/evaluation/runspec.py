@@ -7,6 +7,7 @@ base_model = "tiny"          # a diffusers folder, a hub id, or "tiny"
 adapter = "tiny"             # identity adapter folder, or "tiny"
 # preset = "faceid-plusv2-sd15"   # instead of adapter: public weights by name (base_model then optional)
 # arcface_model = "w600k_r50.onnx"  # the FaceID presets' ArcFace file
+# scheduler = "euler"        # the sampler (sampling.schedulers); default: the preset's, else euler-a
 steps = 25
 width = 512
 height = 512
@@ -45,6 +46,7 @@ from ..errors import FaceStudioError
 from ..faces.analysis import select_face
 from ..imaging import ai_generated_metadata, load_image, save_png, to_array
 from ..request import DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_TEXT_SCALE, GenerationSettings
+from ..sampling.schedulers import DEFAULT_SCHEDULER, check_scheduler
 from .baselines import (DREAMBOOTH_LORA, TEXTUAL_INVERSION, TuningCost, TuningRecipe, paste_reference,
                         time_dreambooth_lora, time_textual_inversion)
 from .records import FACESTUDIO, ImageRecord, record_from_metadata
@@ -87,6 +89,7 @@ class RunSpec:
     source: str = ""
     preset: str | None = None
     arcface_model: str | None = None
+    scheduler: str = DEFAULT_SCHEDULER
 
     @property
     def images(self) -> int:
@@ -123,14 +126,15 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
 
     if not isinstance(data, dict):
         fail(f"a table of settings expected, found {type(data).__name__}")
-    for key in ("base_model", "adapter", "negative_prompt", "clip_model", "device", "preset", "arcface_model"):
+    for key in ("base_model", "adapter", "negative_prompt", "clip_model", "device", "preset", "arcface_model",
+                "scheduler"):
         if data.get(key) is not None and not isinstance(data[key], str):
             fail(f"{key} must be a string, got {data[key]!r}")
     if not isinstance(data.get("identities", {}), dict):
         fail("identities must be a table: [identities.NAME] with photos = [...]")
     known = {"base_model", "adapter", "identities", "groups", "prompts", "seeds", "settings", "steps", "width",
              "height", "negative_prompt", "baselines", "tuning_baselines", "tuning_passes", "clip_model", "device",
-             "preset", "arcface_model"}
+             "preset", "arcface_model", "scheduler"}
     if unknown := sorted(set(data) - known):
         fail(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     preset = data.get("preset")
@@ -188,13 +192,19 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
     if steps < 1 or width % 8 or height % 8 or width < 8 or height < 8:
         fail("steps must be >= 1, width and height multiples of 8")
     base_model = str(data["base_model"]) if "base_model" in data else PRESETS[preset].base_model
+    scheduler = data.get("scheduler") or (PRESETS[preset].scheduler if preset else DEFAULT_SCHEDULER)
+    try:
+        check_scheduler(scheduler)
+    except FaceStudioError as error:
+        fail(str(error))
     return RunSpec(base_model=base_model, adapter=data.get("adapter"), identities=identities,
                    groups=groups, prompts=prompts, seeds=seeds, settings=tuple(settings), steps=steps, width=width,
                    height=height, negative_prompt=data.get("negative_prompt"), baselines=baselines,
                    tuning_baselines=bool(data.get("tuning_baselines", False)),
                    tuning_passes=integer("tuning_passes", 2), clip_model=data.get("clip_model"),
                    device=data.get("device"), source=source, preset=preset,
-                   arcface_model=None if data.get("arcface_model") is None else _path(base, data["arcface_model"]))
+                   arcface_model=None if data.get("arcface_model") is None else _path(base, data["arcface_model"]),
+                   scheduler=scheduler)
 
 
 def _path(base: Path, value: str) -> str:
@@ -279,7 +289,7 @@ def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> 
                     settings = GenerationSettings(
                         prompt, spec.negative_prompt, tuple(people), text_guidance_scale=setting.text_scale,
                         reference_guidance_scale=setting.reference_scale, num_inference_steps=spec.steps,
-                        width=spec.width, height=spec.height, seed=seed).validate()
+                        width=spec.width, height=spec.height, seed=seed, scheduler=spec.scheduler).validate()
                     output, split = timed_call(pipe, settings)
                     # Face analysis is paid once per person: charged to the first image that needs it.
                     split = {"face_analysis": sum(analysis_time[n] for n in group) if first_of_group else 0.0, **split}

@@ -16,6 +16,7 @@ from ..errors import FaceStudioError
 from ..imaging import ai_generated_metadata, load_image
 from ..regions import check_scene_faces
 from ..request import GenerationSettings, IdentityInput
+from ..sampling.schedulers import DEFAULT_SCHEDULER
 from .jobs import Job
 from .schemas import GenerationRequest
 from .storage import DataFolder
@@ -111,8 +112,9 @@ def settings_of(request: GenerationRequest, people: list[IdentityInput], data: D
         scene_image=None if request.scene_image is None else data.image_path(request.scene_image),
         scene_faces=request.scene_faces, regions=request.regions, text_guidance_scale=request.text_guidance_scale,
         reference_guidance_scale=request.reference_guidance_scale,
+        reference_guidance_start=request.reference_guidance_start,
         num_inference_steps=request.steps or default_steps, width=request.width, height=request.height,
-        seed=request.seed, count=request.count)
+        seed=request.seed, count=request.count, scheduler=request.scheduler or DEFAULT_SCHEDULER)
 
 
 def _scene_size(request: GenerationRequest, data: DataFolder) -> tuple[int, int] | None:
@@ -143,7 +145,7 @@ def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
         result = pipe(replace(settings, seed=seed), on_step=lambda step, total: job.progress(done_before + step))
         image = result.images[0]
         metadata = ai_generated_metadata({**metadata_base, "seed": seed, "width": image.width, "height": image.height,
-                                          "scheduler": result.settings.get("scheduler")})
+                                          "scheduler_class": result.settings.get("scheduler_class")})
         name = f"{i:03d}-seed{seed}.png"
         data.save_result(job.id, name, image, metadata)  # StorageError naming the folder when the disk is full
         job.images.append(name)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..regions import CHOICES
 from ..request import DEFAULT_TEXT_SCALE, MAX_SIDE
+from ..sampling.schedulers import SCHEDULERS
 from .storage import ID_PATTERN
 
 Id = Annotated[str, Field(pattern=ID_PATTERN, description="an id the server gave")]
@@ -53,11 +54,17 @@ class GenerationRequest(_Strict):
                           "strips")
     text_guidance_scale: Scale = DEFAULT_TEXT_SCALE
     reference_guidance_scale: Optional[Scale] = Field(None, description="default: text_guidance_scale")
+    reference_guidance_start: Optional[float] = Field(
+        None, ge=0, le=1000, allow_inf_nan=False,
+        description="FlashFace's late reference guidance: reference_guidance_scale acts only at timesteps <= this "
+                    "(600 in FlashFace); default: at every step")
     steps: Optional[int] = Field(None, ge=1, le=200, description="denoising steps; default: the server's")
     seed: Optional[int] = Field(None, ge=0, le=2**53 - 1, description="image i uses seed+i; default: random")
     width: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)
     height: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)
     count: int = Field(1, ge=1, le=16, description="how many images")
+    scheduler: Optional[Literal[tuple(SCHEDULERS)]] = Field(
+        None, description="the sampler by name; default: euler-a (Euler ancestral), or the speed model's")
 
 
 class Problem(BaseModel):

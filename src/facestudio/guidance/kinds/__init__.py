@@ -10,6 +10,7 @@ from __future__ import annotations
 from ...errors import ModelFileError
 from .base import AdapterKind
 from .own import FaceStudioIdentityKind, StyleKind
+from .pulid import PuLIDKind
 from .public import (
     FaceIDKind,
     FaceIDPlusKind,
@@ -34,7 +35,7 @@ def register(kind: type[AdapterKind]) -> type[AdapterKind]:
 
 
 for _kind in (FaceStudioIdentityKind, StyleKind, FaceIDKind, FaceIDPlusKind, FaceIDPlusV2Kind, PlusFaceKind,
-              FullFaceKind, FaceIDPortraitKind, PuLIDFluxKind):
+              FullFaceKind, FaceIDPortraitKind, PuLIDKind, PuLIDFluxKind):
     register(_kind)
 
 

@@ -30,6 +30,7 @@ class AdapterKind:
         projection_class (`type`): the diffusers image projection the checkpoint loads as.
         reads_embedding (`bool`): reads a face recogniser's embedding.
         reads_detail (`bool`): reads CLIP hidden states of the aligned face (needs `image_encoder`).
+        installs_itself (`bool`): loaded by the kind's `install` (its own attention processors), not by diffusers.
         config: the adapter's config (`IdentityAdapterConfig`, `PublicIdentityConfig`, `StyleAdapterConfig`).
     """
 
@@ -38,6 +39,8 @@ class AdapterKind:
     projection_class: ClassVar[type]
     reads_embedding: ClassVar[bool] = False
     reads_detail: ClassVar[bool] = False
+    #: False: diffusers' `load_ip_adapter` loads the checkpoint; True: the kind's `install` puts it in the UNet.
+    installs_itself: ClassVar[bool] = False
 
     def __init__(self, config):
         self.config = config
@@ -62,6 +65,17 @@ class AdapterKind:
 
     def check_encoder(self, encoder) -> None:
         """Refuse an image encoder that does not fit the adapter (default: the layout check covers it)."""
+
+    def read_checkpoint(self, source, weight_name: str, subfolder: str | None = None, **hub_kwargs) -> dict:
+        """The state of a published file `(folder or hub id, weight file, subfolder)`, as `check_layout` reads it
+        (default: the nested IP-Adapter `{"image_proj", "ip_adapter"}`)."""
+        from ..public_loading import read_checkpoint_file
+
+        return read_checkpoint_file(source, weight_name, subfolder, **hub_kwargs)
+
+    def install(self, unet, state: dict, encoder=None):
+        """For a kind that `installs_itself`: put the checked `state` into `unet`; returns its image projection."""
+        raise NotImplementedError
 
     def layout(self, unet, encoder) -> Layout:
         """The checkpoint's flat `{key: shape}` (`public_layouts`) for `unet` and the loaded `encoder`."""

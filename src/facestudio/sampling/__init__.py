@@ -1,0 +1,1 @@
+"""How a denoising run steps: samplers by name (`schedulers`) and few-step speed models (`speed`)."""
