@@ -1,9 +1,13 @@
 """`facestudio generate --preset pulid-flux-schnell` end to end from huggingface_hub's cache (offline), filled
 with tiny checkpoints in the real repositories, file names and layouts: FLUX.1-schnell's diffusers folders
-(a tiny FLUX.1 of schnell's structure) and guozinan/PuLID's pulid_flux_v0.9.1.safetensors (PuLID's published
-cross-attention sizes, for the tiny transformer's width). Without them, offline: one message and exit 2."""
+(a tiny FLUX.1 of schnell's structure), guozinan/PuLID's pulid_flux_v0.9.1.safetensors (`pulid_ca.*` and
+`pulid_encoder.*` at test widths) and EVA-CLIP's .pt; BiSeNet and antelopev2 as the user's local files.
+Without them, offline: one message and exit 2."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,13 +19,18 @@ from facestudio.imaging import read_png_metadata
 from facestudio.models_flux import tiny_flux_components
 from facestudio.presets import PRESETS
 
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 COMMIT = "0" * 40
+#: The cross-attention at test widths (`--pulid-sizes tiny`): 2 heads of 16, ID tokens 2048 wide.
+TINY_CA = PuLIDFluxConfig(heads=2, head_dim=16)
 
 
 @pytest.fixture
 def empty_hub(tmp_path, monkeypatch):
-    """An empty model hub cache, offline."""
+    """An empty model hub cache, offline, and no user-supplied model files."""
+    for name in ("FACESTUDIO_ANTELOPEV2_MODEL", "FACESTUDIO_BISENET_MODEL"):
+        monkeypatch.setenv(name, str(tmp_path / "none" / name))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -36,19 +45,35 @@ def _snapshot(hub, repo: str):
     return root / "snapshots" / COMMIT
 
 
-def fill_hub(hub) -> None:
+def fill_hub(hub, folder) -> dict:
+    """The cache filled (see the module docstring); returns the local files `{"antelopev2", "bisenet"}`."""
+    import shutil
+    from dataclasses import replace
+
+    from pulid_tiny import tiny_pulid_files
     from safetensors.torch import save_file
+
+    from facestudio.guidance.pulid.encoder import tiny_encoder_config
+    from facestudio.guidance.pulid.idformer import build_id_encoder
 
     components = tiny_flux_components(guidance_embeds=False)  # schnell has no guidance embedding
     FluxPipeline(**components).save_pretrained(_snapshot(hub, "black-forest-labs/FLUX.1-schnell"))
-    layout = PuLIDFluxKind(PuLIDFluxConfig()).layout(components["transformer"])
     generator = torch.Generator().manual_seed(0)
-    state = {k: (torch.randn(shape, generator=generator) * 0.02 + (len(shape) == 1)).half()
-             for k, shape in layout.items()}
-    state["pulid_encoder.id_embedding_mapping.0.weight"] = torch.zeros(8, 8, dtype=torch.float16)
-    folder = _snapshot(hub, "guozinan/PuLID")
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(folder / "pulid_flux_v0.9.1.safetensors"))
+    state = {k: torch.randn(shape, generator=generator) * 0.1 + (len(shape) == 1)
+             for k, shape in PuLIDFluxKind(TINY_CA).layout(components["transformer"]).items()}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        id_former = build_id_encoder(replace(tiny_encoder_config("flux-v0.9.1"), output_dim=2048))
+    state.update({f"pulid_encoder.{k}": torch.randn(v.shape, generator=generator) * 0.1
+                  for k, v in id_former.state_dict().items()})
+    pulid = _snapshot(hub, "guozinan/PuLID")
+    pulid.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(pulid / "pulid_flux_v0.9.1.safetensors"))
+    files = tiny_pulid_files(folder, "flux-v0.9.1")
+    eva = _snapshot(hub, "QuanSun/EVA-CLIP")
+    eva.mkdir(parents=True, exist_ok=True)
+    shutil.copy(files["eva_clip"], eva / "EVA02_CLIP_L_336_psz14_s6B.pt")
+    return {"antelopev2": files["antelopev2"], "bisenet": files["bisenet"]}
 
 
 def test_flux_presets_and_their_licences():
@@ -68,6 +93,9 @@ def test_offline_without_the_files_one_message_and_exit_2(empty_hub, capsys):
     assert status == 2 and err.count("error:") == 1 and "Traceback" not in err
     assert "hf download black-forest-labs/FLUX.1-schnell" in err
     assert "hf download guozinan/PuLID pulid_flux_v0.9.1.safetensors" in err
+    for needed in ("hf download QuanSun/EVA-CLIP EVA02_CLIP_L_336_psz14_s6B.pt", "glintr100.onnx",
+                   "--antelopev2-model", "parsing_bisenet.pth"):
+        assert needed in err
     assert not (empty_hub.parent / "out").exists()
 
 
@@ -76,22 +104,30 @@ def test_flux_options_are_checked_before_loading(capsys):
     assert "--width 72: FLUX needs a multiple of 16" in capsys.readouterr().err
     assert main(["generate", "--base-model", "tiny", "--prompt", "x", "--quantize", "int8"]) == 2
     assert "--quantize is for the FLUX presets" in capsys.readouterr().err
-    assert main(["generate", "--preset", "pulid-flux-schnell", "--prompt", "x", "--identity", "me.jpg"]) == 2
-    assert "not wired into the FLUX presets yet" in capsys.readouterr().err
     assert main(["generate", "--preset", "pulid-flux-dev", "--prompt", "x", "--start-step", "-1"]) == 2
     assert "--start-step -1: must be at least 0" in capsys.readouterr().err
 
 
-def test_generate_with_the_schnell_preset_from_the_hub_cache(empty_hub, tmp_path):
-    fill_hub(empty_hub)
+def test_generate_two_people_with_the_schnell_preset_from_the_hub_cache(empty_hub, tmp_path, faces_dir):
+    pytest.importorskip("timm", reason="PuLID's EVA-CLIP needs pip install 'facestudio[pulid]'")
+    pytest.importorskip("onnxscript", reason="the tiny antelopev2 ONNX file is exported with onnxscript")
+    files = fill_hub(empty_hub, tmp_path / "files")
     out = tmp_path / "out"
-    status = main(["generate", "--preset", "pulid-flux-schnell", "--prompt", "an astronaut", "--steps", "2",
-                   "--width", "64", "--height", "48", "--output", str(out)])
+    status = main(["generate", "--preset", "pulid-flux-schnell", "--pulid-sizes", "tiny", "--prompt", "two friends",
+                   "--identity", str(faces_dir / "obama.jpg"), "--identity", str(faces_dir / "biden.jpg"),
+                   "--region", "0,0,32,48", "--region", "32,0,64,48", "--strength", "1.0", "--strength", "0.8",
+                   "--steps", "2", "--width", "64", "--height", "48", "--antelopev2-model", files["antelopev2"],
+                   "--bisenet-model", files["bisenet"], "--output", str(out)])
     assert status == 0
     (image,) = out.glob("*.png")
-    assert image.stat().st_size > 0
-    settings = str(read_png_metadata(image))
-    assert "pulid-flux-schnell" in settings and "black-forest-labs/FLUX.1-schnell" in settings
+    metadata = read_png_metadata(image)
+    assert metadata["ai_generated"] and metadata["preset"] == "pulid-flux-schnell"
+    assert metadata["adapter"] == "guozinan/PuLID/pulid_flux_v0.9.1.safetensors"
+    assert (metadata["steps"], metadata["text_guidance_scale"], metadata["scheduler"]) == \
+        (2, 1.0, "flow-match-euler")
+    assert metadata["scheduler_class"] == "FlowMatchEulerDiscreteScheduler"
+    assert [(p["photos"], p["region"], p["strength"]) for p in metadata["identities"]] == [
+        (["obama.jpg"], [0, 0, 32, 48], 1.0), (["biden.jpg"], [32, 0, 64, 48], 0.8)]
 
 
 def test_serve_preset_loads_flux_and_the_api_generates(empty_hub, tmp_path):
@@ -100,12 +136,16 @@ def test_serve_preset_loads_flux_and_the_api_generates(empty_hub, tmp_path):
 
     import httpx
 
-    from facestudio.loading import load_generation_pipeline
     from facestudio.pipeline_flux import FaceStudioFluxPipeline
     from facestudio.server import BackgroundServer, create_app
 
-    fill_hub(empty_hub)
-    pipe = load_generation_pipeline(None, preset="pulid-flux-schnell", device="cpu")
+    pytest.importorskip("timm", reason="PuLID's EVA-CLIP needs pip install 'facestudio[pulid]'")
+    pytest.importorskip("onnxscript", reason="the tiny antelopev2 ONNX file is exported with onnxscript")
+    from facestudio.presets import load_preset_pipeline
+
+    files = fill_hub(empty_hub, tmp_path / "files")
+    # what serve's load_generation_pipeline(preset=...) calls, at the test widths
+    pipe = load_preset_pipeline("pulid-flux-schnell", device="cpu", pulid_sizes="tiny", local_files=files)
     assert isinstance(pipe, FaceStudioFluxPipeline) and hasattr(pipe.transformer, "pulid_flux")
     app = create_app(pipe, tmp_path / "data", max_side=256, default_steps=2,
                      base_model="black-forest-labs/FLUX.1-schnell")

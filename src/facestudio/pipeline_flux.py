@@ -39,6 +39,10 @@ from .request import (DEFAULT_DISTILLED_GUIDANCE, FLUX_DEFAULT_SIDE, FLUX_DEFAUL
 
 logger = logging.getLogger(__name__)
 
+#: What a FLUX image records as its sampler: the model's own flow-matching Euler (`settings.scheduler`, a name of
+#: the SD samplers, does not apply).
+FLUX_SCHEDULER = "flow-match-euler"
+
 
 
 class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
@@ -271,7 +275,8 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
         record = {**settings.metadata(), "identities": [i.name for i in encoded], "strengths": strengths,
                   "scene_image": scene is not None,
                   "distilled_guidance_scale": None if guidance is None else float(guidance[0]),
-                  "start_step": settings.start_step, "scheduler": type(scheduler).__name__}
+                  "start_step": settings.start_step, "scheduler": FLUX_SCHEDULER,
+                  "scheduler_class": type(scheduler).__name__}
         if settings.output_type == "latent":
             self.maybe_free_model_hooks()
             return FaceStudioPipelineOutput(latents, record) if return_dict else (latents,)

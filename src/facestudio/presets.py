@@ -181,7 +181,8 @@ def _flux_preset(name: str, description: str, base: str, licence: str, non_comme
     # PuLID-FLUX's recommended use: distilled ("fake") guidance, no true CFG (scales 1), the ID from step 0
     return Preset(name, description, base, PULID_FLUX, "pulid-flux", "", "", licence, non_commercial,
                   style_adapter=None, style_blocks=None, flux=True, steps=steps, text_guidance_scale=1.0,
-                  reference_guidance_scale=1.0, distilled_guidance_scale=distilled_guidance_scale)
+                  reference_guidance_scale=1.0, distilled_guidance_scale=distilled_guidance_scale,
+                  encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET))
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -351,7 +352,8 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     show_licence(preset)
     if preset.flux:
         return _load_flux_preset(preset, base_model=base_model, device=device, cpu_offload=cpu_offload,
-                                 vae_tiling=vae_tiling, face_analyzer=face_analyzer, **memory)
+                                 vae_tiling=vae_tiling, face_analyzer=face_analyzer, local_files=local_files,
+                                 pulid_sizes=pulid_sizes, **memory)
     if preset.recognizer == "arcface" and getattr(getattr(face_analyzer, "recognizer", None), "name", "") != "arcface":
         from .faces.arcface import ArcFaceRecognizer
 
@@ -393,6 +395,26 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     return pipe
 
 
+def _flux_encoder(checkpoint: str, eva_clip: str, bisenet: str, antelopev2: str, sizes: str):
+    """PuLID's ID encoder for FLUX (`flux-v0.9.1`): the ID former from the checkpoint (every key checked), EVA-CLIP,
+    BiSeNet and antelopev2 from their files; at `sizes` `"tiny"`, the test widths with 2048-wide tokens."""
+    from dataclasses import replace
+
+    from .guidance.pulid import checkpoints, eva, parsing
+    from .guidance.pulid.antelope import AntelopeRecognizer
+    from .guidance.pulid.encoder import PuLIDEncoder, tiny_encoder_config
+
+    version = "flux-v0.9.1"
+    if sizes == "published":
+        id_config, eva_config = checkpoints.version(version).encoder, eva.EvaConfig()
+    else:
+        id_config, eva_config = replace(tiny_encoder_config(version), output_dim=2048), eva.TINY_EVA
+    state, _ = checkpoints.split_checkpoint(checkpoints.read_tensors(checkpoint), version, checkpoint)
+    id_encoder = checkpoints.load_id_encoder(state, version, id_config, source=checkpoint)
+    return PuLIDEncoder(version, id_encoder, eva.load_tower(eva_clip, eva_config), parsing.load_parser(bisenet),
+                        AntelopeRecognizer(antelopev2))
+
+
 def _download(hub_file: HubFile) -> str:
     """The local path of a hub file (from the cache; fetched first where the hub is reachable)."""
     from huggingface_hub import hf_hub_download
@@ -420,13 +442,16 @@ def _load_unet_weights(pipe, hub_file: HubFile) -> None:
                              f"{'missing' if missing else 'unexpected'} key {first}")
 
 
-def _load_flux_preset(preset: Preset, *, base_model, device, cpu_offload, vae_tiling, face_analyzer, **memory):
-    """FLUX.1 in bfloat16 on a GPU (float16 overflows in FLUX), PuLID-FLUX loaded, then the memory modes (after
-    loading, so that offloading hooks cover the cross-attentions too)."""
+def _load_flux_preset(preset: Preset, *, base_model, device, cpu_offload, vae_tiling, face_analyzer, local_files,
+                      pulid_sizes: str = "published", **memory):
+    """FLUX.1 in bfloat16 on a GPU (float16 overflows in FLUX), PuLID-FLUX loaded with its ID encoder (from the
+    checkpoint's `pulid_encoder.*`, EVA-CLIP from the hub, BiSeNet and antelopev2 as the user's files), then the
+    memory modes (after loading, so that offloading hooks cover the cross-attentions too). `pulid_sizes="tiny"`:
+    the test widths of `guidance.pulid.encoder.tiny_encoder_config` and a 2-head cross-attention."""
     import torch
 
     from .guidance.kinds.pulid_flux import PuLIDFluxConfig
-    from .models import choose_device, hub_offline, load_base_pipeline
+    from .models import choose_device, load_base_pipeline
     from .models_flux import enable_flux_memory_modes
     from .pipeline_flux import FaceStudioFluxPipeline
 
@@ -434,8 +459,14 @@ def _load_flux_preset(preset: Preset, *, base_model, device, cpu_offload, vae_ti
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     # loaded on the CPU: FLUX.1-dev in bf16 alone is more than a 24 GB card holds before offloading starts
     pipe = load_base_pipeline(base_model or preset.base_model, FaceStudioFluxPipeline, device="cpu", dtype=dtype)
-    source = _file(preset.adapter)[:2]
-    pipe.load_pulid_flux(source, PuLIDFluxConfig(), face_analyzer=face_analyzer, local_files_only=hub_offline())
+    checkpoint = _download(preset.adapter)
+    files = {f.key: str(f.path((local_files or {}).get(f.key))) for f in preset.local_files}
+    encoder = _flux_encoder(checkpoint, _download(EVA02_CLIP_L_336), files["bisenet"], files["antelopev2"],
+                            pulid_sizes)
+    if device.type == "cuda":  # PuLID-FLUX runs its encoder in bf16 (BiSeNet stays float32)
+        encoder.to(device, dtype)
+    config = PuLIDFluxConfig() if pulid_sizes == "published" else PuLIDFluxConfig(heads=2, head_dim=16)
+    pipe.load_pulid_flux(checkpoint, config, encoder=encoder, face_analyzer=face_analyzer)
     enable_flux_memory_modes(pipe, device=device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, **memory)
     pipe.preset = preset
     return pipe

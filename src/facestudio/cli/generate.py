@@ -356,10 +356,6 @@ def _check_settings(args, mix) -> GenerationSettings:
                           ("--start-step", bool(args.start_step))):
         if given and not flux:
             raise FaceStudioError(f"{option} is for the FLUX presets (pulid-flux-dev, pulid-flux-schnell)")
-    if flux and args.identity:  # before any model loads: the encoder's files are not part of the FLUX presets yet
-        raise FaceStudioError(f"--identity with --preset {args.preset}: PuLID's ID encoder files (EVA-CLIP, BiSeNet, "
-                              "antelopev2) are not wired into the FLUX presets yet; encode photos from Python "
-                              "(docs/flux.md)")
     for option, side in (("--width", args.width), ("--height", args.height)):
         if flux and side is not None and side % 16:
             raise FaceStudioError(f"{option} {side}: FLUX needs a multiple of 16")
@@ -509,9 +505,10 @@ def _write_images(pipe, settings: GenerationSettings, metadata: dict, output: Pa
             seed = settings.seed + i
             result = pipe(replace(settings, seed=seed), on_step=lambda step, total: bar.update(1))
             image = result.images[0]
+            sampler = {"scheduler": result.settings.get("scheduler", metadata["scheduler"]),  # FLUX: its own
+                       "scheduler_class": result.settings.get("scheduler_class")}
             image_metadata = ai_generated_metadata({**metadata, "seed": seed, "width": image.width,
-                                                    "height": image.height,
-                                                    "scheduler_class": result.settings.get("scheduler_class")})
+                                                    "height": image.height, **sampler})
             path, index = _save_numbered(image, output, index, seed, image_metadata)
             index += 1
             written.append(path)
