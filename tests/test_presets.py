@@ -135,7 +135,7 @@ def test_style_blocks_act_on_their_presets_unet():
 
     with accelerate.init_empty_weights():
         unets = {False: UNet2DConditionModel(**sd15_unet_config()), True: UNet2DConditionModel(**SDXL_UNET_CONFIG)}
-    for preset in PRESETS.values():
+    for preset in (p for p in PRESETS.values() if not p.flux):  # FLUX presets have no UNet and no style adapter
         layers = acting_layers(unets[preset.sdxl], preset.style_blocks)
         assert layers and all(".attentions.1." in name for name in layers), preset.name
     assert acting_layers(unets[False], STYLE_BLOCKS_SDXL) == []

@@ -161,7 +161,12 @@ def test_default_steps_scales_and_side_are_written_in_one_module():
     for path in [*(ROOT / "src" / "facestudio").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]:
         if path.name == "request.py":
             continue
-        for name, value in _literal_defaults(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        # a network config's `width` (EVA-CLIP's `width: int = 1024`) is a layer's size, not an image's
+        for config in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name.endswith("Config")]:
+            config.body = [n for n in config.body if not (isinstance(n, ast.AnnAssign)
+                                                          and getattr(n.target, "id", "") == "width")]
+        for name, value in _literal_defaults(tree):
             if (isinstance(value, ast.Constant) and type(value.value) in (int, float) and value.value in DEFAULTS
                     and any(w in name.lower() for w in WORDS) and "max" not in name.lower()):
                 found.append(f"{path.relative_to(ROOT)}: {name} = {value.value}")

@@ -490,7 +490,9 @@ def load_base_pipeline(
     dtype = dtype if dtype is not None else choose_dtype(device)
     name = os.fspath(model)
     if name == TINY:
-        pipe = pipeline_class(**{**tiny_components(), **kwargs})
+        # a pipeline class of another architecture (FLUX) says what its tiny model is
+        tiny = getattr(pipeline_class, "tiny_components", tiny_components)
+        pipe = pipeline_class(**{**tiny(), **kwargs})
         if dtype != torch.float32:  # built in float32; cast only when asked (diffusers warns on every cast)
             pipe.to(dtype=dtype)
     else:

@@ -112,6 +112,14 @@ SDXL_LIGHTNING_4STEP_UNET = HubFile("ByteDance/SDXL-Lightning", "sdxl_lightning_
 #: EVA02-CLIP-L-14-336, the image encoder of PuLID's ID encoder.
 EVA02_CLIP_L_336 = HubFile("QuanSun/EVA-CLIP", "EVA02_CLIP_L_336_psz14_s6B.pt")
 
+#: The PuLID-FLUX checkpoint (ID encoder `pulid_encoder.*` and cross-attentions `pulid_ca.*`), Apache-2.0.
+PULID_FLUX = HubFile("guozinan/PuLID", "pulid_flux_v0.9.1.safetensors")
+_PULID_PARTS = ("PuLID-FLUX v0.9.1 weights: Apache-2.0 (guozinan/PuLID); its ID encoder reads EVA02-CLIP-L-14-336 "
+                "(MIT) and the antelopev2 face models, which insightface licenses for non-commercial research only")
+_FLUX_DEV_LICENCE = ("FLUX.1 [dev]: the FLUX.1 [dev] Non-Commercial License (black-forest-labs/FLUX.1-dev; accept "
+                     "it on the hub first). " + _PULID_PARTS)
+_FLUX_SCHNELL_LICENCE = "FLUX.1 [schnell]: Apache-2.0 (black-forest-labs/FLUX.1-schnell). " + _PULID_PARTS
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -152,6 +160,7 @@ class Preset:
     style_blocks: dict | None = field(default_factory=lambda: STYLE_BLOCKS_SD15)
     style_embed_dim: int = 1024
     sdxl: bool = False
+    flux: bool = False
     steps: int = 30
     text_guidance_scale: float = DEFAULT_TEXT_SCALE
     reference_guidance_scale: float = DEFAULT_TEXT_SCALE
@@ -163,6 +172,17 @@ class Preset:
     local_files: tuple[LocalFile, ...] = ()
     negative_prompt: str = ""
     speed: str = ""
+    distilled_guidance_scale: float | None = None
+    start_step: int = 0
+
+
+def _flux_preset(name: str, description: str, base: str, licence: str, non_commercial: bool, steps: int,
+                 distilled_guidance_scale: float | None) -> Preset:
+    # PuLID-FLUX's recommended use: distilled ("fake") guidance, no true CFG (scales 1), the ID from step 0
+    return Preset(name, description, base, PULID_FLUX, "pulid-flux", "", "", licence, non_commercial,
+                  style_adapter=None, style_blocks=None, flux=True, steps=steps, text_guidance_scale=1.0,
+                  reference_guidance_scale=1.0, distilled_guidance_scale=distilled_guidance_scale,
+                  encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET))
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -203,6 +223,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            steps=25,
            text_guidance_scale=7.0, reference_guidance_scale=7.0, scheduler="dpmpp-2m-karras",
            encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET)),
+    _flux_preset("pulid-flux-dev", "PuLID-FLUX v0.9.1 on FLUX.1-dev: 20 steps, distilled guidance 4, 1024 px "
+                 "(non-commercial base)", "black-forest-labs/FLUX.1-dev", _FLUX_DEV_LICENCE, True, 20, 4.0),
+    _flux_preset("pulid-flux-schnell", "PuLID-FLUX v0.9.1 on FLUX.1-schnell: 4 steps, 1024 px (Apache-2.0 base)",
+                 "black-forest-labs/FLUX.1-schnell", _FLUX_SCHNELL_LICENCE, False, 4, None),
 )}
 
 
@@ -309,10 +333,12 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
                          with_style: bool = False, arcface_model: str | os.PathLike | None = None,
                          speed: str | None = None, speed_weights: str | os.PathLike | None = None,
                          pulid_mode: str | None = None, local_files: dict | None = None,
-                         pulid_sizes: str = "published"):
+                         pulid_sizes: str = "published", **memory):
     """A `FaceStudioPipeline` with the preset's base model (its UNet and sampler) and adapters (and its style
     adapter if asked), and a speed model (`speed`; None: the preset's own, "none": none) from the hub or
-    `speed_weights`; `pulid_mode` is a PuLID preset's mode (`guidance.kinds.pulid.MODES`, default fidelity)."""
+    `speed_weights`; `pulid_mode` is a PuLID preset's mode (`guidance.kinds.pulid.MODES`, default fidelity).
+    For a FLUX preset, a `FaceStudioFluxPipeline` with PuLID-FLUX (`memory`: `sequential_offload`, `quantize`,
+    see `models_flux.enable_flux_memory_modes`)."""
     from .faces import FaceAnalyzer
     from .guidance.public_identity import PublicIdentityConfig
     from .guidance.style import StyleAdapterConfig
@@ -324,6 +350,10 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     check_available(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model, speed=speed,
                     speed_weights=speed_weights, local_files=local_files)
     show_licence(preset)
+    if preset.flux:
+        return _load_flux_preset(preset, base_model=base_model, device=device, cpu_offload=cpu_offload,
+                                 vae_tiling=vae_tiling, face_analyzer=face_analyzer, local_files=local_files,
+                                 pulid_sizes=pulid_sizes, **memory)
     if preset.recognizer == "arcface" and getattr(getattr(face_analyzer, "recognizer", None), "name", "") != "arcface":
         from .faces.arcface import ArcFaceRecognizer
 
@@ -365,6 +395,26 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     return pipe
 
 
+def _flux_encoder(checkpoint: str, eva_clip: str, bisenet: str, antelopev2: str, sizes: str):
+    """PuLID's ID encoder for FLUX (`flux-v0.9.1`): the ID former from the checkpoint (every key checked), EVA-CLIP,
+    BiSeNet and antelopev2 from their files; at `sizes` `"tiny"`, the test widths with 2048-wide tokens."""
+    from dataclasses import replace
+
+    from .guidance.pulid import checkpoints, eva, parsing
+    from .guidance.pulid.antelope import AntelopeRecognizer
+    from .guidance.pulid.encoder import PuLIDEncoder, tiny_encoder_config
+
+    version = "flux-v0.9.1"
+    if sizes == "published":
+        id_config, eva_config = checkpoints.version(version).encoder, eva.EvaConfig()
+    else:
+        id_config, eva_config = replace(tiny_encoder_config(version), output_dim=2048), eva.TINY_EVA
+    state, _ = checkpoints.split_checkpoint(checkpoints.read_tensors(checkpoint), version, checkpoint)
+    id_encoder = checkpoints.load_id_encoder(state, version, id_config, source=checkpoint)
+    return PuLIDEncoder(version, id_encoder, eva.load_tower(eva_clip, eva_config), parsing.load_parser(bisenet),
+                        AntelopeRecognizer(antelopev2))
+
+
 def _download(hub_file: HubFile) -> str:
     """The local path of a hub file (from the cache; fetched first where the hub is reachable)."""
     from huggingface_hub import hf_hub_download
@@ -390,6 +440,36 @@ def _load_unet_weights(pipe, hub_file: HubFile) -> None:
         first = (missing or unexpected)[0]
         raise ModelFileError(f"the UNet {hub_file} does not fit the base model's UNet: "
                              f"{'missing' if missing else 'unexpected'} key {first}")
+
+
+def _load_flux_preset(preset: Preset, *, base_model, device, cpu_offload, vae_tiling, face_analyzer, local_files,
+                      pulid_sizes: str = "published", **memory):
+    """FLUX.1 in bfloat16 on a GPU (float16 overflows in FLUX), PuLID-FLUX loaded with its ID encoder (from the
+    checkpoint's `pulid_encoder.*`, EVA-CLIP from the hub, BiSeNet and antelopev2 as the user's files), then the
+    memory modes (after loading, so that offloading hooks cover the cross-attentions too). `pulid_sizes="tiny"`:
+    the test widths of `guidance.pulid.encoder.tiny_encoder_config` and a 2-head cross-attention."""
+    import torch
+
+    from .guidance.kinds.pulid_flux import PuLIDFluxConfig
+    from .models import choose_device, load_base_pipeline
+    from .models_flux import enable_flux_memory_modes
+    from .pipeline_flux import FaceStudioFluxPipeline
+
+    device = choose_device(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # loaded on the CPU: FLUX.1-dev in bf16 alone is more than a 24 GB card holds before offloading starts
+    pipe = load_base_pipeline(base_model or preset.base_model, FaceStudioFluxPipeline, device="cpu", dtype=dtype)
+    checkpoint = _download(preset.adapter)
+    files = {f.key: str(f.path((local_files or {}).get(f.key))) for f in preset.local_files}
+    encoder = _flux_encoder(checkpoint, _download(EVA02_CLIP_L_336), files["bisenet"], files["antelopev2"],
+                            pulid_sizes)
+    if device.type == "cuda":  # PuLID-FLUX runs its encoder in bf16 (BiSeNet stays float32)
+        encoder.to(device, dtype)
+    config = PuLIDFluxConfig() if pulid_sizes == "published" else PuLIDFluxConfig(heads=2, head_dim=16)
+    pipe.load_pulid_flux(checkpoint, config, encoder=encoder, face_analyzer=face_analyzer)
+    enable_flux_memory_modes(pipe, device=device, cpu_offload=cpu_offload, vae_tiling=vae_tiling, **memory)
+    pipe.preset = preset
+    return pipe
 
 
 def _file(hub_file: HubFile) -> tuple[str, str, str | None]:

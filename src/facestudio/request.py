@@ -34,6 +34,11 @@ DEFAULT_TEXT_SCALE = 7.5
 DEFAULT_SIDE = 512
 #: SDXL's training size (`FaceStudioXLPipeline.default_side`).
 SDXL_DEFAULT_SIDE = 1024
+#: FLUX.1's training size (`FaceStudioFluxPipeline.default_side`), its usual steps (FLUX.1-dev; schnell's preset
+#: says 4) and FluxPipeline's distilled guidance (FLUX.1-dev; the PuLID-FLUX demo uses 4).
+FLUX_DEFAULT_SIDE = SDXL_DEFAULT_SIDE
+FLUX_DEFAULT_STEPS = 28
+DEFAULT_DISTILLED_GUIDANCE = 3.5
 #: Largest output side accepted.
 MAX_SIDE = 4096
 #: Largest seed: torch generators take 64-bit seeds, image i of a request uses seed + i.
@@ -48,7 +53,8 @@ FIELD_NAMES = {
             "num_inference_steps": "--steps", "width": "--width", "height": "--height", "seed": "--seed",
             "count": "--num-images", "strength": "--strength", "face": "--face", "region": "--region",
             "regions": "--regions", "scheduler": "--scheduler", "speed": "--speed",
-            "reference_guidance_start": "--reference-start"},
+            "reference_guidance_start": "--reference-start", "distilled_guidance_scale": "--distilled-guidance",
+            "start_step": "--start-step"},
     "api": {"num_inference_steps": "steps", "strength": "identities[].strength",
             "region": "identities[].region"},
 }
@@ -114,6 +120,10 @@ class GenerationSettings:
         scheduler (`str`, defaults to `"euler-a"`): the sampler by name (`sampling.schedulers.SCHEDULERS`).
         speed (`str`, defaults to `""`): a few-step speed model by name (`sampling.speed.SPEED_MODELS`) the
             pipeline has loaded; `""`: none.
+        distilled_guidance_scale (`float`, *optional*): FLUX.1-dev's guidance input (a guidance-distilled model
+            takes it instead of classifier-free guidance); None: the pipeline's default. Other models ignore it.
+        start_step (`int`, defaults to 0): the first denoising step the identities act in (PuLID-FLUX's
+            `start_step`: later gives more room to the prompt, earlier more likeness). FLUX pipeline only.
     """
 
     prompt: str | tuple[str, ...]
@@ -137,6 +147,8 @@ class GenerationSettings:
     scheduler: str = DEFAULT_SCHEDULER
     speed: str = ""
     reference_guidance_start: float | None = None
+    distilled_guidance_scale: float | None = None
+    start_step: int = 0
 
     def __post_init__(self):
         people = tuple(p if isinstance(p, IdentityInput) else IdentityInput(photos=(p,)) for p in self.identities)
@@ -216,7 +228,10 @@ class GenerationSettings:
                 fail(f"{name(key)} {getattr(self, key)}: must be at least 1")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED - (self.count - 1):
             fail(f"{name('seed')} {self.seed}: must be between 0 and 2**63 - 1 - (number of images - 1)")
+        if self.start_step < 0:
+            fail(f"{name('start_step')} {self.start_step}: must be at least 0")
         scales = [("text_guidance_scale", self.text_guidance_scale),
+                  ("distilled_guidance_scale", self.distilled_guidance_scale),
                   ("reference_guidance_scale", self.reference_guidance_scale),
                   ("style_strength", self.style_strength),
                   ("reference_guidance_start", self.reference_guidance_start), *(("strength", p.strength) for p in self.identities)]

@@ -153,9 +153,15 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
                           help="FlashFace's late reference guidance: --reference-scale acts only at timesteps <= T "
                                "(of 1000; FlashFace uses 600); before, the identities join the prompt in plain "
                                "text guidance (default: every step)")
+    sampling.add_argument("--distilled-guidance", type=float, metavar="G",
+                          help="FLUX.1-dev's built-in guidance (default: the preset's, else 3.5); FLUX only. With "
+                               "FLUX presets --text-scale is 1 (no true CFG); above 1 it runs true CFG")
+    sampling.add_argument("--start-step", type=int, default=None, metavar="N",
+                          help="the first step the identities act in (PuLID-FLUX's start_step; default 0): later "
+                               "leaves more to the prompt, earlier keeps more likeness; FLUX only")
     for option, what in (("--width", "width"), ("--height", "height")):
-        sampling.add_argument(option, type=int, metavar=what[0].upper(), help=f"image {what}, a multiple of 8 (default "
-                              f"{DEFAULT_SIDE}; {SDXL_DEFAULT_SIDE} with an SDXL preset)")
+        sampling.add_argument(option, type=int, metavar=what[0].upper(), help=f"image {what}, a multiple of 8, of 16 "
+                              f"for FLUX (default {DEFAULT_SIDE}; {SDXL_DEFAULT_SIDE} with an SDXL or FLUX preset)")
     sampling.add_argument("--num-images", type=int, default=1, metavar="N", help="how many images (default 1)")
     output = parser.add_argument_group("output and hardware")
     output.add_argument("--output", default="facestudio-out", metavar="DIR",
@@ -165,6 +171,11 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
     output.add_argument("--cpu-offload", action="store_true",
                         help="keep each model on the CPU until it runs (CUDA only; saves GPU memory)")
     output.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (saves memory)")
+    output.add_argument("--sequential-offload", action="store_true",
+                        help="FLUX presets: move every layer to the GPU as it runs (least memory, slowest; CUDA)")
+    output.add_argument("--quantize", choices=("int8", "fp8"),
+                        help="FLUX presets: quantise the transformer's weights with optimum-quanto (about half its "
+                             "memory; needs the quantize extra; fp8 is fast on GPUs of compute capability 8.9+)")
 
 
 #: Image files written by `generate`: `NNN-seedS.png`.
@@ -295,6 +306,10 @@ def _preset_defaults(args):
             DEFAULT_TEXT_SCALE
         if args.reference_scale is None and (preset is not None or speed is not None):
             args.reference_scale = speed.guidance_scale if speed else preset.reference_guidance_scale
+    if args.distilled_guidance is None and preset is not None:
+        args.distilled_guidance = preset.distilled_guidance_scale
+    if args.start_step is None:
+        args.start_step = preset.start_step if preset else 0
     return preset
 
 
@@ -335,6 +350,15 @@ def _check_settings(args, mix) -> GenerationSettings:
     if getattr(args, "pulid_mode", None) and not (args.preset and PRESETS[args.preset].projection == "pulid"):
         raise FaceStudioError("--pulid-mode is for the PuLID presets: "
                               + ", ".join(p.name for p in PRESETS.values() if p.projection == "pulid"))
+    flux = args.preset is not None and PRESETS[args.preset].flux
+    for option, given in (("--sequential-offload", args.sequential_offload), ("--quantize", args.quantize),
+                          ("--distilled-guidance", args.distilled_guidance is not None),
+                          ("--start-step", bool(args.start_step))):
+        if given and not flux:
+            raise FaceStudioError(f"{option} is for the FLUX presets (pulid-flux-dev, pulid-flux-schnell)")
+    for option, side in (("--width", args.width), ("--height", args.height)):
+        if flux and side is not None and side % 16:
+            raise FaceStudioError(f"{option} {side}: FLUX needs a multiple of 16")
     if args.preset is not None and (args.adapter or getattr(args, "style_adapter", None)):
         raise FaceStudioError(f"--preset {args.preset} brings its own adapters: drop --adapter / --style-adapter")
     if args.style is not None and not (args.style_adapter or style_beside(args.adapter) or args.preset):
@@ -351,11 +375,13 @@ def _check_settings(args, mix) -> GenerationSettings:
         reference_guidance_scale=args.reference_scale, num_inference_steps=args.steps, width=args.width,
         height=args.height, seed=args.seed, count=args.num_images,
         scheduler=args.scheduler, speed=args.speed or "",
-        reference_guidance_start=args.reference_start).validate("cli")
+        reference_guidance_start=args.reference_start, distilled_guidance_scale=args.distilled_guidance,
+        start_step=args.start_step).validate("cli")
 
 
 def _default_side(args) -> int:
-    return SDXL_DEFAULT_SIDE if args.preset and PRESETS[args.preset].sdxl else DEFAULT_SIDE
+    preset = PRESETS.get(args.preset) if args.preset else None
+    return SDXL_DEFAULT_SIDE if preset and (preset.sdxl or preset.flux) else DEFAULT_SIDE
 
 
 def _photo_list(spec: str, index: int) -> list[str]:
@@ -445,11 +471,13 @@ def _load_models(args, people, adapter, style_adapter, analyzer, with_style: boo
     if args.preset is not None:
         from ..presets import load_preset_pipeline
 
+        memory = {"sequential_offload": args.sequential_offload, "quantize": args.quantize} \
+            if PRESETS[args.preset].flux else {}
         pipe = load_preset_pipeline(args.preset, base_model=args.base_model, device=args.device,
                                     cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, with_style=with_style,
                                     arcface_model=args.arcface_model, speed=args.speed or "none",
                                     speed_weights=args.speed_weights, pulid_mode=args.pulid_mode,
-                                    local_files=_local_files(args), pulid_sizes=args.pulid_sizes)
+                                    local_files=_local_files(args), pulid_sizes=args.pulid_sizes, **memory)
     else:
         pipe = load_generation_pipeline(
             args.base_model, adapter=(adapter[0] if adapter else TINY) if people else None,
@@ -477,9 +505,10 @@ def _write_images(pipe, settings: GenerationSettings, metadata: dict, output: Pa
             seed = settings.seed + i
             result = pipe(replace(settings, seed=seed), on_step=lambda step, total: bar.update(1))
             image = result.images[0]
+            sampler = {"scheduler": result.settings.get("scheduler", metadata["scheduler"]),  # FLUX: its own
+                       "scheduler_class": result.settings.get("scheduler_class")}
             image_metadata = ai_generated_metadata({**metadata, "seed": seed, "width": image.width,
-                                                    "height": image.height,
-                                                    "scheduler_class": result.settings.get("scheduler_class")})
+                                                    "height": image.height, **sampler})
             path, index = _save_numbered(image, output, index, seed, image_metadata)
             index += 1
             written.append(path)

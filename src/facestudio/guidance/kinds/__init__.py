@@ -20,6 +20,7 @@ from .public import (
     PlusFaceKind,
     PublicIdentityKind,
 )
+from .pulid_flux import PuLIDFluxKind
 
 #: Every kind by name.
 KINDS: dict[str, type[AdapterKind]] = {}
@@ -34,7 +35,7 @@ def register(kind: type[AdapterKind]) -> type[AdapterKind]:
 
 
 for _kind in (FaceStudioIdentityKind, StyleKind, FaceIDKind, FaceIDPlusKind, FaceIDPlusV2Kind, PlusFaceKind,
-              FullFaceKind, FaceIDPortraitKind, PuLIDKind):
+              FullFaceKind, FaceIDPortraitKind, PuLIDKind, PuLIDFluxKind):
     register(_kind)
 
 
