@@ -52,3 +52,16 @@ def test_tiny_without_a_tiny_decoder_is_refused():
         run(bare, decoder="small")
     with pytest.raises(ModelFileError, match="hf download madebyollin/taesd"):
         load_tiny_decoder(bare, "/nonexistent/taesd")
+
+
+def test_the_command_line_decodes_with_the_tiny_decoder(tmp_path):
+    import subprocess
+    import sys
+
+    from facestudio.imaging import read_png_metadata
+
+    done = subprocess.run([sys.executable, "-m", "facestudio.cli", "generate", "--prompt", "x", "--base-model", "tiny",
+                           "--decoder", "tiny", "--steps", "2", "--width", "64", "--height", "64", "--output",
+                           str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert read_png_metadata(tmp_path / "000-seed0.png")["decoder"] == "tiny"

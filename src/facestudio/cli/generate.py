@@ -163,6 +163,11 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
     output.add_argument("--cpu-offload", action="store_true",
                         help="keep each model on the CPU until it runs (CUDA only; saves GPU memory)")
     output.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (saves memory)")
+    output.add_argument("--decoder", choices=("full", "tiny"), default="full",
+                        help="'tiny': decode with TAESD (madebyollin/taesd, taesdxl for SDXL): much faster on a CPU, "
+                             "a little less fine detail (default 'full': the model's VAE)")
+    output.add_argument("--tiny-decoder", metavar="FOLDER|HUB_ID",
+                        help="the AutoencoderTiny for --decoder tiny (default the TAESD of the base model)")
 
 
 #: Image files written by `generate`: `NNN-seedS.png`.
@@ -349,7 +354,7 @@ def _check_settings(args, mix) -> GenerationSettings:
         scene_image=args.scene, scene_faces=scene_faces, regions=args.regions, text_guidance_scale=args.text_scale,
         reference_guidance_scale=args.reference_scale, num_inference_steps=args.steps, width=args.width,
         height=args.height, seed=args.seed, count=args.num_images,
-        scheduler=args.scheduler, speed=args.speed or "", shortcut_scale=args.shortcut_scale,
+        scheduler=args.scheduler, speed=args.speed or "", shortcut_scale=args.shortcut_scale, decoder=args.decoder,
         reference_guidance_start=args.reference_start).validate("cli")
 
 
@@ -454,6 +459,13 @@ def _load_models(args, people, adapter, style_adapter, analyzer, with_style: boo
             style_adapter=style_adapter[0] if style_adapter else None, device=args.device,
             cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, face_analyzer=analyzer, with_style=with_style,
             speed=args.speed, speed_weights=args.speed_weights)
+    if args.decoder == "tiny":
+        from ..decoding import load_tiny_decoder
+        from ..models import tiny_autoencoder
+
+        # the random test model gets a random tiny decoder of its own shape; real models TAESD
+        load_tiny_decoder(pipe, tiny_autoencoder() if args.base_model == TINY and not args.tiny_decoder
+                          else args.tiny_decoder)
     pipe.set_progress_bar_config(disable=True)  # the command shows one bar over all images
     return pipe
 
