@@ -119,6 +119,8 @@ _PULID_PARTS = ("PuLID-FLUX v0.9.1 weights: Apache-2.0 (guozinan/PuLID); its ID 
 _FLUX_DEV_LICENCE = ("FLUX.1 [dev]: the FLUX.1 [dev] Non-Commercial License (black-forest-labs/FLUX.1-dev; accept "
                      "it on the hub first). " + _PULID_PARTS)
 _FLUX_SCHNELL_LICENCE = "FLUX.1 [schnell]: Apache-2.0 (black-forest-labs/FLUX.1-schnell). " + _PULID_PARTS
+#: The negative prompt of the IP-Adapter-FaceID model card's examples (h94/IP-Adapter-FaceID).
+FACEID_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality, blurry"
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ class Preset:
     timestep_spacing: str | None = None
     encoder_files: tuple[tuple[HubFile, str], ...] = ()
     local_files: tuple[LocalFile, ...] = ()
-    negative_prompt: str = ""
+    negative_prompt: str = FACEID_NEGATIVE_PROMPT
     speed: str = ""
     distilled_guidance_scale: float | None = None
     start_step: int = 0

@@ -54,7 +54,7 @@ FIELD_NAMES = {
             "count": "--num-images", "strength": "--strength", "face": "--face", "region": "--region",
             "regions": "--regions", "scheduler": "--scheduler", "speed": "--speed",
             "reference_guidance_start": "--reference-start", "distilled_guidance_scale": "--distilled-guidance",
-            "start_step": "--start-step"},
+            "start_step": "--start-step", "shortcut_scale": "--shortcut-scale", "decoder": "--decoder"},
     "api": {"num_inference_steps": "steps", "strength": "identities[].strength",
             "region": "identities[].region"},
 }
@@ -110,6 +110,10 @@ class GenerationSettings:
         reference_guidance_start (`float`, *optional*): FlashFace's start of reference guidance: at timesteps
             above it (the noisiest steps) the references join the prompt in ordinary text guidance, from it
             down `g_ref` acts (FlashFace uses 600 of 1000); None: `g_ref` at every step (`guidance.cfg`).
+        shortcut_scale (`float`, *optional*): FaceID-PlusV2's weight of the CLIP face detail added to the id
+            tokens (IP-Adapter's `s_scale`); None: the adapter's own (its preset's).
+        decoder (`str`, defaults to `"full"`): `"full"` (the base model's VAE) or `"tiny"` (TAESD, `decoding.py`;
+            the pipeline must have it loaded).
         num_inference_steps (`int`, defaults to `DEFAULT_STEPS`).
         width, height (`int`, *optional*): None until `resolved`: the pipeline's default side, or with a scene
             image and neither given, the scene's aspect ratio with that longest side.
@@ -149,6 +153,8 @@ class GenerationSettings:
     reference_guidance_start: float | None = None
     distilled_guidance_scale: float | None = None
     start_step: int = 0
+    shortcut_scale: float | None = None
+    decoder: str = "full"
 
     def __post_init__(self):
         people = tuple(p if isinstance(p, IdentityInput) else IdentityInput(photos=(p,)) for p in self.identities)
@@ -234,7 +240,8 @@ class GenerationSettings:
                   ("distilled_guidance_scale", self.distilled_guidance_scale),
                   ("reference_guidance_scale", self.reference_guidance_scale),
                   ("style_strength", self.style_strength),
-                  ("reference_guidance_start", self.reference_guidance_start), *(("strength", p.strength) for p in self.identities)]
+                  ("reference_guidance_start", self.reference_guidance_start),
+                  ("shortcut_scale", self.shortcut_scale), *(("strength", p.strength) for p in self.identities)]
         for key, value in scales:
             if value is not None and not (math.isfinite(value) and value >= 0):
                 fail(f"{name(key)} {value}: must be a finite number >= 0")
@@ -269,6 +276,8 @@ class GenerationSettings:
             from .sampling.speed import get_speed_model  # here: it reads the presets, which read this module
 
             get_speed_model(self.speed, name("speed"))
+        if self.decoder not in ("full", "tiny"):
+            fail(f"{name('decoder')} {self.decoder!r}: 'full' (the model's VAE) or 'tiny' (TAESD)")
         if self.output_type not in ("pil", "np", "pt", "latent"):
             fail(f"output_type {self.output_type!r}: one of 'pil', 'np', 'pt', 'latent'")
         return self
@@ -288,5 +297,6 @@ class GenerationSettings:
             "steps": self.num_inference_steps, "text_guidance_scale": self.text_guidance_scale,
             "reference_guidance_scale": self.reference_scale, "width": self.width, "height": self.height,
             "num_images": self.count, "scheduler": self.scheduler, "speed": self.speed or None,
-            "reference_guidance_start": self.reference_guidance_start,
+            "reference_guidance_start": self.reference_guidance_start, "shortcut_scale": self.shortcut_scale,
+            "decoder": self.decoder,
         }

@@ -15,8 +15,9 @@ from .. import __version__
 from ..errors import FaceStudioError
 from ..imaging import ai_generated_metadata, load_image
 from ..regions import check_scene_faces
-from ..request import GenerationSettings, IdentityInput
+from ..request import DEFAULT_TEXT_SCALE, GenerationSettings, IdentityInput
 from ..sampling.schedulers import DEFAULT_SCHEDULER
+from ..sampling.speed import loaded_speed_model
 from .jobs import Job
 from .schemas import GenerationRequest
 from .storage import DataFolder
@@ -83,7 +84,7 @@ def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int
         image_id = getattr(request, field)
         if image_id is not None and data.image_path(image_id) is None:
             raise NotFound(f"{field}: no uploaded image with id {image_id}")
-    settings = settings_of(request, people, data, default_steps).validate("api")
+    settings = settings_of(request, people, data, default_steps, defaults_of(pipe)).validate("api")
     settings = settings.resolved(pipe.default_side, _scene_size(request, data))
     width, height = settings.width, settings.height
     for name, side in (("width", width), ("height", height)):
@@ -102,19 +103,38 @@ def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int
     return Plan(request, replace(settings, seed=seed), tuple(infos))
 
 
+def defaults_of(pipe) -> dict:
+    """What a request leaves out, from the loaded models: the speed model's sampler, steps and scale, the
+    preset's negative prompt."""
+    speed, preset = loaded_speed_model(pipe), getattr(pipe, "preset", None)
+    return {"scheduler": speed.scheduler if speed else DEFAULT_SCHEDULER,
+            "text_guidance_scale": speed.guidance_scale if speed else DEFAULT_TEXT_SCALE,
+            "steps": speed.steps if speed else None, "speed": speed.name if speed else "",
+            "negative_prompt": preset.negative_prompt if preset is not None else None,
+            "decoder": getattr(pipe, "default_decoder", "full")}
+
+
 def settings_of(request: GenerationRequest, people: list[IdentityInput], data: DataFolder,
-                default_steps: int) -> GenerationSettings:
-    """The request as `GenerationSettings` (its images as their stored files, unresolved size)."""
+                default_steps: int, defaults: dict | None = None) -> GenerationSettings:
+    """The request as `GenerationSettings` (its images as their stored files, unresolved size), what it leaves
+    out from `defaults` (`defaults_of`)."""
+    defaults = defaults or {}
+    negative = request.negative_prompt if request.negative_prompt is not None else defaults.get("negative_prompt")
+    text_scale = request.text_guidance_scale if request.text_guidance_scale is not None else \
+        defaults.get("text_guidance_scale", DEFAULT_TEXT_SCALE)
     return GenerationSettings(
-        request.prompt, request.negative_prompt, tuple(people), request.mix,
+        request.prompt, negative or None, tuple(people), request.mix,
         style_image=None if request.style_image is None else data.image_path(request.style_image),
         style_strength=request.style_strength,
         scene_image=None if request.scene_image is None else data.image_path(request.scene_image),
-        scene_faces=request.scene_faces, regions=request.regions, text_guidance_scale=request.text_guidance_scale,
+        scene_faces=request.scene_faces, regions=request.regions, text_guidance_scale=text_scale,
         reference_guidance_scale=request.reference_guidance_scale,
         reference_guidance_start=request.reference_guidance_start,
-        num_inference_steps=request.steps or default_steps, width=request.width, height=request.height,
-        seed=request.seed, count=request.count, scheduler=request.scheduler or DEFAULT_SCHEDULER)
+        num_inference_steps=request.steps or defaults.get("steps") or default_steps, width=request.width,
+        height=request.height, seed=request.seed, count=request.count,
+        scheduler=request.scheduler or defaults.get("scheduler", DEFAULT_SCHEDULER),
+        speed=request.speed if request.speed is not None else defaults.get("speed", ""),
+        shortcut_scale=request.shortcut_scale, decoder=request.decoder or defaults.get("decoder", "full"))
 
 
 def _scene_size(request: GenerationRequest, data: DataFolder) -> tuple[int, int] | None:
@@ -142,7 +162,10 @@ def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
     for i in range(plan.count):
         seed = plan.seed + i
         done_before = i * plan.steps
-        result = pipe(replace(settings, seed=seed), on_step=lambda step, total: job.progress(done_before + step))
+        preview = None if getattr(pipe, "tiny_vae", None) is None else \
+            (lambda step, total, image: job.show_preview(data_url(image)))
+        result = pipe(replace(settings, seed=seed), on_step=lambda step, total: job.progress(done_before + step),
+                      preview=preview)
         image = result.images[0]
         metadata = ai_generated_metadata({**metadata_base, "seed": seed, "width": image.width, "height": image.height,
                                           "scheduler_class": result.settings.get("scheduler_class")})
@@ -151,6 +174,16 @@ def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
         job.images.append(name)
         job.changed += 1
         data.save_job(job.id, record(job))
+
+
+def data_url(image) -> str:
+    """A small image as a `data:image/jpeg;base64,...` URL (what a progress event carries as its preview)."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def record(job: Job) -> dict:
