@@ -213,12 +213,15 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     if preset is not None:
         identities = pipe.encode_identities(list(people), None)
 
-    # 4. Images, each written as soon as it is made
+    # 4. Images, each written as soon as it is made (metadata: labels.schema)
+    sources = {"identity": str(preset.adapter) if preset else args.adapter} if people else {}
+    if style_adapter:
+        sources["style"] = str(style_adapter[0])
     metadata = {
         **settings.metadata(), "command": command,
         "preset": args.preset, "base_model": str(args.base_model or preset.base_model),
-        "adapter": (str(preset.adapter) if preset else args.adapter) if people else None,
-        "style_adapter": str(style_adapter[0]) if style_adapter else None,
+        "adapters": [{**a, "source": sources.get(a["kind"])} for a in pipe.adapter_metadata()
+                     if a["kind"] in sources],
         "identities": [{"name": p.name, "photos": [Path(f).name for f in p.photos], "face": p.face,
                         "region": None if p.region is None else list(p.region), "strength": p.strength}
                        for p in people],
@@ -423,9 +426,8 @@ def _write_images(pipe, settings: GenerationSettings, metadata: dict, output: Pa
             seed = settings.seed + i
             result = pipe(replace(settings, seed=seed), on_step=lambda step, total: bar.update(1))
             image = result.images[0]
-            image_metadata = ai_generated_metadata({**metadata, "seed": seed, "width": image.width,
-                                                    "height": image.height,
-                                                    "scheduler_class": result.settings.get("scheduler_class")})
+            image_metadata = ai_generated_metadata({**result.metadata, **metadata, "seed": seed, "width": image.width,
+                                                    "height": image.height})
             path, index = _save_numbered(image, output, index, seed, image_metadata)
             index += 1
             written.append(path)

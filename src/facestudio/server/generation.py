@@ -143,8 +143,8 @@ def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
         done_before = i * plan.steps
         result = pipe(replace(settings, seed=seed), on_step=lambda step, total: job.progress(done_before + step))
         image = result.images[0]
-        metadata = ai_generated_metadata({**metadata_base, "seed": seed, "width": image.width, "height": image.height,
-                                          "scheduler_class": result.settings.get("scheduler_class")})
+        metadata = ai_generated_metadata({**result.metadata, **metadata_base, "seed": seed, "width": image.width,
+                                          "height": image.height})
         name = f"{i:03d}-seed{seed}.png"
         data.save_result(job.id, name, image, metadata)  # StorageError naming the folder when the disk is full
         job.images.append(name)
@@ -171,11 +171,11 @@ def _stored_image(data: DataFolder, image_id: str | None, label: str):
 
 
 def _metadata(plan: Plan, model: dict, job_id: str) -> dict:
-    """What the images' metadata records, in the same keys as `facestudio generate` where they mean the same."""
+    """What the server adds to the pipeline's metadata (`labels.schema`: the same keys as `facestudio generate`)."""
     request = plan.request
     return {
         **plan.settings.metadata(), "command": "serve", "job": job_id,
-        "base_model": model["base_model"], "adapters": [a.get("kind") for a in model["adapters"]],
+        "base_model": model["base_model"],
         "identities": [{"id": info["id"], "name": info["name"], "photos": [p["name"] for p in info["photos"]],
                         "region": None if person.region is None else list(person.region),
                         "strength": person.strength}
