@@ -38,18 +38,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import AmbiguousFaceError, FaceStudioError, ImageError, NoFaceError
-from ..faces.analysis import select_face_index
 from ..imaging import to_array
 from ..regions import available_choices
 from ..request import DEFAULT_STEPS
 from . import generation
+from .a1111 import responses as a1111_responses
 from .guard import Guard
 from .jobs import FINISHED, Job, JobQueue, QueueFull
 from .schemas import GenerationRequest, IdentityInfo, IdentityList, ImageInfo, JobStatus, ModelInfo, Problem
 from .schemas import QueueInfo
 from .storage import ID_PATTERN, RESULT_NAME_PATTERN, DamagedEntry, DataFolder, StorageError
 from .uploads import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, UploadError, UploadLimits, UploadPool
-from .uploads import decode_upload, safe_filename
+from .uploads import decode_upload, face_json, read_photos, safe_filename
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
                job_timeout: float | None = 600.0, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, max_side: int = 1024, max_count: int = 8,
                default_steps: int = DEFAULT_STEPS, max_jobs: int = 200, base_model: str = "(given pipeline)",
-               allowed_hosts=None, upload_workers: int = 2, upload_waiting: int = 16) -> FastAPI:
+               allowed_hosts=None, upload_workers: int = 2, upload_waiting: int = 16, a1111: bool = False) -> FastAPI:
     """The app serving `pipe` (a loaded `FaceStudioPipeline`) from the data folder `data_dir`.
 
     Args:
@@ -86,6 +86,8 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         allowed_hosts: Host names accepted without a token besides the loopback names.
         upload_workers (`int`, defaults to 2), upload_waiting (`int`, defaults to 16): uploads decoded at once,
             and how many more may wait before one gets 429 (see `uploads.UploadPool`: bounds memory).
+        a1111 (`bool`, defaults to False): serve the AUTOMATIC1111-compatible API too (`/sdapi/v1/...`,
+            `/controlnet/...`; see `server.a1111`), on the same queue, limits and token.
 
     Returns:
         `FastAPI`; `app.state.queue` is its `JobQueue` (close it, or let the app's shutdown do it).
@@ -98,6 +100,8 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     jobs_lock = threading.Lock()
 
     def finished(job: Job) -> None:
+        if not job.plan.keep:  # a synchronous request's job: its answer holds the images, nothing is on disk
+            return
         try:
             data.save_job(job.id, generation.record(job))
         except StorageError as e:  # a full disk: the job's state is still right in memory, and said once here
@@ -161,19 +165,10 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     def new_identity(photos: list[UploadFile], name: str | None, face: int | None) -> dict:
         """In an upload-pool thread: each photo decoded (at most 2048 px) and analysed in turn; the decoded
         photos are kept only until the identity is encoded."""
-        analyzer = pipe.get_face_analyzer()
-        arrays, chosen, described = [], [], []
-        for i, upload in enumerate(photos):
-            label = safe_filename(upload.filename, f"photo {i + 1}")
-            decoded = decode_upload(upload.file.read(limits.max_bytes + 1), label, limits)
-            array = to_array(decoded.image)
-            faces = analyzer.detect(array)
-            # The shared rule (`index`, or the one clear face), its advice naming this request's field.
-            used = select_face_index(faces, face, source=label, advice="the 'face' field")
-            arrays.append(array)
-            chosen.append(faces[used])
-            described.append({"name": label, "width": decoded.width, "height": decoded.height,
-                              "faces": [_face_json(f.scaled(decoded.scale)) for f in faces], "used": used})
+        labelled = ((safe_filename(u.filename, f"photo {i + 1}"), u.file.read(limits.max_bytes + 1))
+                    for i, u in enumerate(photos))  # read one by one, as each is analysed
+        # The shared rule (`face`, or the one clear face), its advice naming this request's field.
+        arrays, chosen, described = read_photos(pipe.get_face_analyzer(), labelled, limits, face, "the 'face' field")
         identity_id = secrets.token_hex(8)
         display = (name or "").strip() or "+".join(Path(d["name"]).stem for d in described)[:100]
         # Encoded the way the loaded identity adapter reads it (facestudio's own, or a public preset's encoders).
@@ -226,7 +221,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         faces = pipe.get_face_analyzer().detect(to_array(image))
         image_id = secrets.token_hex(8)
         info = {"id": image_id, "name": label, "width": image.width, "height": image.height,
-                "faces": [_face_json(f) for f in faces]}
+                "faces": [face_json(f) for f in faces]}
         data.save_image(image_id, image, info)  # re-encoded: the uploaded bytes are never kept
         return info
 
@@ -324,7 +319,13 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
             queue.cancel(job)
         return _status(job)
 
-    app.add_middleware(Guard, max_body=max_upload_bytes, token=token, allowed_hosts=allowed_hosts)
+    if a1111:
+        from .a1111 import add_routes
+
+        add_routes(app, pipe=pipe, queue=queue, upload_pool=upload_pool, limits=limits, base_model=base_model,
+                   max_side=max_side, max_count=max_count, default_steps=default_steps)
+    app.add_middleware(Guard, max_body=max_upload_bytes, token=token, allowed_hosts=allowed_hosts,
+                       error_body=_refusal_body)
     return app
 
 
@@ -382,21 +383,33 @@ def _past_jobs(data: DataFolder) -> collections.OrderedDict:
     return collections.OrderedDict((j.id, j) for j in sorted(restored, key=lambda j: j.created))
 
 
-def _face_json(face) -> dict:
-    return {"box": [round(float(v), 1) for v in face.box], "score": round(float(face.score), 3),
-            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks]}
+def _refusal_body(path: str, status: int, message: str) -> dict:
+    """The body of a refusal by `Guard`: A1111's error shape on its routes."""
+    return a1111_responses.error_body("HTTPException", message) if a1111_responses.is_a1111(path) else \
+        {"error": message}
+
+
+def _problem(request, status: int, message: str, kind: str, headers=None, detail=None) -> JSONResponse:
+    """An error answer: `{"error": message}`, or on the A1111 routes A1111's shape (`kind` is its `error`)."""
+    body = a1111_responses.error_body(kind, message, detail) if a1111_responses.is_a1111(request.url.path) else \
+        {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Every error as `{"error": message}`: input problems as 4xx, never a traceback."""
+    """Every error as `{"error": message}` (A1111's shape on its routes): input problems as 4xx, never a
+    traceback."""
 
     @app.exception_handler(FaceStudioError)
     async def input_error(request, error: FaceStudioError):
         headers = None
+        a1111 = a1111_responses.is_a1111(request.url.path)
         if isinstance(error, UploadError):
             status = error.status
             if error.retry_after is not None:
                 headers = {"Retry-After": str(error.retry_after)}
+        elif getattr(error, "status", None) is not None:  # the A1111 routes' own (a synchronous job's end)
+            status = error.status
         elif isinstance(error, generation.NotFound):
             status = 404
         elif isinstance(error, DamagedEntry):
@@ -404,23 +417,29 @@ def _add_error_handlers(app: FastAPI) -> None:
         elif isinstance(error, StorageError):
             status = 507  # Insufficient Storage: the data folder is full or read-only
             logger.warning("%s", error)
-        elif isinstance(error, (NoFaceError, AmbiguousFaceError, ImageError)):
-            status = 422
+        elif isinstance(error, (NoFaceError, AmbiguousFaceError, ImageError)) or a1111:
+            status = 422  # A1111 answers a request it cannot run with 422
         else:
             status = 400
-        return JSONResponse({"error": str(error)}, status_code=status, headers=headers)
+        return _problem(request, status, str(error), type(error).__name__, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, error: RequestValidationError):
-        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in error.errors()]
-        return JSONResponse({"error": "; ".join(problems)[:2000] or "invalid request"}, status_code=422)
+        found = error.errors()
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in found]
+        message = "; ".join(problems)[:2000] or "invalid request"
+        # FastAPI's own list, without the input (which may be a large base64 image)
+        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                  for e in found[:20]]
+        return _problem(request, 422, message, "RequestValidationError", detail=detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, error: StarletteHTTPException):
-        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code,
-                            headers=getattr(error, "headers", None))
+        return _problem(request, error.status_code, str(error.detail), "HTTPException",
+                        getattr(error, "headers", None))
 
     @app.exception_handler(Exception)
     async def bug(request, error: Exception):
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": f"internal error: {type(error).__name__} (see the server log)"}, status_code=500)
+        return _problem(request, 500, f"internal error: {type(error).__name__} (see the server log)",
+                        type(error).__name__)

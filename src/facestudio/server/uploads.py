@@ -151,6 +151,39 @@ def header_size(data: bytes, kind: str) -> tuple[int, int]:
         return 0, 0
 
 
+def read_photos(analyzer, photos, limits: UploadLimits, face: int | None, advice: str):
+    """Photos of one person, each decoded (at most `ANALYSIS_SIDE`), its faces found and one chosen (`face`, or
+    the one clear face; `advice` names the field that chooses), in turn: the checks every uploaded photo passes.
+
+    Args:
+        photos: `(label, encoded bytes)` pairs; the label names the photo in messages.
+
+    Returns:
+        `(arrays, chosen faces, descriptions)`: RGB arrays, the `Face` used in each, and per photo its name,
+        size, the faces found (in the file's pixels) and which was used.
+    """
+    from ..faces.analysis import select_face_index
+    from ..imaging import to_array
+
+    arrays, chosen, described = [], [], []
+    for label, data in photos:
+        decoded = decode_upload(data, label, limits)
+        array = to_array(decoded.image)
+        faces = analyzer.detect(array)
+        used = select_face_index(faces, face, source=label, advice=advice)
+        arrays.append(array)
+        chosen.append(faces[used])
+        described.append({"name": label, "width": decoded.width, "height": decoded.height,
+                          "faces": [face_json(f.scaled(decoded.scale)) for f in faces], "used": used})
+    return arrays, chosen, described
+
+
+def face_json(face) -> dict:
+    """A detected face as the API reports it: box, score and five landmarks, rounded."""
+    return {"box": [round(float(v), 1) for v in face.box], "score": round(float(face.score), 3),
+            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks]}
+
+
 def safe_filename(name: str | None, fallback: str) -> str:
     """A label for messages: the upload's base name, printable characters only, at most 80."""
     base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
