@@ -44,7 +44,8 @@ def style_beside(adapter: str | Path | None) -> Path | None:
 def load_generation_pipeline(base_model: str | Path | None, *, adapter: str | Path | None = None,
                              style_adapter: str | Path | None = None, preset: str | None = None,
                              device: str | None = None, cpu_offload: bool = False, vae_tiling: bool = False,
-                             face_analyzer=None, arcface_model: str | Path | None = None, with_style: bool = True):
+                             face_analyzer=None, arcface_model: str | Path | None = None, with_style: bool = True,
+                             speed: str | None = None, speed_weights: str | Path | None = None):
     """The base pipeline with the adapters asked for.
 
     Args:
@@ -56,6 +57,8 @@ def load_generation_pipeline(base_model: str | Path | None, *, adapter: str | Pa
             `style_adapter` must be None. `arcface_model` is its ArcFace file (FaceID presets).
         with_style: load a style adapter when one comes with the preset or the adapter folder.
         face_analyzer: the `FaceAnalyzer` the identity adapter's recogniser must match (made when needed).
+        speed: a speed model of `sampling.speed.SPEED_MODELS` loaded beside the adapters (with a preset, None
+            takes the preset's own and "none" none); `speed_weights` its local file instead of the hub's.
 
     Raises:
         ModelFileError: a folder is not what it should be, or an adapter does not fit the base model.
@@ -70,7 +73,8 @@ def load_generation_pipeline(base_model: str | Path | None, *, adapter: str | Pa
             raise ModelFileError(f"preset {preset} brings its own adapters: drop the adapter options")
         return load_preset_pipeline(preset, base_model=None if base_model is None else str(base_model), device=device,
                                     cpu_offload=cpu_offload, vae_tiling=vae_tiling, face_analyzer=face_analyzer,
-                                    with_style=with_style, arcface_model=arcface_model)
+                                    with_style=with_style, arcface_model=arcface_model, speed=speed,
+                                    speed_weights=speed_weights)
     if base_model is None:
         raise ModelFileError("no base model given (a folder, a hub id or 'tiny'), and no preset")
     if style_adapter is None and with_style:  # a trained folder holds identity/ and style/ side by side
@@ -108,4 +112,8 @@ def load_generation_pipeline(base_model: str | Path | None, *, adapter: str | Pa
             kwargs["style"] = str(style)
     if kwargs:
         pipe.load_adapters(face_analyzer=face_analyzer, **kwargs)
+    if speed not in (None, "", "none"):
+        from .sampling.speed import load_speed_model
+
+        load_speed_model(pipe, speed, weights=speed_weights)
     return pipe

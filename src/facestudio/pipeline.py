@@ -28,11 +28,12 @@ from .adapter_loading import GUIDANCE_ENCODERS, AdapterLoadingMixin
 from .attention import LayerMasks, RegionMasks, side_by_side
 from .errors import FaceStudioError
 from .guidance import identity as idg
-from .guidance.cfg import GuidanceRows
+from .guidance.cfg import GuidancePlan, GuidanceRows
 from .imaging import load_image
 from .regions import SceneEdit, as_call_source, choose_source, resolve_regions
 from .regions.sources import SceneFaces, Segmented, StylePeople
 from .sampling.schedulers import DEFAULT_SCHEDULER, make_scheduler, step_kwargs
+from .sampling.speed import loaded_speed_model
 from .request import DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_TEXT_SCALE, GenerationSettings, IdentityInput
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,11 @@ class FaceStudioMixin(AdapterLoadingMixin):
             raise FaceStudioError("identities given, but no identity adapter is loaded (load_adapters(identity=...))")
         if settings.style_image is not None and self._adapter("style") is None:
             raise FaceStudioError("a style image given, but no style adapter is loaded (load_adapters(style=...))")
+        loaded = loaded_speed_model(self)
+        if settings.speed and (loaded is None or loaded.name != settings.speed):
+            raise FaceStudioError(f"speed model {settings.speed!r} asked for, but "
+                                  + (f"{loaded.name!r} is loaded" if loaded else "none is loaded")
+                                  + " (sampling.speed.load_speed_model)")
 
     def encode_identities(self, identities: list[IdentityInput], mix) -> list[idg.Identity]:
         """Photos -> identities (several photos pooled); mixed into one when `mix` is given."""
@@ -175,7 +181,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
                  num_inference_steps: int = DEFAULT_STEPS, height: int | None = None, width: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, num_images_per_prompt: int = 1,
                  output_type: str = "pil", scheduler: str = DEFAULT_SCHEDULER, speed: str = "",
-                 on_step: Callable[[int, int], None] | None = None, return_dict: bool = True):
+                 reference_guidance_start: float | None = None, on_step: Callable[[int, int], None] | None = None, return_dict: bool = True):
         """Generate images of the given people: `pipe(settings)`, or `pipe(prompt, ...)` with the fields of
         `GenerationSettings` as keywords (which builds them; each field, default and check is documented there).
 
@@ -193,7 +199,8 @@ class FaceStudioMixin(AdapterLoadingMixin):
         settings = prompt if isinstance(prompt, GenerationSettings) else GenerationSettings(
             prompt, negative_prompt, tuple(identities or ()), mix, style_image, style_strength, scene_image,
             scene_faces, regions, text_guidance_scale, reference_guidance_scale, num_inference_steps, width, height,
-            num_images_per_prompt=num_images_per_prompt, output_type=output_type, scheduler=scheduler, speed=speed)
+            num_images_per_prompt=num_images_per_prompt, output_type=output_type, scheduler=scheduler, speed=speed,
+            reference_guidance_start=reference_guidance_start)
         self.check_adapters(settings.validate())
         scene = None if settings.scene_image is None else \
             load_image(settings.scene_image, min_side=32, name="scene image")
@@ -206,8 +213,10 @@ class FaceStudioMixin(AdapterLoadingMixin):
         prompts, negatives = settings.prompts(), settings.negative_prompts()
         batch = len(prompts) * settings.num_images_per_prompt
 
-        # 2. Encode the prompt (the guidance rows: with a reference (no text), (text), (text + ref))
-        rows = GuidanceRows.for_call(bool(people) or style is not None)
+        # 2. Encode the prompt for the guidance rows the scales need (of: (no text, no ref), (text), (text + ref))
+        plan = GuidancePlan.for_call(bool(people) or style is not None, settings.text_guidance_scale,
+                                     settings.reference_scale, settings.reference_guidance_start)
+        rows = plan.stacked
         text, text_added = self.encode_text(prompts, negatives, device, settings.num_images_per_prompt, rows,
                                             height, width)
 
@@ -236,7 +245,9 @@ class FaceStudioMixin(AdapterLoadingMixin):
                            "cross_attention_kwargs": {"ip_adapter_masks": LayerMasks(tuple(region_masks), latent_size)}}
 
         # 7. Timesteps and latents (a scheduler of this call's own: schedulers keep step state)
-        scheduler = make_scheduler(settings.scheduler, self.scheduler)
+        speed = loaded_speed_model(self)  # its LoRA is in the UNet: its timestep spacing applies to every call
+        scheduler = make_scheduler(settings.scheduler, self.scheduler,
+                                   timestep_spacing=speed.timestep_spacing if speed else None)
         scheduler.set_timesteps(settings.num_inference_steps, device=device)
         shape = (batch, self.unet.config.in_channels, *latent_size)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=text.dtype)
@@ -248,7 +259,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
         timesteps = scheduler.timesteps
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
-                latents = self.denoise_step(scheduler, t, latents, rows, text, unet_kwargs, settings, generator)
+                latents = self.denoise_step(scheduler, t, latents, plan, text, unet_kwargs, settings, generator)
                 if scene_blend is not None:  # keep the scene outside the faces: it re-enters at the next noise level
                     latents = scene_blend.keep_scene(latents, scheduler, timesteps, i)
                 progress.update()
@@ -258,7 +269,8 @@ class FaceStudioMixin(AdapterLoadingMixin):
         # 9. Decode, paste the scene's own pixels back outside the faces
         record = {**settings.metadata(), "identities": [i.name for i in encoded], "strengths": strengths,
                   "style_image": style is not None, "scene_image": scene is not None,
-                  "scheduler": settings.scheduler, "scheduler_class": type(scheduler).__name__}
+                  "scheduler": settings.scheduler, "scheduler_class": type(scheduler).__name__,
+                  "speed": speed.name if speed else None}
         metadata = self.image_record(settings, record)
         if output_type == "latent":
             self.maybe_free_model_hooks()
@@ -286,15 +298,21 @@ class FaceStudioMixin(AdapterLoadingMixin):
                        "strength": p.strength, "region": region_value(p.region)}
                       for i, p in enumerate(settings.identities)]
         return {**settings.metadata(), "seed": settings.seed, "scheduler": record["scheduler"],
-                "scheduler_class": record.get("scheduler_class"),
+                "scheduler_class": record.get("scheduler_class"), "speed": record.get("speed"),
                 "base_model": getattr(self, "name_or_path", None) or None,
                 "adapters": self.adapter_metadata(),
                 "identities": identities, "style_image": record["style_image"] or None,
                 "scene_image": record["scene_image"] or None}
 
-    def denoise_step(self, scheduler, t, latents: torch.Tensor, rows: GuidanceRows, text: torch.Tensor,
-                     unet_kwargs: dict, settings: GenerationSettings, generator=None) -> torch.Tensor:
-        """One step of the loop: the UNet on every guidance row, the rows combined, the scheduler's step."""
+    def denoise_step(self, scheduler, t, latents: torch.Tensor, rows: GuidanceRows | GuidancePlan,
+                     text: torch.Tensor, unet_kwargs: dict, settings: GenerationSettings, generator=None
+                     ) -> torch.Tensor:
+        """One step of the loop: the UNet on this step's guidance rows (`text` and `unet_kwargs` stacked as
+        the plan's `stacked` rows), the rows combined, the scheduler's step."""
+        plan = rows if isinstance(rows, GuidancePlan) else GuidancePlan(rows)
+        stacked, rows = plan.stacked, plan.at(t)
+        if rows != stacked:
+            text, unet_kwargs = stacked.take(text, rows), _rows_of(unet_kwargs, stacked, rows)
         model_input = scheduler.scale_model_input(rows.latents(latents), t)
         eps = self.unet(model_input, t, encoder_hidden_states=text, return_dict=False, **unet_kwargs)[0]
         eps = rows.combine(eps, settings.text_guidance_scale, settings.reference_scale)
@@ -323,6 +341,16 @@ class FaceStudioMixin(AdapterLoadingMixin):
         """Pixels in [-1, 1] -> scaled latents (the mode of the VAE's posterior)."""
         mode = self.run_vae(lambda vae, x: vae.encode(x).latent_dist.mode(), pixels)
         return mode * self.vae.config.scaling_factor
+
+
+def _rows_of(unet_kwargs: dict, stacked: GuidanceRows, rows: GuidanceRows) -> dict:
+    """`unet_kwargs` with its per-row tensors (SDXL's added conditions, the adapters' tokens) cut to `rows`."""
+    added = unet_kwargs.get("added_cond_kwargs")
+    if not added:
+        return unet_kwargs
+    taken = {key: [stacked.take(t, rows) for t in value] if isinstance(value, list) else stacked.take(value, rows)
+             for key, value in added.items()}
+    return {**unet_kwargs, "added_cond_kwargs": taken}
 
 
 class FaceStudioPipeline(FaceStudioMixin, StableDiffusionPipeline):

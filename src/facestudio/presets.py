@@ -83,6 +83,8 @@ class Preset:
         style_adapter, style_encoder, style_blocks: the plain IP-Adapter used for a style image, with the
             per-block scales that keep it out of layout.
         steps, text_guidance_scale, reference_guidance_scale, shortcut_scale: recommended settings.
+        negative_prompt: the negative prompt used when a request gives none ("" for none).
+        speed: a speed model (`sampling.speed.SPEED_MODELS`) used unless a request names another, or "".
         licence: printed once when the preset loads.
         non_commercial: whether the weights forbid commercial use.
     """
@@ -105,6 +107,8 @@ class Preset:
     text_guidance_scale: float = DEFAULT_TEXT_SCALE
     reference_guidance_scale: float = DEFAULT_TEXT_SCALE
     shortcut_scale: float = 1.0
+    negative_prompt: str = ""
+    speed: str = ""
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -143,8 +147,11 @@ def arcface_model_path(given: str | os.PathLike | None = None) -> Path:
 
 
 def missing_files(preset: Preset, *, base_model: str | None = None, with_style: bool = False,
-                  arcface_model: str | os.PathLike | None = None) -> list[str]:
-    """What the preset needs that is not here, each with how to get it; empty when all can be had."""
+                  arcface_model: str | os.PathLike | None = None, speed: str | None = None,
+                  speed_weights: str | os.PathLike | None = None) -> list[str]:
+    """What the preset needs that is not here, each with how to get it; empty when all can be had.
+    `speed`: the speed model asked for (None: the preset's own, "" or "none": none); `speed_weights`: its
+    local file instead of the hub's."""
     missing = []
     if preset.recognizer == "arcface":
         path = arcface_model_path(arcface_model)
@@ -169,11 +176,34 @@ def missing_files(preset: Preset, *, base_model: str | None = None, with_style: 
             repo, subfolder = split_hub_path(encoder)
             include = f" --include '{subfolder}/*'" if subfolder else ""
             needed.append((HubFile(repo, "config.json", subfolder), "image encoder", f"hf download {repo}{include}"))
+    speed = preset.speed if speed is None else "" if speed == "none" else speed
+    needed += _speed_needs(speed, speed_weights)
+    return missing + _absent(needed)
+
+
+def check_speed_available(speed: str, weights: str | os.PathLike | None = None) -> None:
+    """Raise one `ModelFileError` when the speed model's file is neither at `weights`, cached nor reachable."""
+    missing = _absent(_speed_needs(speed, weights))
+    if missing:
+        raise ModelFileError(f"speed model {speed} cannot load; missing:\n  - " + "\n  - ".join(missing))
+
+
+def _speed_needs(speed: str, weights) -> list[tuple[HubFile, str, str]]:
+    if not speed or weights is not None:  # a local file is checked when it loads
+        return []
+    from .sampling.speed import get_speed_model
+
+    f = get_speed_model(speed).file
+    return [(f, f"speed model {speed}", f"hf download {f.repo} {_path(f)}")]
+
+
+def _absent(needed: list[tuple[HubFile, str, str]]) -> list[str]:
+    """The entries of `needed` (file, what, command) neither cached nor reachable, each with how to get it."""
     absent = [(f, what, command) for f, what, command in needed if not _cached(f)]
     if absent and not _hub_reachable():
-        missing += [f"{what} {f.repo} (offline, and {_path(f)} is not in the model hub cache); where you have a "
-                    f"connection: {command}" for f, what, command in absent]
-    return missing
+        return [f"{what} {f.repo} (offline, and {_path(f)} is not in the model hub cache); where you have a "
+                f"connection: {command}" for f, what, command in absent]
+    return []
 
 
 def check_available(preset: Preset, **kwargs) -> None:
@@ -196,8 +226,10 @@ def show_licence(preset: Preset) -> None:
 
 def load_preset_pipeline(name: str, *, base_model: str | None = None, device: str | None = None,
                          cpu_offload: bool = False, vae_tiling: bool = False, face_analyzer=None,
-                         with_style: bool = False, arcface_model: str | os.PathLike | None = None):
-    """A `FaceStudioPipeline` with the preset's base model and adapters (and its style adapter if asked)."""
+                         with_style: bool = False, arcface_model: str | os.PathLike | None = None,
+                         speed: str | None = None, speed_weights: str | os.PathLike | None = None):
+    """A `FaceStudioPipeline` with the preset's base model and adapters (and its style adapter if asked), and a
+    speed model (`speed`; None: the preset's own, "none": none) from the hub or `speed_weights`."""
     from .faces import FaceAnalyzer
     from .guidance.public_identity import PublicIdentityConfig
     from .guidance.style import StyleAdapterConfig
@@ -206,7 +238,8 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     from .pipeline_xl import FaceStudioXLPipeline
 
     preset = get_preset(name)
-    check_available(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model)
+    check_available(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model, speed=speed,
+                    speed_weights=speed_weights)
     show_licence(preset)
     if preset.recognizer == "arcface" and getattr(getattr(face_analyzer, "recognizer", None), "name", "") != "arcface":
         from .faces.arcface import ArcFaceRecognizer
@@ -227,6 +260,11 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     pipe.load_public_adapters(_file(preset.adapter), identity_config=identity_config, face_analyzer=face_analyzer,
                               **kwargs)
     pipe.preset = preset
+    speed = preset.speed if speed is None else "" if speed == "none" else speed
+    if speed:
+        from .sampling.speed import load_speed_model
+
+        load_speed_model(pipe, speed, weights=speed_weights)
     return pipe
 
 

@@ -47,7 +47,8 @@ FIELD_NAMES = {
             "text_guidance_scale": "--text-scale", "reference_guidance_scale": "--reference-scale",
             "num_inference_steps": "--steps", "width": "--width", "height": "--height", "seed": "--seed",
             "count": "--num-images", "strength": "--strength", "face": "--face", "region": "--region",
-            "regions": "--regions", "scheduler": "--scheduler", "speed": "--speed"},
+            "regions": "--regions", "scheduler": "--scheduler", "speed": "--speed",
+            "reference_guidance_start": "--reference-start"},
     "api": {"num_inference_steps": "steps", "strength": "identities[].strength",
             "region": "identities[].region"},
     # the AUTOMATIC1111-compatible API (server/a1111): A1111's fields, and facestudio's extras in "facestudio"
@@ -108,6 +109,9 @@ class GenerationSettings:
             people or strips (see `regions.choose_source`).
         text_guidance_scale (`float`, defaults to `DEFAULT_TEXT_SCALE`): `g_text` of `guidance.cfg`.
         reference_guidance_scale (`float`, *optional*): `g_ref`; None: the text scale.
+        reference_guidance_start (`float`, *optional*): FlashFace's start of reference guidance: at timesteps
+            above it (the noisiest steps) the references join the prompt in ordinary text guidance, from it
+            down `g_ref` acts (FlashFace uses 600 of 1000); None: `g_ref` at every step (`guidance.cfg`).
         num_inference_steps (`int`, defaults to `DEFAULT_STEPS`).
         width, height (`int`, *optional*): None until `resolved`: the pipeline's default side, or with a scene
             image and neither given, the scene's aspect ratio with that longest side.
@@ -140,6 +144,7 @@ class GenerationSettings:
     output_type: str = "pil"
     scheduler: str = DEFAULT_SCHEDULER
     speed: str = ""
+    reference_guidance_start: float | None = None
 
     def __post_init__(self):
         people = tuple(p if isinstance(p, IdentityInput) else IdentityInput(photos=(p,)) for p in self.identities)
@@ -221,7 +226,8 @@ class GenerationSettings:
             fail(f"{name('seed')} {self.seed}: must be between 0 and 2**63 - 1 - (number of images - 1)")
         scales = [("text_guidance_scale", self.text_guidance_scale),
                   ("reference_guidance_scale", self.reference_guidance_scale),
-                  ("style_strength", self.style_strength), *(("strength", p.strength) for p in self.identities)]
+                  ("style_strength", self.style_strength),
+                  ("reference_guidance_start", self.reference_guidance_start), *(("strength", p.strength) for p in self.identities)]
         for key, value in scales:
             if value is not None and not (math.isfinite(value) and value >= 0):
                 fail(f"{name(key)} {value}: must be a finite number >= 0")
@@ -252,6 +258,10 @@ class GenerationSettings:
         if not isinstance(self.scheduler, str):
             fail(f"{name('scheduler')} must be a sampler name")
         check_scheduler(self.scheduler, name("scheduler"))
+        if self.speed:
+            from .sampling.speed import get_speed_model  # here: it reads the presets, which read this module
+
+            get_speed_model(self.speed, name("speed"))
         if self.output_type not in ("pil", "np", "pt", "latent"):
             fail(f"output_type {self.output_type!r}: one of 'pil', 'np', 'pt', 'latent'")
         return self
@@ -271,4 +281,5 @@ class GenerationSettings:
             "steps": self.num_inference_steps, "text_guidance_scale": self.text_guidance_scale,
             "reference_guidance_scale": self.reference_scale, "width": self.width, "height": self.height,
             "num_images": self.count, "scheduler": self.scheduler, "speed": self.speed or None,
+            "reference_guidance_start": self.reference_guidance_start,
         }

@@ -22,6 +22,7 @@ from ..loading import TINY, adapter_folder, load_generation_pipeline, style_besi
 from ..presets import PRESETS
 from ..regions.sources import CHOICES, as_region
 from ..sampling.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from ..sampling.speed import SPEED_MODELS, get_speed_model
 from ..request import (DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_TEXT_SCALE, SDXL_DEFAULT_SIDE, GenerationSettings,
                        IdentityInput)
 from . import EXIT_OK, MIN_IMAGE_SIDE, quiet_libraries
@@ -120,6 +121,11 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
         models.add_argument("--style-adapter", metavar="FOLDER|tiny",
                             help="style adapter folder (FOLDER/style or a folder holding facestudio_adapter.json); "
                                  "default: the style/ beside --adapter's identity/, if there is one")
+    models.add_argument("--speed", metavar="NAME",
+                        help="a few-step speed LoRA with its sampler, steps and guidance (see `facestudio "
+                             "speed-models`): " + ", ".join(SPEED_MODELS) + "; 'none' turns a preset's off")
+    models.add_argument("--speed-weights", metavar="FILE",
+                        help="the --speed LoRA from this local file (or folder) instead of the model hub")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, metavar="N",
                           help=f"denoising steps (default {DEFAULT_STEPS}, or the preset's)")
@@ -132,6 +138,10 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
                           help=f"guidance scale of the prompt (default {DEFAULT_TEXT_SCALE}, or the preset's)")
     sampling.add_argument("--reference-scale", type=float, metavar="G",
                           help="guidance scale of the identities and style (default: --text-scale)")
+    sampling.add_argument("--reference-start", type=float, metavar="T",
+                          help="FlashFace's late reference guidance: --reference-scale acts only at timesteps <= T "
+                               "(of 1000; FlashFace uses 600); before, the identities join the prompt in plain "
+                               "text guidance (default: every step)")
     for option, what in (("--width", "width"), ("--height", "height")):
         sampling.add_argument(option, type=int, metavar=what[0].upper(), help=f"image {what}, a multiple of 8 (default "
                               f"{DEFAULT_SIDE}; {SDXL_DEFAULT_SIDE} with an SDXL preset)")
@@ -184,6 +194,10 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
         from ..models import choose_device
 
         choose_device(args.device)  # an unavailable device fails now, not after the faces are encoded
+    if args.speed is not None and preset is None:
+        from ..presets import check_speed_available
+
+        check_speed_available(args.speed, args.speed_weights)
     adapter = _identity_adapter(args) if people and preset is None else None
     style_adapter = _style_adapter(args) if preset is None else None
     style = None if args.style is None else load_image(args.style, name=args.style)
@@ -197,7 +211,8 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
         from ..presets import check_available
 
         check_available(preset, base_model=args.base_model, with_style=style is not None,
-                        arcface_model=args.arcface_model)
+                        arcface_model=args.arcface_model, speed=args.speed or "none",
+                        speed_weights=args.speed_weights)
         _find_faces(people)
     elif people:
         from ..faces import FaceAnalyzer
@@ -246,11 +261,24 @@ def _preset_defaults(args):
         from ..presets import get_preset
 
         preset = get_preset(args.preset)
-    args.steps = args.steps if args.steps is not None else preset.steps if preset else DEFAULT_STEPS
+    if args.speed is None and preset is not None:
+        args.speed = preset.speed or None
+    args.speed = None if args.speed in (None, "", "none") else args.speed
+    speed = None if args.speed is None else get_speed_model(args.speed, "--speed")
+    if speed is not None and preset is not None and speed.sdxl != preset.sdxl:
+        raise FaceStudioError(f"--speed {speed.name} is made for {'SDXL' if speed.sdxl else 'SD 1.5'}; preset "
+                              f"{preset.name} is {'SDXL' if preset.sdxl else 'SD 1.5'}")
+    if args.speed_weights is not None and speed is None:
+        raise FaceStudioError("--speed-weights needs --speed NAME (which speed model the file is)")
+    # what the user gave wins, then the speed model's settings, then the preset's, then the defaults
+    args.scheduler = args.scheduler or (speed.scheduler if speed else DEFAULT_SCHEDULER)
+    args.steps = args.steps if args.steps is not None else speed.steps if speed else \
+        preset.steps if preset else DEFAULT_STEPS
     if args.text_scale is None:
-        args.text_scale = preset.text_guidance_scale if preset else DEFAULT_TEXT_SCALE
-        if args.reference_scale is None and preset is not None:
-            args.reference_scale = preset.reference_guidance_scale
+        args.text_scale = speed.guidance_scale if speed else preset.text_guidance_scale if preset else \
+            DEFAULT_TEXT_SCALE
+        if args.reference_scale is None and (preset is not None or speed is not None):
+            args.reference_scale = speed.guidance_scale if speed else preset.reference_guidance_scale
     return preset
 
 
@@ -303,7 +331,8 @@ def _check_settings(args, mix) -> GenerationSettings:
         scene_image=args.scene, scene_faces=scene_faces, regions=args.regions, text_guidance_scale=args.text_scale,
         reference_guidance_scale=args.reference_scale, num_inference_steps=args.steps, width=args.width,
         height=args.height, seed=args.seed, count=args.num_images,
-        scheduler=args.scheduler or DEFAULT_SCHEDULER).validate("cli")
+        scheduler=args.scheduler, speed=args.speed or "",
+        reference_guidance_start=args.reference_start).validate("cli")
 
 
 def _default_side(args) -> int:
@@ -399,12 +428,14 @@ def _load_models(args, people, adapter, style_adapter, analyzer, with_style: boo
 
         pipe = load_preset_pipeline(args.preset, base_model=args.base_model, device=args.device,
                                     cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, with_style=with_style,
-                                    arcface_model=args.arcface_model)
+                                    arcface_model=args.arcface_model, speed=args.speed or "none",
+                                    speed_weights=args.speed_weights)
     else:
         pipe = load_generation_pipeline(
             args.base_model, adapter=(adapter[0] if adapter else TINY) if people else None,
             style_adapter=style_adapter[0] if style_adapter else None, device=args.device,
-            cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, face_analyzer=analyzer, with_style=with_style)
+            cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, face_analyzer=analyzer, with_style=with_style,
+            speed=args.speed, speed_weights=args.speed_weights)
     pipe.set_progress_bar_config(disable=True)  # the command shows one bar over all images
     return pipe
 

@@ -208,14 +208,14 @@ def read_checkpoint_file(source: str | os.PathLike, weight_name: str, subfolder:
 
 
 @dataclass(frozen=True)
-class _UserLoras:
-    """The user's (non-FaceID) LoRAs as they were: which were active, and each layer's scale for each."""
+class LoraState:
+    """Some LoRAs as they were: which were active, and each layer's scale for each."""
 
     active: tuple[str, ...]
     scales: dict[tuple[str, str], dict[str, float]]  # (component, module name) -> adapter -> PEFT scaling
 
 
-def _lora_layers(pipe):
+def lora_layers(pipe):
     """`((component, module name), layer)` for every PEFT tuner layer in the pipeline's models."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -226,31 +226,41 @@ def _lora_layers(pipe):
                     yield (component, name), module
 
 
-def _remember_user_loras(pipe) -> _UserLoras:
+def remember_loras(pipe, keep=lambda name: True) -> LoraState:
+    """The LoRAs whose names `keep` accepts, as they are now (active ones, per-layer scales)."""
     active, scales = [], {}
-    for key, layer in _lora_layers(pipe):
-        active += [n for n in layer.active_adapters if not FACEID_LORA_NAME.fullmatch(n) and n not in active]
-        scales[key] = {n: s for n, s in getattr(layer, "scaling", {}).items() if not FACEID_LORA_NAME.fullmatch(n)}
-    return _UserLoras(tuple(active), scales)
+    for key, layer in lora_layers(pipe):
+        active += [n for n in layer.active_adapters if keep(n) and n not in active]
+        scales[key] = {n: s for n, s in getattr(layer, "scaling", {}).items() if keep(n)}
+    return LoraState(tuple(active), scales)
 
 
-def _activate(pipe, user: _UserLoras, faceid: list[str]) -> None:
-    """Make exactly the user's previously active LoRAs and `faceid` active, FaceID at weight 1."""
-    names = [*user.active, *faceid]
+def activate_loras(pipe, kept: LoraState, added: dict[str, float]) -> None:
+    """Make exactly `kept`'s active LoRAs (at their own scales) and the `added` ones (at these weights) active."""
+    names = [*kept.active, *(n for n in added if n not in kept.active)]
     if names:
-        pipe.set_adapters(names, adapter_weights=[1.0] * len(names))
+        pipe.set_adapters(names, adapter_weights=[added.get(n, 1.0) for n in names])
     else:  # diffusers 0.42.1's set_adapters([]) raises KeyError
-        for _, layer in _lora_layers(pipe):
+        for _, layer in lora_layers(pipe):
             layer.set_adapter([])
-    # set_adapters wrote weight 1 for the user's LoRAs too: put back each layer's own scale, which also keeps
+    # set_adapters wrote one weight per adapter: put back each layer's own scale of the kept ones, which also keeps
     # per-block weights (`set_adapters(..., [{"unet": {"down": ...}}])`) that one number per adapter would lose
-    for key, layer in _lora_layers(pipe):
-        for name, scale in user.scales.get(key, {}).items():
-            if name in layer.scaling:
+    for key, layer in lora_layers(pipe):
+        for name, scale in kept.scales.get(key, {}).items():
+            if name in layer.scaling and name not in added:
                 layer.scaling[name] = scale
 
 
-def _delete_faceid_loras(pipe, user: _UserLoras) -> None:
+def _remember_user_loras(pipe) -> LoraState:
+    return remember_loras(pipe, keep=lambda name: not FACEID_LORA_NAME.fullmatch(name))
+
+
+def _activate(pipe, user: LoraState, faceid: list[str]) -> None:
+    """Make exactly the user's previously active LoRAs and `faceid` active, FaceID at weight 1."""
+    activate_loras(pipe, user, {name: 1.0 for name in faceid})
+
+
+def _delete_faceid_loras(pipe, user: LoraState) -> None:
     names = faceid_lora_names(pipe)
     if not names:
         return
@@ -260,7 +270,7 @@ def _delete_faceid_loras(pipe, user: _UserLoras) -> None:
     logger.info("deleted FaceID LoRA adapters %s", names)
 
 
-def _unload(pipe, user: _UserLoras) -> None:
+def _unload(pipe, user: LoraState) -> None:
     pipe.unload_ip_adapter()
     _delete_faceid_loras(pipe, user)
 

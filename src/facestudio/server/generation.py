@@ -156,6 +156,7 @@ def settings_of(request: GenerationRequest, people: list[IdentityInput], data: D
         scene_image=None if request.scene_image is None else data.image_path(request.scene_image),
         scene_faces=request.scene_faces, regions=request.regions, text_guidance_scale=request.text_guidance_scale,
         reference_guidance_scale=request.reference_guidance_scale,
+        reference_guidance_start=request.reference_guidance_start,
         num_inference_steps=request.steps or default_steps, width=request.width, height=request.height,
         seed=request.seed, count=request.count, scheduler=request.scheduler or DEFAULT_SCHEDULER)
 

@@ -54,6 +54,10 @@ class GenerationRequest(_Strict):
                           "strips")
     text_guidance_scale: Scale = DEFAULT_TEXT_SCALE
     reference_guidance_scale: Optional[Scale] = Field(None, description="default: text_guidance_scale")
+    reference_guidance_start: Optional[float] = Field(
+        None, ge=0, le=1000, allow_inf_nan=False,
+        description="FlashFace's late reference guidance: reference_guidance_scale acts only at timesteps <= this "
+                    "(600 in FlashFace); default: at every step")
     steps: Optional[int] = Field(None, ge=1, le=200, description="denoising steps; default: the server's")
     seed: Optional[int] = Field(None, ge=0, le=2**53 - 1, description="image i uses seed+i; default: random")
     width: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)
