@@ -156,3 +156,19 @@ def safe_filename(name: str | None, fallback: str) -> str:
     base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
     clean = "".join(c for c in base if c.isprintable())[:80]
     return clean or fallback
+
+
+def face_thumbnail(photo, face, side: int = 96):
+    """A `side` x `side` PIL picture of `face` (a detected face) in `photo` (an RGB array): its box with a margin,
+    squared and kept inside the photo."""
+    from PIL import Image
+
+    height, width = photo.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in face.box)
+    half = max(x1 - x0, y1 - y0) * 0.8
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, top = max(0, round(cx - half)), max(0, round(cy - half))
+    right, bottom = min(width, round(cx + half)), min(height, round(cy + half))
+    crop = Image.fromarray(photo[top:bottom, left:right])
+    crop.thumbnail((side, side))
+    return crop
