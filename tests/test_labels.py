@@ -106,3 +106,15 @@ def test_files_from_before_the_one_schema_read_the_same():
     assert cli == {"adapters": [{"kind": "identity", "source": "./faceid"}], "prompt": "x"}
     assert server["adapters"] == [{"kind": "identity"}, {"kind": "style"}]
     assert normalised({"adapters": [{"kind": "identity"}]}) == {"adapters": [{"kind": "identity"}]}
+
+
+def test_concurrent_saves_are_each_signed_and_carry_no_image_copy(output, tmp_path):
+    from conftest import run_in_threads
+
+    def save(key):
+        return output.save(tmp_path / f"{key}-{len(list(tmp_path.iterdir()))}-{id(object())}.png")
+
+    paths = [p for results in run_in_threads(save, ["a", "b", "c"], repeats=3).values() for p in results]
+    assert len(set(paths)) == 9
+    for path in paths:
+        assert "thumbnail" not in assert_labelled(path)  # c2pa's default JPEG copy of the image is left out

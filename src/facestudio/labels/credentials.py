@@ -11,6 +11,8 @@ from ..errors import FaceStudioError, first_line
 from .signing import signing_credentials
 from .xmp import TRAINED_ALGORITHMIC_MEDIA
 
+_SETTINGS = {"builder": {"thumbnail": {"enabled": False}}}
+
 
 def manifest(title: str, mime: str, software: str, version: str) -> dict:
     """The manifest definition for one generated image."""
@@ -31,7 +33,9 @@ def sign(data: bytes, mime: str, title: str, version: str) -> bytes:
     try:
         signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(credentials.algorithm, credentials.chain,
                                                            credentials.key, None))
-        with signer, c2pa.Builder(json.dumps(manifest(title, mime, "facestudio", version))) as builder:
+        # No thumbnail: c2pa's default embeds a JPEG copy of the image (as large as the image itself here)
+        with signer, c2pa.Context.from_dict(_SETTINGS) as context, \
+                c2pa.Builder(json.dumps(manifest(title, mime, "facestudio", version)), context=context) as builder:
             out = io.BytesIO()
             builder.sign(signer, mime, io.BytesIO(data), out)
     except c2pa.C2paError as e:

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import secrets
@@ -28,9 +29,9 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
-from fastapi import FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
+from fastapi import Body, FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -45,11 +46,12 @@ from . import generation
 from .a1111 import responses as a1111_responses
 from .guard import Guard
 from .jobs import FINISHED, Job, JobQueue, QueueFull
-from .schemas import GenerationRequest, IdentityInfo, IdentityList, ImageInfo, JobStatus, ModelInfo, Problem
+from .schemas import GenerationRequest, IdentityChange, IdentityInfo, IdentityList, ImageInfo, JobStatus, ModelInfo
+from .schemas import Problem
 from .schemas import QueueInfo
-from .storage import ID_PATTERN, RESULT_NAME_PATTERN, DamagedEntry, DataFolder, StorageError
+from .storage import ID_PATTERN, RESULT_NAME_PATTERN, DamagedEntry, DataFolder, StorageError, result_seed
 from .uploads import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, UploadError, UploadLimits, UploadPool
-from .uploads import decode_upload, face_json, read_photos, safe_filename
+from .uploads import decode_upload, face_json, face_thumbnail, read_photos, safe_filename
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     model = _model_info(pipe, base_model)
     jobs: collections.OrderedDict[str, Job] = _past_jobs(data)  # the gallery survives a restart
     jobs_lock = threading.Lock()
+    identities_lock = threading.Lock()  # checking for a same identity or name, then writing
 
     def finished(job: Job) -> None:
         if not job.plan.keep:  # a synchronous request's job: its answer holds the images, nothing is on disk
@@ -154,29 +157,56 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
 
     @app.post("/v1/identities", status_code=201, response_model=IdentityInfo, responses=_ERRORS,
               summary="Photos of one person -> a stored identity")
-    async def create_identity(photos: list[UploadFile] = File(description="one to 8 photos of the same person"),
+    async def create_identity(response: Response,
+                              photos: list[UploadFile] = File(description="one to 8 photos of the same person"),
                               name: Optional[str] = Form(None, max_length=100),
                               face: Optional[int] = Form(None, ge=0, le=64,
                                                          description="which face of each photo (0 is the largest)")):
+        """The same photos (and face) uploaded again give the identity already stored (200, not 201); a new
+        identity whose name is taken gets a number ("obama 2")."""
         if len(photos) > MAX_PHOTOS:
             raise UploadError(f"{len(photos)} photos: at most {MAX_PHOTOS} per identity", 400)
-        return await upload_pool.run(new_identity, photos, name, face)
+        info, created = await upload_pool.run(new_identity, photos, name, face)
+        response.status_code = 201 if created else 200
+        return info
 
-    def new_identity(photos: list[UploadFile], name: str | None, face: int | None) -> dict:
+    def new_identity(photos: list[UploadFile], name: str | None, face: int | None) -> tuple[dict, bool]:
         """In an upload-pool thread: each photo decoded (at most 2048 px) and analysed in turn; the decoded
-        photos are kept only until the identity is encoded."""
+        photos are kept only until the identity is encoded. Returns `(info, created)`."""
         labelled = ((safe_filename(u.filename, f"photo {i + 1}"), u.file.read(limits.max_bytes + 1))
                     for i, u in enumerate(photos))  # read one by one, as each is analysed
         # The shared rule (`face`, or the one clear face), its advice naming this request's field.
-        arrays, chosen, described = read_photos(pipe.get_face_analyzer(), labelled, limits, face, "the 'face' field")
+        arrays, chosen, described, digests = read_photos(pipe.get_face_analyzer(), labelled, limits, face,
+                                                         "the 'face' field")
+        # The same files with the same faces are the same identity, whatever their order or names.
+        photos_key = hashlib.sha256(json.dumps(sorted(zip(digests, (d["used"] for d in described)))).encode()
+                                    ).hexdigest()
+        existing = _identity_with(photos_key)
+        if existing is not None:
+            return _with_embedding(existing), False
         identity_id = secrets.token_hex(8)
         display = (name or "").strip() or "+".join(Path(d["name"]).stem for d in described)[:100]
         # Encoded the way the loaded identity adapter reads it (facestudio's own, or a public preset's encoders).
         identity = pipe.encode_photos(arrays, chosen, name=display)
-        info = {"id": identity_id, "name": display, "recognizer": identity.recognizer, "created": time.time(),
-                "photos": described}
-        data.save_identity(identity_id, identity, info)
-        return {**info, "embedding": identity.embedding.tolist()}
+        thumbnail = face_thumbnail(arrays[0], chosen[0])
+        with identities_lock:  # the check and the write together: two same uploads at once make one identity
+            existing = _identity_with(photos_key)
+            if existing is not None:
+                return _with_embedding(existing), False
+            info = {"id": identity_id, "name": _free_name(display), "recognizer": identity.recognizer,
+                    "created": time.time(), "photos": described, "photos_key": photos_key}
+            data.save_identity(identity_id, identity, info, thumbnail)
+        return {**info, "embedding": identity.embedding.tolist(),
+                "thumbnail": f"/v1/identities/{identity_id}/thumbnail"}, True
+
+    def _identity_with(photos_key: str) -> dict | None:
+        return next((i for i in data.list_identities()[0] if i.get("photos_key") == photos_key), None)
+
+    def _free_name(name: str, exclude: str | None = None) -> str:
+        """`name`, or `name 2`, `name 3`, ... when another identity has it."""
+        taken = {i["name"] for i in data.list_identities()[0] if i["id"] != exclude}
+        return name if name not in taken else next(f"{name} {n}" for n in range(2, len(taken) + 3)
+                                                    if f"{name} {n}" not in taken)
 
     @app.get("/v1/identities", response_model=IdentityList,
              summary="Every stored identity, and those whose files are damaged (left out of the list)")
@@ -199,7 +229,31 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
 
     def _with_embedding(info: dict) -> dict:
         identity = data.load_identity(info["id"], info)  # its JSON already read: only the arrays are opened
-        return {**info, "embedding": [] if identity is None else identity.embedding.tolist()}
+        thumbnail = data.identity_thumbnail(info["id"])
+        return {**info, "embedding": [] if identity is None else identity.embedding.tolist(),
+                "thumbnail": None if thumbnail is None else f"/v1/identities/{info['id']}/thumbnail"}
+
+    @app.get("/v1/identities/{identity_id}/thumbnail", response_class=FileResponse, responses=_ERRORS,
+             summary="A small picture of the identity's face (identities stored before thumbnails have none)")
+    def identity_thumbnail(identity_id: IdParam):
+        path = data.identity_thumbnail(identity_id)
+        if path is None:
+            raise StarletteHTTPException(404, f"no thumbnail for identity {identity_id[:80]}")
+        return FileResponse(path, media_type="image/png")
+
+    @app.patch("/v1/identities/{identity_id}", response_model=IdentityInfo, responses=_ERRORS,
+               summary="Rename an identity")
+    def rename_identity(identity_id: IdParam, change: IdentityChange):
+        name = change.name.strip()
+        if not name:
+            raise UploadError("name: must not be empty", 422)
+        with identities_lock:
+            if data.identity_info(identity_id) is None:
+                raise StarletteHTTPException(404, f"no identity with id {identity_id[:80]}")
+            if _free_name(name, exclude=identity_id) != name:
+                raise UploadError(f"name {name!r}: another identity has it; choose another", 409)
+            info = data.rename_identity(identity_id, name)
+        return _with_embedding(info)
 
     @app.delete("/v1/identities/{identity_id}", status_code=204, responses=_ERRORS)
     def delete_identity(identity_id: IdParam):
@@ -211,14 +265,19 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
 
     @app.post("/v1/images", status_code=201, response_model=ImageInfo, responses=_ERRORS,
               summary="A style or scene image -> an image id for generation requests")
-    async def upload_image(image: UploadFile = File(description="the image")):
-        return await upload_pool.run(new_image, image)
+    async def upload_image(image: UploadFile = File(description="the image"),
+                           purpose: Optional[Literal["style", "scene"]] = Form(
+                               None, description="what it is for: a scene image must show a face")):
+        return await upload_pool.run(new_image, image, purpose)
 
-    def new_image(upload: UploadFile) -> dict:
+    def new_image(upload: UploadFile, purpose: str | None = None) -> dict:
         """In an upload-pool thread. Kept at most `ANALYSIS_SIDE` pixels wide and high: what generation needs."""
         label = safe_filename(upload.filename, "image")
         image = decode_upload(upload.file.read(limits.max_bytes + 1), label, limits, min_side=8).image
         faces = pipe.get_face_analyzer().detect(to_array(image))
+        if purpose == "scene" and not faces:
+            raise UploadError(f"{label}: no face found; a scene image's faces are replaced by the people, so it "
+                              "must show at least one (use it as a style image instead)", 422)
         image_id = secrets.token_hex(8)
         info = {"id": image_id, "name": label, "width": image.width, "height": image.height,
                 "faces": [face_json(f) for f in faces]}
@@ -258,9 +317,10 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         return _status(job)
 
     @app.get("/v1/generations", response_model=list[JobStatus], summary="Recent jobs, newest first")
-    def list_generations(limit: Annotated[int, Query(ge=1, le=500)] = 50):
+    def list_generations(limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                         offset: Annotated[int, Query(ge=0, description="jobs to skip (pages of the gallery)")] = 0):
         with jobs_lock:
-            recent = list(jobs.values())[::-1][:limit]
+            recent = list(jobs.values())[::-1][offset:offset + limit]
         return [_status(j) for j in recent]
 
     def _job(job_id: IdParam) -> Job:
@@ -271,8 +331,8 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
 
     def _status(job: Job) -> dict:
         return {**generation.record(job), "queue_position": queue.position(job),
-                "images": [{"name": n, "url": f"/v1/generations/{job.id}/images/{n}", "seed": job.plan.seed + k}
-                           for k, n in enumerate(list(job.images))]}
+                "images": [{"name": n, "url": f"/v1/generations/{job.id}/images/{n}", "seed": result_seed(n)}
+                           for n in list(job.images)]}
 
     @app.get("/v1/generations/{job_id}", response_model=JobStatus, responses=_ERRORS)
     def get_generation(job_id: IdParam):
@@ -310,6 +370,19 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         if path is None:
             raise StarletteHTTPException(404, f"job {job_id[:80]} has no image {name[:80]}")
         return FileResponse(path, media_type="image/png", filename=f"facestudio-{job_id[:8]}-{name}")
+
+    @app.delete("/v1/generations/{job_id}/images/{name}", status_code=204, responses=_ERRORS,
+                summary="Delete one image of a finished job")
+    def delete_generation_image(job_id: IdParam, name: NameParam):
+        job = _job(job_id)
+        if job.state not in FINISHED:
+            raise UploadError(f"job {job_id} is still {job.state}: delete its images once it has ended", 409)
+        if name not in job.images or not data.delete_result(job_id, name):
+            raise StarletteHTTPException(404, f"job {job_id} has no image {name}")
+        job.images.remove(name)
+        job.changed += 1
+        data.save_job(job.id, generation.record(job))
+        return Response(status_code=204)
 
     @app.post("/v1/generations/{job_id}/cancel", response_model=JobStatus, responses=_ERRORS,
               summary="Stop a job: a waiting one at once, a running one at its next step")

@@ -49,7 +49,7 @@ class Unit:
 
     def identity(self, pipe, limits: UploadLimits, face: int | None, name: str):
         """This unit's person as one `Identity` (its photos pooled), and the photos' descriptions."""
-        arrays, chosen, described = read_photos(pipe.get_face_analyzer(), self.photos, limits, face,
+        arrays, chosen, described, _ = read_photos(pipe.get_face_analyzer(), self.photos, limits, face,
                                                 "the facestudio.faces field")
         return pipe.encode_photos(arrays, chosen, name=name), described
 
