@@ -314,3 +314,31 @@ def test_without_the_flag_there_is_no_a1111_api(pipe, tmp_path):
     with BackgroundServer(create_app(pipe, tmp_path)) as running:
         assert httpx.get(running.url + "/sdapi/v1/sd-models").status_code == 404
         assert "/sdapi/v1/txt2img" not in httpx.get(running.url + "/openapi.json").json()["paths"]
+
+
+def test_facestudio_extras_and_a_style_unit(client, faces_dir):
+    style = {"enabled": True, "module": "ip-adapter_clip_h", "model": "ip-adapter_sd15 [6a3f2d1c]", "weight": 0.5,
+             "image": {"image": b64(photo(faces_dir, "biden.jpg")), "mask": None}}
+    response = txt2img(client, [unit(photo(faces_dir, "obama.jpg")), style, unit(photo(faces_dir, "biden.jpg"))],
+                       facestudio={"names": ["Barack", "Joe"], "mix": [0.7, 0.3], "reference_scale": 2.5})
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert [u["role"] for u in info["facestudio"]["units"]] == ["identity", "style", "identity"]
+    metadata = json.loads(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))).info["facestudio"])
+    assert [p["name"] for p in metadata["identities"]] == ["Barack", "Joe"] and metadata["mix"] == [0.7, 0.3]
+    assert metadata["reference_guidance_scale"] == 2.5 and metadata["text_guidance_scale"] == 7.0
+    assert metadata["style_strength"] == 0.5
+    assert metadata["style_image"] == "alwayson_scripts.controlnet.args[1].image"
+    names = txt2img(client, [unit(photo(faces_dir))], facestudio={"names": ["a", "b"]})
+    assert names.status_code == 422 and "facestudio.names: 2 entries for 1 identity units" in names.json()["detail"]
+
+
+def test_a_client_that_goes_away_cancels_its_job(server, client, faces_dir):
+    body = {"prompt": "long", "steps": 200, "width": 128, "height": 128, "n_iter": 8,
+            "alwayson_scripts": {"controlnet": {"args": [unit(photo(faces_dir))]}}}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server.url + "/sdapi/v1/txt2img", json=body, timeout=3)
+    deadline = time.monotonic() + 20
+    while client.get("/v1/queue").json()["running"] or client.get("/sdapi/v1/progress").json()["state"]["job_count"]:
+        assert time.monotonic() < deadline, "the abandoned job still runs"  # 8 x 200 steps would take minutes
+        time.sleep(0.05)
