@@ -342,3 +342,22 @@ def test_a_client_that_goes_away_cancels_its_job(server, client, faces_dir):
     while client.get("/v1/queue").json()["running"] or client.get("/sdapi/v1/progress").json()["state"]["job_count"]:
         assert time.monotonic() < deadline, "the abandoned job still runs"  # 8 x 200 steps would take minutes
         time.sleep(0.05)
+
+
+def test_facestudio_serve_a1111_as_a_user_starts_it(tmp_path, faces_dir):
+    from test_server_cli import start_serve, stop, wait_until_listening
+
+    process, port, lines = start_serve(tmp_path, "--a1111", "--host", "0.0.0.0")
+    try:
+        output = "".join(lines)
+        assert "AUTOMATIC1111-compatible API at" in output, output
+        token = output.split("Authorization: Bearer ", 1)[1].split("'", 1)[0]
+        wait_until_listening(port)
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=port, username="facestudio", password=token)
+        result = api.txt2img(prompt="a portrait", steps=1, width=SIDE, height=SIDE, seed=4, controlnet_units=[
+            webuiapi.ControlNetUnit(image=Image.open(faces_dir / "obama.jpg"), module="ip-adapter-auto",
+                                    model=FACEID)])
+        assert len(result.images) == 1 and "FaceStudio identities: ControlNet 0" in result.images[0].info["parameters"]
+        assert httpx.get(f"http://127.0.0.1:{port}/sdapi/v1/sd-models", timeout=30).status_code == 401
+    finally:
+        stop(process)
