@@ -202,3 +202,18 @@ def test_a_missing_speed_file_fails_before_any_model_loads(tmp_path):
     done = _facestudio("generate", "--prompt", "x", "--base-model", "tiny", "--speed", "fast", "--output",
                        str(tmp_path / "out"))
     assert done.returncode == 2 and "lcm-sd15" in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_run_spec_names_a_speed_model_and_takes_its_settings(faces_dir, tmp_path):
+    from facestudio.evaluation.runspec import parse_spec
+
+    people = {"identities": {"obama": {"photos": [str(faces_dir / "obama.jpg")]}}, "prompts": ["a"],
+              "base_model": "tiny", "adapter": "tiny"}
+    spec = parse_spec({**people, "speed": "tcd-sd15", "speed_weights": "tcd.safetensors"}, base=tmp_path)
+    assert (spec.speed, spec.scheduler, spec.steps, spec.settings[0].text_scale) == ("tcd-sd15", "tcd", 4, 1.0)
+    assert spec.speed_weights == str(tmp_path / "tcd.safetensors")
+    assert parse_spec({**people, "speed": "tcd-sd15", "steps": 8, "scheduler": "ddim"}).steps == 8
+    with pytest.raises(FaceStudioError, match="speed 'x'.*lcm-sd15"):
+        parse_spec({**people, "speed": "x"})
+    with pytest.raises(FaceStudioError, match="scheduler 'y'.*unipc"):
+        parse_spec({**people, "scheduler": "y"})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import cv2
@@ -29,6 +29,7 @@ from .attention import LayerMasks, RegionMasks, side_by_side
 from .errors import FaceStudioError
 from .guidance import identity as idg
 from .guidance.cfg import GuidancePlan, GuidanceRows
+from .guidance.kinds import kind_for
 from .imaging import load_image
 from .regions import SceneEdit, as_call_source, choose_source, resolve_regions
 from .regions.sources import SceneFaces, Segmented, StylePeople
@@ -91,6 +92,9 @@ class FaceStudioMixin(AdapterLoadingMixin):
             raise FaceStudioError("identities given, but no identity adapter is loaded (load_adapters(identity=...))")
         if settings.style_image is not None and self._adapter("style") is None:
             raise FaceStudioError("a style image given, but no style adapter is loaded (load_adapters(style=...))")
+        if settings.shortcut_scale is not None and settings.identities and self.shortcut_scale() is None:
+            raise FaceStudioError("a shortcut scale given, but the identity adapter has no shortcut (FaceID-PlusV2 "
+                                  "and facestudio's own adapters have one)")
         loaded = loaded_speed_model(self)
         if settings.speed and (loaded is None or loaded.name != settings.speed):
             raise FaceStudioError(f"speed model {settings.speed!r} asked for, but "
@@ -120,15 +124,27 @@ class FaceStudioMixin(AdapterLoadingMixin):
         return adapter.adapter_kind.encode_photos(self.get_face_analyzer(), self.image_encoder_for("identity"), photos,
                                                   faces, name)
 
+    def shortcut_scale(self) -> float | None:
+        """The identity adapter's shortcut scale (FaceID-PlusV2's, facestudio's own); None: it has no shortcut."""
+        adapter = self._adapter("identity")
+        kind = None if adapter is None else adapter.adapter_kind
+        if kind is None or not (getattr(kind, "shortcut", False) or getattr(kind.config, "shortcut", False)):
+            return None
+        return float(kind.config.shortcut_scale)
+
     def identity_signature(self) -> str | None:
         """What an `Identity` must record as its recogniser to fit the loaded identity adapter (None: no adapter)."""
         adapter = self._adapter("identity")
         return None if adapter is None else adapter.adapter_kind.signature
 
-    def identity_tokens(self, identities: list[idg.Identity], batch: int, rows: GuidanceRows) -> torch.Tensor:
-        """`[rows * batch, N, T, D]` tokens: the identities in the "full" row, "no reference" in the others."""
+    def identity_tokens(self, identities: list[idg.Identity], batch: int, rows: GuidanceRows,
+                        shortcut_scale: float | None = None) -> torch.Tensor:
+        """`[rows * batch, N, T, D]` tokens: the identities in the "full" row, "no reference" in the others
+        (`shortcut_scale`: this call's PlusV2 shortcut weight instead of the adapter's)."""
         adapter = self._adapter("identity")
         projection, kind = self._projection(adapter), adapter.adapter_kind
+        if shortcut_scale is not None and shortcut_scale != kind.config.shortcut_scale:
+            kind = kind_for(replace(kind.config, shortcut_scale=shortcut_scale))  # this call's own kind object
         null = kind.tokens(projection, adapter.null_identity)
         real = [kind.tokens(projection, i) for i in identities] or [null]
         null, *real = side_by_side([null, *real])
@@ -181,7 +197,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
                  num_inference_steps: int = DEFAULT_STEPS, height: int | None = None, width: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, num_images_per_prompt: int = 1,
                  output_type: str = "pil", scheduler: str = DEFAULT_SCHEDULER, speed: str = "",
-                 reference_guidance_start: float | None = None, on_step: Callable[[int, int], None] | None = None, return_dict: bool = True):
+                 reference_guidance_start: float | None = None, shortcut_scale: float | None = None, on_step: Callable[[int, int], None] | None = None, return_dict: bool = True):
         """Generate images of the given people: `pipe(settings)`, or `pipe(prompt, ...)` with the fields of
         `GenerationSettings` as keywords (which builds them; each field, default and check is documented there).
 
@@ -200,7 +216,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
             prompt, negative_prompt, tuple(identities or ()), mix, style_image, style_strength, scene_image,
             scene_faces, regions, text_guidance_scale, reference_guidance_scale, num_inference_steps, width, height,
             num_images_per_prompt=num_images_per_prompt, output_type=output_type, scheduler=scheduler, speed=speed,
-            reference_guidance_start=reference_guidance_start)
+            reference_guidance_start=reference_guidance_start, shortcut_scale=shortcut_scale)
         self.check_adapters(settings.validate())
         scene = None if settings.scene_image is None else \
             load_image(settings.scene_image, min_side=32, name="scene image")
@@ -231,7 +247,7 @@ class FaceStudioMixin(AdapterLoadingMixin):
         strengths = [p.strength for p in people] if mix is None else [people[0].strength if people else 1.0]
         for adapter in self.facestudio_adapters:
             if adapter.kind == "identity":
-                tokens.append(self.identity_tokens(encoded, batch, rows))
+                tokens.append(self.identity_tokens(encoded, batch, rows, settings.shortcut_scale))
                 masks = self.region_masks(full_masks, height, width)
                 region_masks.append(RegionMasks(masks, tuple(strengths) if encoded else (0.0,)))
             else:

@@ -67,6 +67,8 @@ _FACEID_LICENCE = ("IP-Adapter-FaceID weights: non-commercial research use only 
                    "buffalo_l ArcFace embeddings, whose models are non-commercial); the ArcFace model itself: "
                    "insightface's non-commercial research licence")
 _APACHE_LICENCE = "IP-Adapter weights: Apache-2.0 (h94/IP-Adapter); CLIP ViT-H/14: MIT"
+#: The negative prompt of the IP-Adapter-FaceID model card's examples (h94/IP-Adapter-FaceID).
+FACEID_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality, blurry"
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ class Preset:
     text_guidance_scale: float = DEFAULT_TEXT_SCALE
     reference_guidance_scale: float = DEFAULT_TEXT_SCALE
     shortcut_scale: float = 1.0
-    negative_prompt: str = ""
+    negative_prompt: str = FACEID_NEGATIVE_PROMPT
     speed: str = ""
 
 

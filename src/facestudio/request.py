@@ -48,7 +48,7 @@ FIELD_NAMES = {
             "num_inference_steps": "--steps", "width": "--width", "height": "--height", "seed": "--seed",
             "count": "--num-images", "strength": "--strength", "face": "--face", "region": "--region",
             "regions": "--regions", "scheduler": "--scheduler", "speed": "--speed",
-            "reference_guidance_start": "--reference-start"},
+            "reference_guidance_start": "--reference-start", "shortcut_scale": "--shortcut-scale"},
     "api": {"num_inference_steps": "steps", "strength": "identities[].strength",
             "region": "identities[].region"},
     # the AUTOMATIC1111-compatible API (server/a1111): A1111's fields, and facestudio's extras in "facestudio"
@@ -112,6 +112,8 @@ class GenerationSettings:
         reference_guidance_start (`float`, *optional*): FlashFace's start of reference guidance: at timesteps
             above it (the noisiest steps) the references join the prompt in ordinary text guidance, from it
             down `g_ref` acts (FlashFace uses 600 of 1000); None: `g_ref` at every step (`guidance.cfg`).
+        shortcut_scale (`float`, *optional*): FaceID-PlusV2's weight of the CLIP face detail added to the id
+            tokens (IP-Adapter's `s_scale`); None: the adapter's own (its preset's).
         num_inference_steps (`int`, defaults to `DEFAULT_STEPS`).
         width, height (`int`, *optional*): None until `resolved`: the pipeline's default side, or with a scene
             image and neither given, the scene's aspect ratio with that longest side.
@@ -145,6 +147,7 @@ class GenerationSettings:
     scheduler: str = DEFAULT_SCHEDULER
     speed: str = ""
     reference_guidance_start: float | None = None
+    shortcut_scale: float | None = None
 
     def __post_init__(self):
         people = tuple(p if isinstance(p, IdentityInput) else IdentityInput(photos=(p,)) for p in self.identities)
@@ -227,7 +230,8 @@ class GenerationSettings:
         scales = [("text_guidance_scale", self.text_guidance_scale),
                   ("reference_guidance_scale", self.reference_guidance_scale),
                   ("style_strength", self.style_strength),
-                  ("reference_guidance_start", self.reference_guidance_start), *(("strength", p.strength) for p in self.identities)]
+                  ("reference_guidance_start", self.reference_guidance_start),
+                  ("shortcut_scale", self.shortcut_scale), *(("strength", p.strength) for p in self.identities)]
         for key, value in scales:
             if value is not None and not (math.isfinite(value) and value >= 0):
                 fail(f"{name(key)} {value}: must be a finite number >= 0")
@@ -281,5 +285,5 @@ class GenerationSettings:
             "steps": self.num_inference_steps, "text_guidance_scale": self.text_guidance_scale,
             "reference_guidance_scale": self.reference_scale, "width": self.width, "height": self.height,
             "num_images": self.count, "scheduler": self.scheduler, "speed": self.speed or None,
-            "reference_guidance_start": self.reference_guidance_start,
+            "reference_guidance_start": self.reference_guidance_start, "shortcut_scale": self.shortcut_scale,
         }

@@ -44,7 +44,8 @@ def add_commands(commands) -> None:
         epilog="example: facestudio generate --prompt 'an astronaut, photo' --identity me.jpg,me2.jpg \\\n"
                "           --base-model ./sd15 --adapter ./faceid-adapter --num-images 4")
     generate.add_argument("--prompt", required=True, help="what to draw")
-    generate.add_argument("--negative-prompt", metavar="TEXT", help="what to avoid")
+    generate.add_argument("--negative-prompt", metavar="TEXT",
+                          help="what to avoid (default: the preset's; '' for none)")
     generate.add_argument("--identity", action="append", default=[], metavar="PHOTO[,PHOTO...]",
                           help="one person: a photo, or several comma-separated photos of the same person "
                                "(pooled). Repeat for each person")
@@ -87,13 +88,18 @@ def add_commands(commands) -> None:
     mix.add_argument("--ratio", type=float, default=0.5, metavar="R",
                      help="B's share of the blend, from 0 (all A) to 1 (all B); A gets 1-R (default 0.5)")
     mix.add_argument("--prompt", default=MIX_PROMPT, help=f"what to draw (default {MIX_PROMPT!r})")
-    mix.add_argument("--negative-prompt", metavar="TEXT", help="what to avoid")
+    mix.add_argument("--negative-prompt", metavar="TEXT", help="what to avoid (default: the preset's; '' for none)")
     mix.add_argument("--face", action="append", type=int, default=[], metavar="N",
                      help="which face of the photos to use (0 is the largest): once for both, or once for A "
                           "and once for B")
     mix.add_argument("--strength", type=float, default=1.0, metavar="S", help="identity strength (default 1.0)")
     _add_generation_options(mix, style=False)
     mix.set_defaults(run=run_mix)
+
+    listing = commands.add_parser("speed-models", help="list the few-step speed LoRAs --speed takes",
+                                  description="The few-step speed LoRAs --speed takes: base, sampler, steps, "
+                                              "guidance scale, hub file and licence.")
+    listing.set_defaults(run=run_speed_models)
 
 
 #: Prompt of `facestudio mix` when none is given.
@@ -142,6 +148,9 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
                           help="FlashFace's late reference guidance: --reference-scale acts only at timesteps <= T "
                                "(of 1000; FlashFace uses 600); before, the identities join the prompt in plain "
                                "text guidance (default: every step)")
+    sampling.add_argument("--shortcut-scale", type=float, metavar="S",
+                          help="FaceID-PlusV2's weight of the CLIP face detail (IP-Adapter's s_scale; default: the "
+                               "preset's, 1.0)")
     for option, what in (("--width", "width"), ("--height", "height")):
         sampling.add_argument(option, type=int, metavar=what[0].upper(), help=f"image {what}, a multiple of 8 (default "
                               f"{DEFAULT_SIDE}; {SDXL_DEFAULT_SIDE} with an SDXL preset)")
@@ -163,6 +172,15 @@ _IMAGE_NAME = re.compile(r"^(\d{3,})-seed\d+\.png$")
 def run_generate(args) -> int:
     mix = None if args.mix is None else _numbers(args.mix, "--mix", float)
     return _run_generation(args, mix, command="generate")
+
+
+def run_speed_models(args) -> int:
+    for m in SPEED_MODELS.values():
+        spacing = f", {m.timestep_spacing} spacing" if m.timestep_spacing else ""
+        print(f"{m.name}: {m.description}\n    {'SDXL' if m.sdxl else 'SD 1.5'}; {m.steps} steps of {m.scheduler}"
+              f"{spacing}, guidance {m.guidance_scale:g}, LoRA weight {m.weight:g}\n    file: {m.file}\n"
+              f"    licence: {m.licence}")
+    return EXIT_OK
 
 
 def run_mix(args) -> int:
@@ -263,6 +281,9 @@ def _preset_defaults(args):
         preset = get_preset(args.preset)
     if args.speed is None and preset is not None:
         args.speed = preset.speed or None
+    if args.negative_prompt is None and preset is not None:
+        args.negative_prompt = preset.negative_prompt
+    args.negative_prompt = args.negative_prompt or None  # '' asks for none
     args.speed = None if args.speed in (None, "", "none") else args.speed
     speed = None if args.speed is None else get_speed_model(args.speed, "--speed")
     if speed is not None and preset is not None and speed.sdxl != preset.sdxl:
@@ -331,7 +352,7 @@ def _check_settings(args, mix) -> GenerationSettings:
         scene_image=args.scene, scene_faces=scene_faces, regions=args.regions, text_guidance_scale=args.text_scale,
         reference_guidance_scale=args.reference_scale, num_inference_steps=args.steps, width=args.width,
         height=args.height, seed=args.seed, count=args.num_images,
-        scheduler=args.scheduler, speed=args.speed or "",
+        scheduler=args.scheduler, speed=args.speed or "", shortcut_scale=args.shortcut_scale,
         reference_guidance_start=args.reference_start).validate("cli")
 
 

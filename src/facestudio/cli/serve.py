@@ -48,6 +48,10 @@ def add_commands(commands) -> None:
                              "are non-commercial)")
     models.add_argument("--arcface-model", metavar="FILE",
                         help="insightface buffalo_l's w600k_r50.onnx, for the FaceID presets")
+    models.add_argument("--speed", metavar="NAME",
+                        help="a few-step speed LoRA (see `facestudio speed-models`); its sampler, steps and guidance "
+                             "become the server's defaults; 'none' turns a preset's off")
+    models.add_argument("--speed-weights", metavar="FILE", help="the --speed LoRA from this local file")
     models.add_argument("--device", choices=("cpu", "cuda", "mps"),
                         help="where to run (default: CUDA, else MPS, else the CPU)")
     models.add_argument("--cpu-offload", action="store_true", help="keep each model on the CPU until it runs")
@@ -76,7 +80,8 @@ def add_commands(commands) -> None:
     server.add_argument("--max-side", type=int, default=1024, metavar="PX",
                         help="largest image side a job may ask for (default 1024)")
     server.add_argument("--default-steps", type=int, default=DEFAULT_STEPS, metavar="N",
-                        help=f"denoising steps when a job gives none (default {DEFAULT_STEPS})")
+                        help=f"denoising steps when a job gives none (default {DEFAULT_STEPS}; with --speed its "
+                             "steps)")
     server.add_argument("--upload-workers", type=int, default=2, metavar="N",
                         help="uploads decoded at once; 16 more may wait, others get 429 (default 2)")
     server.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
@@ -110,6 +115,13 @@ def run_serve(args) -> int:
         raise FaceStudioError("--token: use at least 16 characters")
     if args.base_model is None and args.preset is None:
         raise FaceStudioError("give --base-model (a folder, a hub id or 'tiny') or --preset")
+    if args.speed not in (None, "none"):
+        from ..presets import check_speed_available
+        from ..sampling.speed import get_speed_model
+
+        get_speed_model(args.speed, "--speed")
+        if args.preset is None:
+            check_speed_available(args.speed, args.speed_weights)
     token = args.token
     if token is None and not is_loopback(args.host):
         token = secrets.token_urlsafe(24)
@@ -139,7 +151,8 @@ def run_serve(args) -> int:
     logger.info("loading models")
     pipe = load_generation_pipeline(args.base_model, adapter=args.adapter, style_adapter=args.style_adapter,
                                     preset=args.preset, device=args.device, cpu_offload=args.cpu_offload,
-                                    vae_tiling=args.vae_tiling, arcface_model=args.arcface_model)
+                                    vae_tiling=args.vae_tiling, arcface_model=args.arcface_model, speed=args.speed,
+                                    speed_weights=args.speed_weights)
     pipe.set_progress_bar_config(disable=True)  # progress goes to the page and the event stream
     app = create_app(pipe, data, queue_size=args.queue_size, workers=args.workers, token=token,
                      job_timeout=args.job_timeout, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),

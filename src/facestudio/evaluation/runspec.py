@@ -8,6 +8,9 @@ adapter = "tiny"             # identity adapter folder, or "tiny"
 # preset = "faceid-plusv2-sd15"   # instead of adapter: public weights by name (base_model then optional)
 # arcface_model = "w600k_r50.onnx"  # the FaceID presets' ArcFace file
 steps = 25
+# speed = "hyper-sd15-4step"   # a few-step speed LoRA: its sampler, steps and guidance become the defaults
+# speed_weights = "Hyper-SD15-4steps-lora.safetensors"   # its local file instead of the model hub's
+# scheduler = "dpmpp-2m-karras"   # the sampler (default euler-a, or the speed model's)
 width = 512
 height = 512
 seeds = [0, 1, 2, 3]
@@ -45,6 +48,7 @@ from ..errors import FaceStudioError
 from ..faces.analysis import select_face
 from ..imaging import ai_generated_metadata, load_image, save_png, to_array
 from ..request import DEFAULT_SIDE, DEFAULT_STEPS, DEFAULT_TEXT_SCALE, GenerationSettings
+from ..sampling.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from .baselines import (DREAMBOOTH_LORA, TEXTUAL_INVERSION, TuningCost, TuningRecipe, paste_reference,
                         time_dreambooth_lora, time_textual_inversion)
 from .records import FACESTUDIO, ImageRecord, record_from_metadata
@@ -87,6 +91,9 @@ class RunSpec:
     source: str = ""
     preset: str | None = None
     arcface_model: str | None = None
+    speed: str | None = None
+    speed_weights: str | None = None
+    scheduler: str = DEFAULT_SCHEDULER
 
     @property
     def images(self) -> int:
@@ -123,14 +130,15 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
 
     if not isinstance(data, dict):
         fail(f"a table of settings expected, found {type(data).__name__}")
-    for key in ("base_model", "adapter", "negative_prompt", "clip_model", "device", "preset", "arcface_model"):
+    for key in ("base_model", "adapter", "negative_prompt", "clip_model", "device", "preset", "arcface_model",
+                "speed", "speed_weights", "scheduler"):
         if data.get(key) is not None and not isinstance(data[key], str):
             fail(f"{key} must be a string, got {data[key]!r}")
     if not isinstance(data.get("identities", {}), dict):
         fail("identities must be a table: [identities.NAME] with photos = [...]")
     known = {"base_model", "adapter", "identities", "groups", "prompts", "seeds", "settings", "steps", "width",
              "height", "negative_prompt", "baselines", "tuning_baselines", "tuning_passes", "clip_model", "device",
-             "preset", "arcface_model"}
+             "preset", "arcface_model", "speed", "speed_weights", "scheduler"}
     if unknown := sorted(set(data) - known):
         fail(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     preset = data.get("preset")
@@ -168,12 +176,24 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)):
         fail("seeds must be a list of integers >= 0")
     prompts, seeds = tuple(prompts), tuple(seeds)
+    speed = None
+    if data.get("speed"):
+        from ..sampling.speed import get_speed_model
+
+        try:
+            speed = get_speed_model(data["speed"])
+        except FaceStudioError as e:
+            fail(str(e))
+    scheduler = data.get("scheduler") or (speed.scheduler if speed else DEFAULT_SCHEDULER)
+    if scheduler not in SCHEDULERS:
+        fail(f"scheduler {scheduler!r}: not a known sampler; use one of {', '.join(SCHEDULERS)}")
+    default_scale = speed.guidance_scale if speed else DEFAULT_TEXT_SCALE
     settings = []
     if not isinstance(data.get("settings") or [{}], list):
         fail("settings must be a list of tables ([[settings]] in TOML)")
     for i, s in enumerate(data.get("settings") or [{}]):
         try:
-            text = float(s.get("text_scale", DEFAULT_TEXT_SCALE))
+            text = float(s.get("text_scale", default_scale))
             setting = Setting(text, float(s.get("reference_scale", text)), float(s.get("strength", 1.0)))
         except (TypeError, ValueError, AttributeError):
             fail(f"settings[{i}] must be a table of numbers (text_scale, reference_scale, strength)")
@@ -183,7 +203,8 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
     baselines = tuple(strings(data["baselines"], "baselines") if "baselines" in data else BASELINES)
     if unknown := [b for b in baselines if b not in BASELINES]:
         fail(f"unknown baseline(s) {unknown}; known: {list(BASELINES)}")
-    steps, width, height = (integer(k, d) for k, d in (("steps", DEFAULT_STEPS), ("width", DEFAULT_SIDE),
+    steps, width, height = (integer(k, d) for k, d in (("steps", speed.steps if speed else DEFAULT_STEPS),
+                                                         ("width", DEFAULT_SIDE),
                                                          ("height", DEFAULT_SIDE)))
     if steps < 1 or width % 8 or height % 8 or width < 8 or height < 8:
         fail("steps must be >= 1, width and height multiples of 8")
@@ -194,7 +215,9 @@ def parse_spec(data: dict, base: Path = Path("."), source: str = "run spec") -> 
                    tuning_baselines=bool(data.get("tuning_baselines", False)),
                    tuning_passes=integer("tuning_passes", 2), clip_model=data.get("clip_model"),
                    device=data.get("device"), source=source, preset=preset,
-                   arcface_model=None if data.get("arcface_model") is None else _path(base, data["arcface_model"]))
+                   arcface_model=None if data.get("arcface_model") is None else _path(base, data["arcface_model"]),
+                   speed=speed.name if speed else None, scheduler=scheduler,
+                   speed_weights=None if data.get("speed_weights") is None else _path(base, data["speed_weights"]))
 
 
 def _path(base: Path, value: str) -> str:
@@ -233,7 +256,8 @@ def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> 
         with stopwatch() as load:
             pipe = load_generation_pipeline(spec.base_model, adapter=spec.adapter, preset=spec.preset,
                                             device=spec.device, face_analyzer=analyzer,
-                                            arcface_model=spec.arcface_model, with_style=False)
+                                            arcface_model=spec.arcface_model, with_style=False,
+                                            speed=spec.speed or "none", speed_weights=spec.speed_weights)
         out.run["model_load_seconds"] = load["seconds"]
     pipe.set_progress_bar_config(disable=True)
     # the pipeline's own analyzer: a preset's adapter reads another recogniser (ArcFace) than the default
@@ -279,7 +303,8 @@ def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> 
                     settings = GenerationSettings(
                         prompt, spec.negative_prompt, tuple(people), text_guidance_scale=setting.text_scale,
                         reference_guidance_scale=setting.reference_scale, num_inference_steps=spec.steps,
-                        width=spec.width, height=spec.height, seed=seed).validate()
+                        width=spec.width, height=spec.height, seed=seed, scheduler=spec.scheduler,
+                        speed=spec.speed or "").validate()
                     output, split = timed_call(pipe, settings)
                     # Face analysis is paid once per person: charged to the first image that needs it.
                     split = {"face_analysis": sum(analysis_time[n] for n in group) if first_of_group else 0.0, **split}
@@ -288,7 +313,7 @@ def run_spec(spec: RunSpec, folder: Path, progress: bool = False, pipe=None) -> 
                         out.run["time_to_first_image_seconds"] = sum(split.values())
                     base = {"prompt": prompt, "seed": seed, "text_guidance_scale": setting.text_scale,
                             "reference_guidance_scale": setting.reference_scale, "steps": spec.steps,
-                            "base_model": spec.base_model, "adapter": spec.adapter, "preset": spec.preset,
+                            "scheduler": spec.scheduler, "speed": spec.speed, "base_model": spec.base_model, "adapter": spec.adapter, "preset": spec.preset,
                             "eval_scored_as": list(group),
                             "identities": [{"name": n, "photos": [Path(p).name for p in spec.identities[n]["photos"]],
                                             "region": None, "strength": setting.strength} for n in group]}

@@ -41,6 +41,7 @@ from .. import __version__
 from ..errors import AmbiguousFaceError, FaceStudioError, ImageError, NoFaceError
 from ..imaging import to_array
 from ..regions import available_choices
+from ..sampling.schedulers import SCHEDULERS
 from ..request import DEFAULT_STEPS
 from . import generation
 from .a1111 import responses as a1111_responses
@@ -98,6 +99,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     limits = UploadLimits(max_upload_bytes, max_upload_pixels)
     upload_pool = UploadPool(upload_workers, upload_waiting)
     model = _model_info(pipe, base_model)
+    defaults = generation.defaults_of(pipe)  # what the loaded models say a request leaves out
     jobs: collections.OrderedDict[str, Job] = _past_jobs(data)  # the gallery survives a restart
     jobs_lock = threading.Lock()
     identities_lock = threading.Lock()  # checking for a same identity or name, then writing
@@ -145,7 +147,9 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     def models():
         return {**model, "workers": queue.workers, "queue_size": queue.max_queued, "max_side": max_side,
                 "default_side": pipe.default_side,
-                "max_count": max_count, "default_steps": default_steps, "regions": available_choices(),
+                "max_count": max_count, "default_steps": defaults["steps"] or default_steps,
+                "regions": available_choices(), "schedulers": list(SCHEDULERS), "speed": defaults["speed"] or None,
+                "negative_prompt": defaults["negative_prompt"], "shortcut_scale": pipe.shortcut_scale(),
                 "version": __version__}
 
     @app.get("/v1/queue", response_model=QueueInfo, summary="Jobs waiting and running now")

@@ -18,8 +18,9 @@ from ..imaging import ai_generated_metadata, load_image
 from ..labels.schema import region_value
 from ..labels.write import encode_labelled
 from ..regions import Box, check_scene_faces
-from ..request import FIELD_NAMES, GenerationSettings, IdentityInput
+from ..request import DEFAULT_TEXT_SCALE, FIELD_NAMES, GenerationSettings, IdentityInput
 from ..sampling.schedulers import DEFAULT_SCHEDULER
+from ..sampling.speed import loaded_speed_model
 from .jobs import Job
 from .schemas import GenerationRequest
 from .storage import DataFolder
@@ -112,9 +113,9 @@ def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int
         if image_id is not None and data.image_path(image_id) is None:
             raise NotFound(f"{field}: no uploaded image with id {image_id}")
     scene = None if request.scene_image is None else _scene_info(data, request.scene_image)
-    settings = checked(pipe, settings_of(request, people, data, default_steps), "api", max_side=max_side,
-                       max_count=max_count, scene=None if scene is None else (scene["width"], scene["height"],
-                                                                              len(scene["faces"])))
+    settings = settings_of(request, people, data, default_steps, defaults_of(pipe))
+    settings = checked(pipe, settings, "api", max_side=max_side, max_count=max_count,
+                       scene=None if scene is None else (scene["width"], scene["height"], len(scene["faces"])))
     return Plan(request, settings, tuple(infos))
 
 
@@ -146,19 +147,37 @@ def checked(pipe, settings: GenerationSettings, front: str, *, max_side: int, ma
     return replace(settings, seed=seed)
 
 
+def defaults_of(pipe) -> dict:
+    """What a request leaves out, from the loaded models: the speed model's sampler, steps and scale, the
+    preset's negative prompt."""
+    speed, preset = loaded_speed_model(pipe), getattr(pipe, "preset", None)
+    return {"scheduler": speed.scheduler if speed else DEFAULT_SCHEDULER,
+            "text_guidance_scale": speed.guidance_scale if speed else DEFAULT_TEXT_SCALE,
+            "steps": speed.steps if speed else None, "speed": speed.name if speed else "",
+            "negative_prompt": preset.negative_prompt if preset is not None else None}
+
+
 def settings_of(request: GenerationRequest, people: list[IdentityInput], data: DataFolder,
-                default_steps: int) -> GenerationSettings:
-    """The request as `GenerationSettings` (its images as their stored files, unresolved size)."""
+                default_steps: int, defaults: dict | None = None) -> GenerationSettings:
+    """The request as `GenerationSettings` (its images as their stored files, unresolved size), what it leaves
+    out from `defaults` (`defaults_of`)."""
+    defaults = defaults or {}
+    negative = request.negative_prompt if request.negative_prompt is not None else defaults.get("negative_prompt")
+    text_scale = request.text_guidance_scale if request.text_guidance_scale is not None else \
+        defaults.get("text_guidance_scale", DEFAULT_TEXT_SCALE)
     return GenerationSettings(
-        request.prompt, request.negative_prompt, tuple(people), request.mix,
+        request.prompt, negative or None, tuple(people), request.mix,
         style_image=None if request.style_image is None else data.image_path(request.style_image),
         style_strength=request.style_strength,
         scene_image=None if request.scene_image is None else data.image_path(request.scene_image),
-        scene_faces=request.scene_faces, regions=request.regions, text_guidance_scale=request.text_guidance_scale,
+        scene_faces=request.scene_faces, regions=request.regions, text_guidance_scale=text_scale,
         reference_guidance_scale=request.reference_guidance_scale,
         reference_guidance_start=request.reference_guidance_start,
-        num_inference_steps=request.steps or default_steps, width=request.width, height=request.height,
-        seed=request.seed, count=request.count, scheduler=request.scheduler or DEFAULT_SCHEDULER)
+        num_inference_steps=request.steps or defaults.get("steps") or default_steps, width=request.width,
+        height=request.height, seed=request.seed, count=request.count,
+        scheduler=request.scheduler or defaults.get("scheduler", DEFAULT_SCHEDULER),
+        speed=request.speed if request.speed is not None else defaults.get("speed", ""),
+        shortcut_scale=request.shortcut_scale)
 
 
 def _scene_info(data: DataFolder, image_id: str) -> dict:

@@ -38,7 +38,8 @@ class GenerationRequest(_Strict):
     """A generation job. Identities come from `POST /v1/identities`, style and scene images from `POST /v1/images`."""
 
     prompt: str = Field(min_length=1, max_length=2000)
-    negative_prompt: Optional[str] = Field(None, max_length=2000)
+    negative_prompt: Optional[str] = Field(None, max_length=2000,
+                                           description="what to avoid; default: the preset's (\"\" for none)")
     identities: list[IdentityPlacement] = Field(default_factory=list, max_length=4)
     mix: Optional[list[Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]]] = Field(
         None, max_length=4, description="blend all identities into one face with these weights (sum 1)")
@@ -52,7 +53,8 @@ class GenerationRequest(_Strict):
                           "the scene or style image by selfie segmentation, split by nearest face); default "
                           "'auto': the identities' own regions, the scene's faces, the style image's people or "
                           "strips")
-    text_guidance_scale: Scale = DEFAULT_TEXT_SCALE
+    text_guidance_scale: Optional[Scale] = Field(
+        None, description=f"default: {DEFAULT_TEXT_SCALE}, or the loaded speed model's (1: no unconditional row)")
     reference_guidance_scale: Optional[Scale] = Field(None, description="default: text_guidance_scale")
     reference_guidance_start: Optional[float] = Field(
         None, ge=0, le=1000, allow_inf_nan=False,
@@ -65,6 +67,12 @@ class GenerationRequest(_Strict):
     count: int = Field(1, ge=1, le=16, description="how many images")
     scheduler: Optional[Literal[tuple(SCHEDULERS)]] = Field(
         None, description="the sampler by name; default: euler-a (Euler ancestral), or the speed model's")
+    speed: Optional[str] = Field(None, max_length=64,
+                                 description="the speed model the server loaded (`speed` of /v1/models); the "
+                                             "server's speed model is used whether named or not")
+    shortcut_scale: Optional[float] = Field(None, ge=0, le=5, allow_inf_nan=False,
+                                            description="FaceID-PlusV2's weight of the CLIP face detail; default: "
+                                                        "the adapter's")
 
 
 class Problem(BaseModel):
@@ -158,6 +166,12 @@ class ModelInfo(BaseModel):
     default_steps: int
     regions: list[str] = Field(description="the `regions` a request may name on this server ('segment' only with "
                                            "the segment extra installed)")
+    schedulers: list[str] = Field(description="the samplers a request may name")
+    speed: Optional[str] = Field(None, description="the loaded few-step speed model, if any")
+    negative_prompt: Optional[str] = Field(None, description="the negative prompt used when a request gives none")
+    shortcut_scale: Optional[float] = Field(None, description="the identity adapter's PlusV2 shortcut scale "
+                                                              "(None: its adapter has no shortcut)")
+    preview: bool = Field(False, description="whether jobs send a preview image per step (tiny decoder loaded)")
     version: str
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ...errors import FaceStudioError
 from ...request import GenerationSettings, IdentityInput
-from ..generation import InlinePlan, checked
+from ..generation import InlinePlan, checked, defaults_of
 from ..uploads import UploadLimits, decode_upload
 from .names import sampler_for
 from .schemas import FaceStudioExtras, Txt2ImgRequest
@@ -87,7 +87,9 @@ def plan_txt2img(pipe, request: Txt2ImgRequest, limits: UploadLimits, *, max_sid
         given = getattr(extras, name)
         if given is not None and len(given) != len(people_units):
             raise FaceStudioError(f"facestudio.{name}: {len(given)} entries for {len(people_units)} identity units")
-    report.sampler = sampler_for(request.sampler_name or request.sampler_index, request.scheduler)
+    defaults = defaults_of(pipe)  # what the loaded speed model and preset give a request that leaves them out
+    report.sampler = sampler_for(request.sampler_name or request.sampler_index, request.scheduler) \
+        if request.sampler_name or request.sampler_index else defaults["scheduler"]
 
     # The images: the scene (its size decides the output's when none is given), masks at the output size, the style
     scene = scene_size = None
@@ -115,12 +117,12 @@ def plan_txt2img(pipe, request: Txt2ImgRequest, limits: UploadLimits, *, max_sid
                              "region": None if unit.region is None else unit.region[0]})
 
     settings = GenerationSettings(
-        request.prompt, request.negative_prompt or None, tuple(people), extras.mix, style_image=style,
+        request.prompt, request.negative_prompt or defaults["negative_prompt"] or None, tuple(people), extras.mix, style_image=style,
         style_strength=style_units[0].weight if style_units else 1.0, scene_image=scene,
         scene_faces=extras.scene_faces, regions=extras.regions, text_guidance_scale=request.cfg_scale,
-        reference_guidance_scale=extras.reference_scale, num_inference_steps=request.steps or default_steps,
+        reference_guidance_scale=extras.reference_scale, num_inference_steps=request.steps or defaults["steps"] or default_steps,
         width=request.width, height=request.height, seed=None if request.seed == -1 else request.seed,
-        count=request.batch_size * request.n_iter, scheduler=report.sampler)
+        count=request.batch_size * request.n_iter, scheduler=report.sampler, speed=defaults["speed"])
     settings = checked(pipe, settings, "a1111", max_side=max_side, max_count=max_count, scene=scene_size)
     names = (("style_image", None if not style_units else f"{style_units[0].field}.image"),
              ("scene_image", None if scene is None else "facestudio.scene_image"))
