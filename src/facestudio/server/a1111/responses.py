@@ -74,9 +74,9 @@ def progress(jobs: list) -> dict:
     fraction = min(1.0, 0.01 + done / job.total_steps)  # A1111 starts at 0.01: a client divides by it
     elapsed = 0.0 if job.started is None else time.time() - job.started
     eta = elapsed / fraction - elapsed if job.started is not None else 0.0
-    waiting = sum(1 for j in jobs if j.state != RUNNING)
-    text = "waiting in the job queue" if job.state != RUNNING else None
-    if waiting and job.state == RUNNING:
-        text = f"{waiting} more A1111 job(s) waiting"
-    return {"progress": fraction if job.state == RUNNING else 0.01, "eta_relative": max(0.0, eta), "state": state,
+    waiting = sum(1 for j in jobs if j.started is None)
+    text = "waiting in the job queue" if job.started is None else \
+        f"{waiting} more A1111 job(s) waiting" if waiting else None
+    # a job that ended but is not answered yet still reads as where it stopped, never as back at the start
+    return {"progress": 0.01 if job.started is None else fraction, "eta_relative": max(0.0, eta), "state": state,
             "current_image": None, "textinfo": text, "current_task": job.id}
