@@ -333,6 +333,17 @@ def test_facestudio_extras_and_a_style_unit(client, faces_dir):
     assert names.status_code == 422 and "facestudio.names: 2 entries for 1 identity units" in names.json()["detail"]
 
 
+def test_a_scene_image_in_the_extras(client, faces_dir):
+    response = txt2img(client, [unit(photo(faces_dir, "biden.jpg"))], width=256, height=256, steps=1,
+                       facestudio={"scene_image": b64(photo(faces_dir, "obama.jpg")), "scene_faces": [0]})
+    assert response.status_code == 200, response.text
+    metadata = json.loads(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))).info["facestudio"])
+    assert metadata["scene_image"] == "facestudio.scene_image" and metadata["scene_faces"] == [0]
+    masked = txt2img(client, [unit(photo(faces_dir, "biden.jpg"), effective_region_mask=png_b64(half_mask("left")))],
+                     facestudio={"scene_image": b64(photo(faces_dir, "obama.jpg"))})
+    assert masked.status_code == 422 and "drop effective_region_mask" in masked.json()["detail"]
+
+
 def test_a_client_that_goes_away_cancels_its_job(server, client, faces_dir):
     body = {"prompt": "long", "steps": 200, "width": 128, "height": 128, "n_iter": 8,
             "alwayson_scripts": {"controlnet": {"args": [unit(photo(faces_dir))]}}}

@@ -112,15 +112,19 @@ def plan_txt2img(pipe, request: Txt2ImgRequest, limits: UploadLimits, *, max_sid
         infos.append({"name": name, "photos": photos, "metadata": _unit_metadata(unit, regions[k], width, height)})
     for unit in units:
         report.ignored.extend(unit.ignored)
+        if unit.role == "style" and unit.region is not None:  # a style image acts on the whole image
+            report.ignored.append(unit.region[0])
         report.units.append({"field": unit.field, "role": unit.role, "module": unit.module, "model": unit.model,
                              "weight": unit.weight, "photos": len(unit.photos),
                              "region": None if unit.region is None else unit.region[0]})
 
+    negative = request.negative_prompt or defaults["negative_prompt"] or None  # A1111's "" is none
     settings = GenerationSettings(
-        request.prompt, request.negative_prompt or defaults["negative_prompt"] or None, tuple(people), extras.mix, style_image=style,
+        request.prompt, negative, tuple(people), extras.mix, style_image=style,
         style_strength=style_units[0].weight if style_units else 1.0, scene_image=scene,
         scene_faces=extras.scene_faces, regions=extras.regions, text_guidance_scale=request.cfg_scale,
-        reference_guidance_scale=extras.reference_scale, num_inference_steps=request.steps or defaults["steps"] or default_steps,
+        reference_guidance_scale=extras.reference_scale,
+        num_inference_steps=request.steps or defaults["steps"] or default_steps,
         width=request.width, height=request.height, seed=None if request.seed == -1 else request.seed,
         count=request.batch_size * request.n_iter, scheduler=report.sampler, speed=defaults["speed"])
     settings = checked(pipe, settings, "a1111", max_side=max_side, max_count=max_count, scene=scene_size)

@@ -108,8 +108,9 @@ def parse_units(request: Txt2ImgRequest) -> tuple[list[Unit], list[str]]:
         photos = _photos(unit.image, f"{field}.image")
         if role == "style" and len(photos) > 1:
             raise FaceStudioError(f"{field}.image: a style unit takes one image, got {len(photos)}")
-        region = None if unit.effective_region_mask is None else \
-            (f"{field}.effective_region_mask", decode_base64(unit.effective_region_mask, f"{field}.effective_region_mask"))
+        label = f"{field}.effective_region_mask"
+        region = None if unit.effective_region_mask is None else (label, decode_base64(unit.effective_region_mask,
+                                                                                       label))
         ignored = tuple(sorted(f"{field}.{name}" for name, value in raw.items()
                                if name not in READ_FIELDS and value not in _INERT.get(name, (value,))))
         units.append(Unit(field, i, role, unit.module, unit.model, unit.weight, photos, region, ignored))
@@ -140,7 +141,8 @@ def _photos(image, field: str) -> tuple[tuple[str, bytes], ...]:
 def decode_base64(value, field: str) -> bytes:
     """A base64 image (raw or a data: URL) as bytes, or an error naming the field."""
     if not isinstance(value, str) or not value.strip():
-        raise FaceStudioError(f"{field}: expected a base64 image, got {type(value).__name__ if value != '' else 'an empty string'}")
+        got = "an empty string" if isinstance(value, str) else type(value).__name__
+        raise FaceStudioError(f"{field}: expected a base64 image, got {got}")
     text = value.strip()
     if re.match(r"^[a-z][a-z0-9+.-]*://", text, re.I) or text.lower().startswith("file:"):
         raise FaceStudioError(f"{field}: a URL; send the image itself as base64 (this server fetches no URL and "
