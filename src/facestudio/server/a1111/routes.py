@@ -44,7 +44,9 @@ class JobFailed(FaceStudioError):
 def add_routes(app: FastAPI, *, pipe, queue, upload_pool, limits, base_model: str, max_side: int, max_count: int,
                default_steps: int) -> None:
     """Add the routes to `app`, serving `pipe` through `queue` (the app's) and `upload_pool`."""
-    in_flight: list[Job] = []  # the A1111 jobs submitted and not yet answered, oldest first
+    # The A1111 jobs submitted and not yet answered, oldest first; touched only on the event loop (the routes
+    # that read it are `async`).
+    in_flight: list[Job] = []
     title = responses.model_title(base_model)
 
     @app.post("/sdapi/v1/txt2img", response_model=Txt2ImgResponse, responses=_ERRORS, tags=["a1111"],
@@ -80,18 +82,18 @@ def add_routes(app: FastAPI, *, pipe, queue, upload_pool, limits, base_model: st
 
     @app.get("/sdapi/v1/progress", response_model=ProgressResponse, tags=["a1111"],
              summary="Progress of the A1111 jobs in flight")
-    def progress(skip_current_image: bool = False):
+    async def progress(skip_current_image: bool = False):
         return responses.progress(list(in_flight))
 
     @app.post("/sdapi/v1/interrupt", tags=["a1111"], summary="Stop the A1111 jobs in flight (not /v1 jobs)")
-    def interrupt():
+    async def interrupt():
         for job in list(in_flight):
-            queue.cancel(job)
+            queue.cancel(job)  # an A1111 job's end writes nothing: no disk work on the event loop
         return {}
 
     @app.post("/sdapi/v1/skip", tags=["a1111"], summary="As interrupt: facestudio makes a job's images in turn")
-    def skip():
-        return interrupt()
+    async def skip():
+        return await interrupt()
 
     @app.get("/sdapi/v1/sd-models", response_model=list[SdModel], tags=["a1111"], summary="The loaded base model")
     def sd_models():
