@@ -49,9 +49,11 @@ class LoadedAdapter:
 class AdapterLoadingMixin:
     """The adapter half of facestudio's pipelines (mixed in before diffusers' pipeline class)."""
 
-    def _init_guidance(self, identity_image_encoder=None, style_image_encoder=None) -> None:
-        """Called from `__init__`: the encoder components, and the state set by loading (never per call)."""
-        self.register_modules(identity_image_encoder=identity_image_encoder, style_image_encoder=style_image_encoder)
+    def _init_guidance(self, identity_image_encoder=None, style_image_encoder=None, tiny_vae=None) -> None:
+        """Called from `__init__`: the encoder components (and the tiny decoder, `decoding.py`), and the state set
+        by loading (never per call)."""
+        self.register_modules(identity_image_encoder=identity_image_encoder, style_image_encoder=style_image_encoder,
+                              tiny_vae=tiny_vae)
         #: The detector and recogniser identities are encoded with (made on first use when None).
         self.face_analyzer: FaceAnalyzer | None = None
         self.facestudio_adapters: tuple[LoadedAdapter, ...] = ()

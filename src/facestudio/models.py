@@ -208,6 +208,17 @@ def _tiny_unet() -> UNet2DConditionModel:
     )
 
 
+def tiny_autoencoder(seed: int = 0):
+    """A TAESD-shaped `AutoencoderTiny` with random weights (four blocks: scale factor 8, 4 latent channels), for
+    tests of the tiny decoder and previews (`decoding.py`); the real ones are madebyollin/taesd(xl)."""
+    from diffusers import AutoencoderTiny
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                               num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)).eval()
+
+
 def _tiny_vae() -> AutoencoderKL:
     # Four encoder blocks: three downsamplers, so the VAE scale factor is 8 as in SD.
     return AutoencoderKL(

@@ -26,6 +26,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .adapter_loading import GUIDANCE_ENCODERS, AdapterLoadingMixin
 from .attention import LayerMasks, RegionMasks, side_by_side
+from .decoding import preview_image, tiny_decode
 from .errors import FaceStudioError
 from .guidance import identity as idg
 from .guidance.cfg import GuidancePlan, GuidanceRows
@@ -95,6 +96,9 @@ class FaceStudioMixin(AdapterLoadingMixin):
         if settings.shortcut_scale is not None and settings.identities and self.shortcut_scale() is None:
             raise FaceStudioError("a shortcut scale given, but the identity adapter has no shortcut (FaceID-PlusV2 "
                                   "and facestudio's own adapters have one)")
+        if settings.decoder == "tiny" and self.tiny_vae is None:
+            raise FaceStudioError("decoder 'tiny' asked for, but no tiny decoder is loaded "
+                                  "(decoding.load_tiny_decoder)")
         loaded = loaded_speed_model(self)
         if settings.speed and (loaded is None or loaded.name != settings.speed):
             raise FaceStudioError(f"speed model {settings.speed!r} asked for, but "
@@ -197,7 +201,8 @@ class FaceStudioMixin(AdapterLoadingMixin):
                  num_inference_steps: int = DEFAULT_STEPS, height: int | None = None, width: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, num_images_per_prompt: int = 1,
                  output_type: str = "pil", scheduler: str = DEFAULT_SCHEDULER, speed: str = "",
-                 reference_guidance_start: float | None = None, shortcut_scale: float | None = None, on_step: Callable[[int, int], None] | None = None, return_dict: bool = True):
+                 reference_guidance_start: float | None = None, shortcut_scale: float | None = None,
+                 decoder: str = "full", preview: Callable[[int, int, PIL.Image.Image], None] | None = None, on_step: Callable[[int, int], None] | None = None, return_dict: bool = True):
         """Generate images of the given people: `pipe(settings)`, or `pipe(prompt, ...)` with the fields of
         `GenerationSettings` as keywords (which builds them; each field, default and check is documented there).
 
@@ -206,6 +211,8 @@ class FaceStudioMixin(AdapterLoadingMixin):
             generator (`torch.Generator` or a list, one per image): default: one seeded with the settings' `seed`.
             on_step (`Callable`, *optional*): `on_step(step, total)` after every denoising step; raising from it
                 stops the run (how the server cancels jobs).
+            preview (`Callable`, *optional*): `preview(step, total, image)` after every step with a small PIL
+                image of the first image's prediction so far, by the tiny decoder (needs `tiny_vae`).
 
         Returns:
             `FaceStudioPipelineOutput` (`(images,)` without `return_dict`): the images and the settings used
@@ -216,8 +223,10 @@ class FaceStudioMixin(AdapterLoadingMixin):
             prompt, negative_prompt, tuple(identities or ()), mix, style_image, style_strength, scene_image,
             scene_faces, regions, text_guidance_scale, reference_guidance_scale, num_inference_steps, width, height,
             num_images_per_prompt=num_images_per_prompt, output_type=output_type, scheduler=scheduler, speed=speed,
-            reference_guidance_start=reference_guidance_start, shortcut_scale=shortcut_scale)
+            reference_guidance_start=reference_guidance_start, shortcut_scale=shortcut_scale, decoder=decoder)
         self.check_adapters(settings.validate())
+        if preview is not None and self.tiny_vae is None:
+            raise FaceStudioError("previews need the tiny decoder (decoding.load_tiny_decoder)")
         scene = None if settings.scene_image is None else \
             load_image(settings.scene_image, min_side=32, name="scene image")
         settings = settings.resolved(self.default_side, None if scene is None else scene.size)
@@ -275,12 +284,16 @@ class FaceStudioMixin(AdapterLoadingMixin):
         timesteps = scheduler.timesteps
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
-                latents = self.denoise_step(scheduler, t, latents, plan, text, unet_kwargs, settings, generator)
+                latents, denoised = self.denoise_step(scheduler, t, latents, plan, text, unet_kwargs, settings,
+                                                      generator, return_denoised=True)
                 if scene_blend is not None:  # keep the scene outside the faces: it re-enters at the next noise level
                     latents = scene_blend.keep_scene(latents, scheduler, timesteps, i)
                 progress.update()
                 if on_step is not None:
                     on_step(i + 1, len(timesteps))
+                if preview is not None:  # the clean image the step predicts; the noisy latents where none is given
+                    preview(i + 1, len(timesteps), preview_image(self.tiny_vae, latents if denoised is None else
+                                                                 denoised))
 
         # 9. Decode, paste the scene's own pixels back outside the faces
         record = {**settings.metadata(), "identities": [i.name for i in encoded], "strengths": strengths,
@@ -291,7 +304,8 @@ class FaceStudioMixin(AdapterLoadingMixin):
         if output_type == "latent":
             self.maybe_free_model_hooks()
             return FaceStudioPipelineOutput(latents, record, metadata) if return_dict else (latents,)
-        image = self.decode_latents_to_pixels(latents)
+        image = tiny_decode(self.tiny_vae, latents) if settings.decoder == "tiny" else \
+            self.decode_latents_to_pixels(latents)
         image = self.image_processor.postprocess(image, output_type="np")
         if edit is not None:
             image = edit.paste(image)
@@ -321,10 +335,11 @@ class FaceStudioMixin(AdapterLoadingMixin):
                 "scene_image": record["scene_image"] or None}
 
     def denoise_step(self, scheduler, t, latents: torch.Tensor, rows: GuidanceRows | GuidancePlan,
-                     text: torch.Tensor, unet_kwargs: dict, settings: GenerationSettings, generator=None
-                     ) -> torch.Tensor:
+                     text: torch.Tensor, unet_kwargs: dict, settings: GenerationSettings, generator=None,
+                     return_denoised: bool = False):
         """One step of the loop: the UNet on this step's guidance rows (`text` and `unet_kwargs` stacked as
-        the plan's `stacked` rows), the rows combined, the scheduler's step."""
+        the plan's `stacked` rows), the rows combined, the scheduler's step. Returns the next latents (with
+        `return_denoised`, also the clean latents the sampler predicts, or None when it gives none)."""
         plan = rows if isinstance(rows, GuidancePlan) else GuidancePlan(rows)
         stacked, rows = plan.stacked, plan.at(t)
         if rows != stacked:
@@ -332,7 +347,11 @@ class FaceStudioMixin(AdapterLoadingMixin):
         model_input = scheduler.scale_model_input(rows.latents(latents), t)
         eps = self.unet(model_input, t, encoder_hidden_states=text, return_dict=False, **unet_kwargs)[0]
         eps = rows.combine(eps, settings.text_guidance_scale, settings.reference_scale)
-        return scheduler.step(eps, t, latents, return_dict=False, **step_kwargs(scheduler, generator))[0]
+        out = scheduler.step(eps, t, latents, return_dict=True, **step_kwargs(scheduler, generator))
+        if not return_denoised:
+            return out.prev_sample
+        return out.prev_sample, getattr(out, "pred_original_sample", None) if getattr(out, "denoised", None) is None \
+            else out.denoised
 
     def encode_text(self, *args) -> tuple[torch.Tensor, dict]:
         """`text_conditioning(*args)` under the prompt-encoding lock (see `_TEXT_LOCK`); safe from any thread."""
@@ -388,13 +407,13 @@ class FaceStudioPipeline(FaceStudioMixin, StableDiffusionPipeline):
     """
 
     # the adapters' CLIP encoders run after the text encoder, before the UNet
-    model_cpu_offload_seq = "text_encoder->image_encoder->identity_image_encoder->style_image_encoder->unet->vae"
-    _optional_components = [*StableDiffusionPipeline._optional_components, *GUIDANCE_ENCODERS]
+    model_cpu_offload_seq = "text_encoder->image_encoder->identity_image_encoder->style_image_encoder->unet->vae->tiny_vae"
+    _optional_components = [*StableDiffusionPipeline._optional_components, *GUIDANCE_ENCODERS, "tiny_vae"]
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor,
                  image_encoder=None, requires_safety_checker: bool = True, identity_image_encoder=None,
-                 style_image_encoder=None):
+                 style_image_encoder=None, tiny_vae=None):
         super().__init__(vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor,
                          image_encoder, requires_safety_checker)
-        self._init_guidance(identity_image_encoder, style_image_encoder)
+        self._init_guidance(identity_image_encoder, style_image_encoder, tiny_vae)
 

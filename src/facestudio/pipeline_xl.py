@@ -22,15 +22,16 @@ class FaceStudioXLPipeline(FaceStudioMixin, StableDiffusionXLPipeline):
     default_side = SDXL_DEFAULT_SIDE
     _VAE_UPCAST_LOCK = threading.Lock()
     model_cpu_offload_seq = ("text_encoder->text_encoder_2->image_encoder->identity_image_encoder->"
-                             "style_image_encoder->unet->vae")
-    _optional_components = [*StableDiffusionXLPipeline._optional_components, *GUIDANCE_ENCODERS]
+                             "style_image_encoder->unet->vae->tiny_vae")
+    _optional_components = [*StableDiffusionXLPipeline._optional_components, *GUIDANCE_ENCODERS, "tiny_vae"]
 
     def __init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
                  image_encoder=None, feature_extractor=None, force_zeros_for_empty_prompt: bool = True,
-                 add_watermarker: bool | None = None, identity_image_encoder=None, style_image_encoder=None):
+                 add_watermarker: bool | None = None, identity_image_encoder=None, style_image_encoder=None,
+                 tiny_vae=None):
         super().__init__(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, image_encoder,
                          feature_extractor, force_zeros_for_empty_prompt, add_watermarker)
-        self._init_guidance(identity_image_encoder, style_image_encoder)
+        self._init_guidance(identity_image_encoder, style_image_encoder, tiny_vae)
 
     def text_conditioning(self, prompts, negatives, device, num_images_per_prompt, rows, height, width):
         positive, negative, pooled, negative_pooled = self.encode_prompt(

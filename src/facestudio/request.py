@@ -48,7 +48,8 @@ FIELD_NAMES = {
             "num_inference_steps": "--steps", "width": "--width", "height": "--height", "seed": "--seed",
             "count": "--num-images", "strength": "--strength", "face": "--face", "region": "--region",
             "regions": "--regions", "scheduler": "--scheduler", "speed": "--speed",
-            "reference_guidance_start": "--reference-start", "shortcut_scale": "--shortcut-scale"},
+            "reference_guidance_start": "--reference-start", "shortcut_scale": "--shortcut-scale",
+            "decoder": "--decoder"},
     "api": {"num_inference_steps": "steps", "strength": "identities[].strength",
             "region": "identities[].region"},
     # the AUTOMATIC1111-compatible API (server/a1111): A1111's fields, and facestudio's extras in "facestudio"
@@ -114,6 +115,8 @@ class GenerationSettings:
             down `g_ref` acts (FlashFace uses 600 of 1000); None: `g_ref` at every step (`guidance.cfg`).
         shortcut_scale (`float`, *optional*): FaceID-PlusV2's weight of the CLIP face detail added to the id
             tokens (IP-Adapter's `s_scale`); None: the adapter's own (its preset's).
+        decoder (`str`, defaults to `"full"`): `"full"` (the base model's VAE) or `"tiny"` (TAESD, `decoding.py`;
+            the pipeline must have it loaded).
         num_inference_steps (`int`, defaults to `DEFAULT_STEPS`).
         width, height (`int`, *optional*): None until `resolved`: the pipeline's default side, or with a scene
             image and neither given, the scene's aspect ratio with that longest side.
@@ -148,6 +151,7 @@ class GenerationSettings:
     speed: str = ""
     reference_guidance_start: float | None = None
     shortcut_scale: float | None = None
+    decoder: str = "full"
 
     def __post_init__(self):
         people = tuple(p if isinstance(p, IdentityInput) else IdentityInput(photos=(p,)) for p in self.identities)
@@ -266,6 +270,8 @@ class GenerationSettings:
             from .sampling.speed import get_speed_model  # here: it reads the presets, which read this module
 
             get_speed_model(self.speed, name("speed"))
+        if self.decoder not in ("full", "tiny"):
+            fail(f"{name('decoder')} {self.decoder!r}: 'full' (the model's VAE) or 'tiny' (TAESD)")
         if self.output_type not in ("pil", "np", "pt", "latent"):
             fail(f"output_type {self.output_type!r}: one of 'pil', 'np', 'pt', 'latent'")
         return self
@@ -286,4 +292,5 @@ class GenerationSettings:
             "reference_guidance_scale": self.reference_scale, "width": self.width, "height": self.height,
             "num_images": self.count, "scheduler": self.scheduler, "speed": self.speed or None,
             "reference_guidance_start": self.reference_guidance_start, "shortcut_scale": self.shortcut_scale,
+            "decoder": self.decoder,
         }

@@ -52,6 +52,13 @@ def add_commands(commands) -> None:
                         help="a few-step speed LoRA (see `facestudio speed-models`); its sampler, steps and guidance "
                              "become the server's defaults; 'none' turns a preset's off")
     models.add_argument("--speed-weights", metavar="FILE", help="the --speed LoRA from this local file")
+    models.add_argument("--previews", action="store_true",
+                        help="load the tiny decoder (TAESD) and send a preview image of every step to the page")
+    models.add_argument("--decoder", choices=("full", "tiny"), default="full",
+                        help="what decodes the images when a job does not say: 'full' (the model's VAE, default) "
+                             "or 'tiny' (TAESD: fast on a CPU, a little less detail; implies --previews)")
+    models.add_argument("--tiny-decoder", metavar="FOLDER|HUB_ID",
+                        help="the AutoencoderTiny to use (default madebyollin/taesd, or taesdxl for SDXL)")
     models.add_argument("--device", choices=("cpu", "cuda", "mps"),
                         help="where to run (default: CUDA, else MPS, else the CPU)")
     models.add_argument("--cpu-offload", action="store_true", help="keep each model on the CPU until it runs")
@@ -153,6 +160,11 @@ def run_serve(args) -> int:
                                     preset=args.preset, device=args.device, cpu_offload=args.cpu_offload,
                                     vae_tiling=args.vae_tiling, arcface_model=args.arcface_model, speed=args.speed,
                                     speed_weights=args.speed_weights)
+    if args.previews or args.decoder == "tiny" or args.tiny_decoder:
+        from ..decoding import load_tiny_decoder
+
+        load_tiny_decoder(pipe, args.tiny_decoder)
+        pipe.default_decoder = args.decoder
     pipe.set_progress_bar_config(disable=True)  # progress goes to the page and the event stream
     app = create_app(pipe, data, queue_size=args.queue_size, workers=args.workers, token=token,
                      job_timeout=args.job_timeout, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),

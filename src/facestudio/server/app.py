@@ -7,7 +7,9 @@
     /v1/images                         POST a style or scene image -> image id (+ the faces in it)
     /v1/generations                    POST a job -> 202 + status; GET recent jobs
     /v1/generations/{id}               status: state, step i of n, results
-    /v1/generations/{id}/events        the same as a server-sent event stream, until the job ends
+    /v1/generations/{id}/events        the same as a server-sent event stream, until the job ends (with the
+                                       tiny decoder loaded, each progress event's `preview` is the step's
+                                       image as a data URL)
     /v1/generations/{id}/images/{name} a result PNG
     /v1/generations/{id}/cancel        POST: stop it (a waiting job frees its slot at once)
 
@@ -150,6 +152,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
                 "max_count": max_count, "default_steps": defaults["steps"] or default_steps,
                 "regions": available_choices(), "schedulers": list(SCHEDULERS), "speed": defaults["speed"] or None,
                 "negative_prompt": defaults["negative_prompt"], "shortcut_scale": pipe.shortcut_scale(),
+                "preview": getattr(pipe, "tiny_vae", None) is not None,
                 "version": __version__}
 
     @app.get("/v1/queue", response_model=QueueInfo, summary="Jobs waiting and running now")
@@ -354,6 +357,8 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
                     seen = job.changed
                     status = _status(job)
                     kind = "end" if job.state in FINISHED else "progress"
+                    if job.preview is not None:
+                        status["preview"] = job.preview  # the latest step's image (tiny decoder loaded)
                     yield f"event: {kind}\ndata: {json.dumps(status)}\n\n"
                     last_sent = time.monotonic()
                     if kind == "end":

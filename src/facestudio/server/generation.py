@@ -154,7 +154,8 @@ def defaults_of(pipe) -> dict:
     return {"scheduler": speed.scheduler if speed else DEFAULT_SCHEDULER,
             "text_guidance_scale": speed.guidance_scale if speed else DEFAULT_TEXT_SCALE,
             "steps": speed.steps if speed else None, "speed": speed.name if speed else "",
-            "negative_prompt": preset.negative_prompt if preset is not None else None}
+            "negative_prompt": preset.negative_prompt if preset is not None else None,
+            "decoder": getattr(pipe, "default_decoder", "full")}
 
 
 def settings_of(request: GenerationRequest, people: list[IdentityInput], data: DataFolder,
@@ -177,7 +178,7 @@ def settings_of(request: GenerationRequest, people: list[IdentityInput], data: D
         height=request.height, seed=request.seed, count=request.count,
         scheduler=request.scheduler or defaults.get("scheduler", DEFAULT_SCHEDULER),
         speed=request.speed if request.speed is not None else defaults.get("speed", ""),
-        shortcut_scale=request.shortcut_scale)
+        shortcut_scale=request.shortcut_scale, decoder=request.decoder or defaults.get("decoder", "full"))
 
 
 def _scene_info(data: DataFolder, image_id: str) -> dict:
@@ -197,7 +198,10 @@ def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
     for i in range(plan.count):
         seed = plan.seed + i
         done_before = i * plan.steps
-        result = pipe(replace(settings, seed=seed), on_step=lambda step, total: job.progress(done_before + step))
+        preview = None if getattr(pipe, "tiny_vae", None) is None else \
+            (lambda step, total, image: job.show_preview(data_url(image)))
+        result = pipe(replace(settings, seed=seed), on_step=lambda step, total: job.progress(done_before + step),
+                      preview=preview)
         image = result.images[0]
         metadata = ai_generated_metadata({**result.metadata, **metadata_base, "seed": seed, "width": image.width,
                                           "height": image.height})
@@ -211,6 +215,16 @@ def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
         job.images.append(name)
         job.changed += 1
         data.save_job(job.id, record(job))
+
+
+def data_url(image) -> str:
+    """A small image as a `data:image/jpeg;base64,...` URL (what a progress event carries as its preview)."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def record(job: Job) -> dict:

@@ -58,6 +58,7 @@ class Job:
     deadline: float | None = None  # time.monotonic() after which the running job stops
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     changed: int = 0  # bumped on every change, so event streams send only news
+    preview: str | None = None  # the latest step's preview image as a data URL (tiny decoder), for event streams
 
     def check(self) -> None:
         """Raise `JobStopped` if this job should stop now (called between denoising steps)."""
@@ -65,6 +66,10 @@ class Job:
             raise JobStopped(CANCELLED)
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise JobStopped(TIMED_OUT)
+
+    def show_preview(self, url: str) -> None:
+        self.preview = url
+        self.changed += 1
 
     def progress(self, step: int) -> None:
         self.step = step

@@ -70,6 +70,9 @@ class GenerationRequest(_Strict):
     speed: Optional[str] = Field(None, max_length=64,
                                  description="the speed model the server loaded (`speed` of /v1/models); the "
                                              "server's speed model is used whether named or not")
+    decoder: Optional[Literal["full", "tiny"]] = Field(
+        None, description="'tiny': TAESD decodes the images (fast, a little less detail; needs `preview` in "
+                          "/v1/models); default: the server's")
     shortcut_scale: Optional[float] = Field(None, ge=0, le=5, allow_inf_nan=False,
                                             description="FaceID-PlusV2's weight of the CLIP face detail; default: "
                                                         "the adapter's")

@@ -54,19 +54,20 @@ class PublicIdentityKind(AdapterKind):
             raise FaceStudioError(f"{self.name} needs its CLIP image encoder ({self.config.image_encoder})")
         if not len(photos):
             raise ValueError("an identity needs at least one photo")
-        per_photo = [self._photo(analyzer, encoder, photo, face, name) for photo, face in zip(photos, faces)]
-        return self.combine(per_photo, name)
-
-    def _photo(self, analyzer, encoder, photo, face, name) -> idg.Identity:
-        embedding, detail = np.zeros(0, np.float32), np.zeros((0, 1), np.float32)
+        # every photo's crops first, then one recogniser run and one encoder run for the whole identity
+        embeddings = np.zeros((len(photos), 0), np.float32)
+        details = np.zeros((len(photos), 0, 1), np.float32)
         if self.reads_embedding:
             recognizer = analyzer.recognizer
-            crop = analyzer.align(photo, face, recognizer.template, recognizer.input_size).image
-            embedding = recognizer.embed_crops(crop[None])[0].astype(np.float32)
+            crops = np.stack([analyzer.align(p, f, recognizer.template, recognizer.input_size).image
+                              for p, f in zip(photos, faces)])
+            embeddings = recognizer.embed_crops(crops).astype(np.float32)
         if self.reads_detail:
-            crop = analyzer.align(photo, face, "arcface", CLIP_FACE_SIZE).image
-            detail = encoder.hidden_states([crop])[0].float().cpu().numpy()
-        return idg.Identity(embedding, detail, self.signature, name, tokens_per_photo=len(detail))
+            crops = [analyzer.align(p, f, "arcface", CLIP_FACE_SIZE).image for p, f in zip(photos, faces)]
+            details = encoder.hidden_states(crops).float().cpu().numpy()
+        per_photo = [idg.Identity(e, d, self.signature, name, tokens_per_photo=len(d))
+                     for e, d in zip(embeddings, details)]
+        return self.combine(per_photo, name)
 
     def combine(self, per_photo: list[idg.Identity], name: str) -> idg.Identity:
         """Several photos' identities as one: embeddings averaged and renormalised, detail tokens kept."""

@@ -424,6 +424,9 @@ function request() {
   // The server resolves the regions; the page only names the source ("auto" is the server's default).
   if ($("#regions-source").value !== "auto") body.regions = $("#regions-source").value;
   if ($("#seed").value !== "") body.seed = Number($("#seed").value);
+  if ($("#scheduler").value) body.scheduler = $("#scheduler").value;
+  if (!$("#shortcut-scale").disabled && $("#shortcut-scale").value !== "")
+    body.shortcut_scale = Number($("#shortcut-scale").value);
   // Sizes only when set: otherwise the server's default (the scene's shape, or the pipeline's default side).
   for (const id of ["width", "height"]) if (sideSet(id)) body[id] = sideSet(id);
   if (people.length === 2 && $("#mix-on").checked) {
@@ -511,6 +514,7 @@ function showProgress(job) {
     cancelled: "cancelled", timed_out: "stopped: " + job.error, failed: "failed: " + job.error,
   }[job.state] || job.state;
   $("#progress-text").textContent = text;
+  if (job.preview) { $("#preview").src = job.preview; $("#preview").hidden = false; }
   if (job.state === "failed") $("#form-error").textContent = job.error;
 }
 
@@ -667,6 +671,25 @@ function regionSources(names) {
   }
 }
 
+function fewStepControls(info) {
+  // The sampler list, the loaded speed model (its guidance scale 1 becomes the sliders' value), the preset's
+  // negative prompt and the adapter's shortcut scale, as /v1/models says.
+  const sampler = $("#scheduler");
+  for (const name of info.schedulers || []) {
+    if (![...sampler.options].some((o) => o.value === name)) sampler.add(new Option(name, name));
+  }
+  if (info.speed) {
+    $("#speed").replaceChildren(new Option(info.speed, info.speed));
+    for (const id of ["text-scale", "ref-scale"]) {
+      $("#" + id).value = 1;
+      $("#" + id + "-out").textContent = "1";
+    }
+  }
+  if (info.negative_prompt != null) $("#negative").value = info.negative_prompt;
+  $("#shortcut-scale").disabled = info.shortcut_scale == null;
+  if (info.shortcut_scale != null) $("#shortcut-scale").placeholder = String(info.shortcut_scale);
+}
+
 async function loadModel() {
   try {
     const info = await apiJson("/v1/models");
@@ -674,6 +697,7 @@ async function loadModel() {
     $("#model-info").textContent = "model " + info.base_model + " · " + info.device + " · " + info.dtype +
       " · adapters: " + (info.adapters.map((a) => a.kind).join(", ") || "none");
     $("#steps").value = info.default_steps;
+    fewStepControls(info);
     $("#count").max = info.max_count;
     ["width", "height"].forEach((id) => { $("#" + id).max = info.max_side; });
     state.defaultSide = info.default_side || state.defaultSide;
