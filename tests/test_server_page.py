@@ -166,7 +166,8 @@ def test_an_error_goes_once_the_card_is_fixed_and_a_refused_job_says_so(open_pag
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     page.locator("#person-1 input.photos").set_input_files(str(bad))
-    page.wait_for_function("() => document.querySelector('#person-1 .faces-status').textContent.includes('not an image')")
+    page.wait_for_function("() => document.querySelector('#person-1 .faces-status').textContent"
+                           ".includes('not an image')")
     page.click("#generate")
     assert "fix or remove that person" in page.text_content("#form-error")
     in_view(page, "#form-error")
