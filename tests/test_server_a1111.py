@@ -372,3 +372,27 @@ def test_facestudio_serve_a1111_as_a_user_starts_it(tmp_path, faces_dir):
         assert httpx.get(f"http://127.0.0.1:{port}/sdapi/v1/sd-models", timeout=30).status_code == 401
     finally:
         stop(process)
+
+
+def test_progress_carries_the_step_preview_with_the_tiny_decoder(tmp_path, faces_dir):
+    from facestudio.decoding import load_tiny_decoder
+    from facestudio.models import tiny_autoencoder
+
+    pipe = new_pipe()
+    load_tiny_decoder(pipe, tiny_autoencoder())
+    app = create_app(pipe, tmp_path, max_side=128, default_steps=2, base_model="tiny", a1111=True)
+    with BackgroundServer(app) as running:
+        api = webuiapi.WebUIApi(host=running.host, port=running.port)
+        done, previews = [], []
+        thread = threading.Thread(target=lambda: done.append(api.txt2img(prompt="x", steps=60, width=SIDE,
+                                                                          height=SIDE)))
+        thread.start()
+        while thread.is_alive():
+            current = api.get_progress().get("current_image")
+            if current:
+                previews.append(Image.open(io.BytesIO(base64.b64decode(current))))
+            skipped = httpx.get(running.url + "/sdapi/v1/progress", params={"skip_current_image": True}).json()
+            assert skipped["current_image"] is None
+            time.sleep(0.05)
+        thread.join()
+        assert len(done[0].images) == 1 and previews and previews[-1].size[0] > 0

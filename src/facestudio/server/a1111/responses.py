@@ -58,9 +58,9 @@ def txt2img_answer(job, request, report, base_model: str) -> dict:
     return {"images": images, "parameters": request.model_dump(mode="json"), "info": json.dumps(info)}
 
 
-def progress(jobs: list) -> dict:
+def progress(jobs: list, skip_image: bool = False) -> dict:
     """`GET /sdapi/v1/progress` over the A1111 jobs in flight (oldest first): the running one, else the next.
-    The image is null: no preview of a running job exists yet."""
+    `current_image` is the latest step's preview (base64 JPEG) when the server loaded the tiny decoder."""
     idle = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0,
             "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
     if not jobs:
@@ -79,4 +79,5 @@ def progress(jobs: list) -> dict:
         f"{waiting} more A1111 job(s) waiting" if waiting else None
     # a job that ended but is not answered yet still reads as where it stopped, never as back at the start
     return {"progress": 0.01 if job.started is None else fraction, "eta_relative": max(0.0, eta), "state": state,
-            "current_image": None, "textinfo": text, "current_task": job.id}
+            "current_image": None if skip_image or job.preview is None else job.preview.partition(",")[2],
+            "textinfo": text, "current_task": job.id}

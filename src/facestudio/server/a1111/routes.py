@@ -1,7 +1,7 @@
 """The AUTOMATIC1111-compatible routes, on the app's own queue, limits, token and upload checks.
 
     POST /sdapi/v1/txt2img          a synchronous generation: waits on the job queue, answers the images
-    GET  /sdapi/v1/progress         the A1111 jobs in flight (state, step, ETA)
+    GET  /sdapi/v1/progress         the A1111 jobs in flight (state, step, ETA, the step's preview image)
     POST /sdapi/v1/interrupt        stop the A1111 jobs in flight (their finished images are answered)
     GET  /sdapi/v1/sd-models, samplers, schedulers, options (POST: only sd_model_checkpoint, the loaded model),
          scripts, cmd-flags
@@ -83,7 +83,7 @@ def add_routes(app: FastAPI, *, pipe, queue, upload_pool, limits, base_model: st
     @app.get("/sdapi/v1/progress", response_model=ProgressResponse, tags=["a1111"],
              summary="Progress of the A1111 jobs in flight")
     async def progress(skip_current_image: bool = False):
-        return responses.progress(list(in_flight))
+        return responses.progress(list(in_flight), skip_current_image)
 
     @app.post("/sdapi/v1/interrupt", tags=["a1111"], summary="Stop the A1111 jobs in flight (not /v1 jobs)")
     async def interrupt():
