@@ -113,6 +113,48 @@ def run_in_threads(work, keys, repeats: int) -> dict:
     return results
 
 
+@pytest.fixture(scope="session", autouse=True)
+def c2pa_signing_folder(tmp_path_factory):
+    """The local C2PA signing pair of this test session (made on first use), never the user's own."""
+    folder = tmp_path_factory.mktemp("c2pa") / "signer"
+    os.environ["FACESTUDIO_C2PA_DIR"] = str(folder)
+    yield folder
+    os.environ.pop("FACESTUDIO_C2PA_DIR", None)
+
+
+TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+
+
+def assert_labelled(path: Path) -> dict:
+    """Check the labels of a generated image with standard readers; returns the active C2PA manifest.
+
+    exiftool (Debian libimage-exiftool-perl) prints the XMP digital source type; c2pa-python's Reader validates
+    the manifest: the claim signature and the data hash are valid, and the one failure is that the signer, a
+    local self-signed chain, is on no trust list (state "Valid", not "Trusted" nor "Invalid")."""
+    import json as _json
+
+    import c2pa
+
+    exiftool = shutil.which("exiftool")
+    if exiftool is None:
+        pytest.fail("exiftool not found (apt install libimage-exiftool-perl)")
+    shown = subprocess.run([exiftool, "-DigitalSourceType", "-CreatorTool", str(path)], capture_output=True,
+                           text=True, check=True).stdout
+    assert f"Digital Source Type             : {TRAINED}" in shown, shown
+    assert "Creator Tool                    : facestudio " in shown, shown
+    with c2pa.Reader(str(path)) as reader:
+        state, results = reader.get_validation_state(), reader.get_validation_results()["activeManifest"]
+        active = reader.get_active_manifest()
+    codes = {kind: [r["code"] for r in results.get(kind, [])] for kind in ("success", "failure")}
+    assert state == "Valid", (state, results)
+    assert {"claimSignature.validated", "claimSignature.insideValidity", "assertion.dataHash.match"} <= \
+        set(codes["success"]), results
+    assert codes["failure"] == ["signingCredential.untrusted"], results
+    actions = next(a["data"]["actions"] for a in active["assertions"] if a["label"].startswith("c2pa.actions"))
+    assert [(a["action"], a["digitalSourceType"]) for a in actions] == [("c2pa.created", TRAINED)], _json.dumps(actions)
+    return active
+
+
 def tiny_facestudio_pipeline(style: bool = False):
     """A tiny SD pipeline (`models.tiny_components`) with facestudio's identity adapter (seed 1), and with
     `style` its style adapter and tiny style encoder beside it (seed 2)."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import assert_labelled
 from facestudio.cli import main
 from facestudio.imaging import TRAINED_ALGORITHMIC_MEDIA, read_png_metadata
 
@@ -85,10 +86,16 @@ def test_generate_writes_a_png_with_settings_and_ai_label(capsys, faces_dir, tmp
     assert meta["prompt"] == "an astronaut, photo" and meta["negative_prompt"] == "blurry"
     assert meta["seed"] == 7 and meta["steps"] == 2 and (meta["width"], meta["height"]) == (64, 64)
     assert meta["ai_generated"] is True and meta["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
-    assert meta["base_model"] == "tiny" and meta["adapter"] == "tiny"
+    assert meta["base_model"] == "tiny" and meta["adapters"] == [{"kind": "identity", "type": "facestudio",
+                                                                  "source": "tiny"}]
     assert meta["identities"][0]["photos"] == ["obama.jpg"]  # file names, not the user's folders
     assert meta["text_guidance_scale"] == meta["reference_guidance_scale"] == 7.5
     assert meta["facestudio_version"]
+    # the labels standard tools read: exiftool's XMP digital source type, C2PA, A1111's parameters
+    assert_labelled(path)
+    assert Image.open(path).info["parameters"].startswith("an astronaut, photo\nNegative prompt: blurry\nSteps: 2, "
+                                                          "Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, "
+                                                          "Seed: 7, Size: 64x64, Model: tiny, ")
 
 
 def test_image_i_of_a_run_is_the_single_run_with_seed_plus_i(capsys, faces_dir, tmp_path):
@@ -137,7 +144,7 @@ def test_adapter_folder_is_used_and_one_for_another_recognizer_refused(capsys, f
     common = ["generate", "--prompt", "x", "--identity", faces_dir / "obama.jpg", *FAST, "--output", tmp_path / "ok"]
     code, out, err = run(capsys, *common, "--adapter", adapter_folder)  # the last --adapter wins over FAST's
     assert code == 0, err
-    assert read_png_metadata(tmp_path / "ok" / "000-seed0.png")["adapter"] == str(adapter_folder)
+    assert read_png_metadata(tmp_path / "ok" / "000-seed0.png")["adapters"][0]["source"] == str(adapter_folder)
 
     other = tmp_path / "arcface-adapter"
     shutil.copytree(adapter_folder / "identity", other)

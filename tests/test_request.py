@@ -83,7 +83,7 @@ def test_metadata_is_the_settings_in_the_shared_keys():
     assert meta == {"prompt": "a photo", "negative_prompt": "blurry", "mix": [0.3, 0.7], "style_strength": None,
                     "scene_faces": None, "regions": "auto", "steps": 9, "text_guidance_scale": 4.0, "reference_guidance_scale": 4.0,
                     "width": 64, "height": 32, "num_images": 2, "scheduler": "euler-a", "speed": None,
-                    "reference_guidance_start": None, "shortcut_scale": None}
+                    "reference_guidance_start": None, "shortcut_scale": None, "decoder": "full"}
     assert GenerationSettings("x", style_image="s.png", style_strength=2.0).metadata()["style_strength"] == 2.0
     assert GenerationSettings("x", regions="split").metadata()["regions"] == "split"
 

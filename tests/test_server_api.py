@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import assert_labelled
 from facestudio.imaging import read_png_metadata
 from facestudio.pipeline import IdentityInput
 from facestudio.server import BackgroundServer, create_app
@@ -251,6 +252,9 @@ def test_generation_progress_stream_and_png_equal_to_a_direct_pipeline_call(clie
     assert metadata["digital_source_type"].endswith("trainedAlgorithmicMedia")
     assert metadata["identities"][0]["id"] == obama_id and metadata["identities"][0]["strength"] == 1.5
     assert Image.open(path).info["AI-generated"] == "true"
+    assert metadata["adapters"] == [{"kind": "identity", "type": "facestudio"}, {"kind": "style", "type": "ip-adapter"}]
+    assert_labelled(path)
+    assert "Seed: 7, Size: 64x64" in Image.open(path).info["parameters"]
 
 
 def test_per_job_settings_do_not_leak_into_the_next_job(client, faces_dir, obama_id, server):

@@ -110,13 +110,11 @@ def test_tokens_per_photo_is_stored_and_an_older_file_without_it_reads_as_zero(t
 
 
 def test_a_scene_image_gone_before_its_size_is_read_is_not_found(tmp_path):
-    from facestudio.server.generation import NotFound, _scene_size
-    from facestudio.server.schemas import GenerationRequest
+    from facestudio.server.generation import NotFound, _scene_info
 
     data = DataFolder(tmp_path)
-    request = GenerationRequest(prompt="x", scene_image="00000000cccccccc")
     with pytest.raises(NotFound, match="scene_image"):
-        _scene_size(request, data)
+        _scene_info(data, "00000000cccccccc")
 
 
 def test_result_names_follow_the_cli_rule_and_ids_one_pattern(tmp_path):

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .errors import ImageError
 from .files import write_atomically
+from .labels.xmp import TRAINED_ALGORITHMIC_MEDIA
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 
@@ -129,8 +130,9 @@ def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict | None 
 
     The file is written beside its destination and moved into place, so a crash never leaves a
     half-written image and an existing file is replaced whole or not at all. If the metadata says
-    `"ai_generated": true` (see `ai_generated_metadata`), a plain `AI-generated` text chunk is written too, for
-    tools that read PNG text but not JSON.
+    `"ai_generated": true` (see `ai_generated_metadata`), the file carries every label of `labels.write` too:
+    a plain `AI-generated` text chunk, A1111's `parameters`, XMP with the IPTC digital source type and signed
+    C2PA content credentials.
 
     Args:
         image (`PIL.Image.Image`): The image to write.
@@ -143,20 +145,29 @@ def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict | None 
     Returns:
         The destination as a `Path`.
     """
+    if metadata is not None and metadata.get("ai_generated") is True:
+        from .labels.write import encode_labelled
+
+        data = encode_labelled(image, metadata, ".png", title=Path(path).name)
+        return write_atomically(path, data, overwrite=overwrite, mode=mode)
     info = PngImagePlugin.PngInfo()
     if metadata is not None:
         info.add_itxt("facestudio", json.dumps(metadata, sort_keys=True))
-        if metadata.get("ai_generated") is True:
-            info.add_text("AI-generated", "true")
     return write_atomically(path, lambda f: image.save(f, format="PNG", pnginfo=info), overwrite=overwrite,
                             mode=mode)
 
 
 def read_png_metadata(path: str | os.PathLike) -> dict | None:
-    """The JSON written by :func:`save_png`, or `None` when the file has none."""
+    """The JSON written by :func:`save_png` in the current schema (`labels.schema.normalised`: files written
+    before it read the same), or `None` when the file has none."""
+    from .labels.schema import normalised
+
     with Image.open(path) as image:
         text = image.info.get("facestudio")
-    return None if text is None else json.loads(text)
+    if text is None:
+        return None
+    metadata = json.loads(text)
+    return normalised(metadata) if isinstance(metadata, dict) else metadata
 
 
 def _open(source, name: str | None, max_pixels: int) -> tuple[str, Image.Image]:
@@ -230,8 +241,6 @@ def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
 
 
-#: IPTC NewsCodes digital source type of an image made by a generative model trained on sampled content.
-TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 
 
 def ai_generated_metadata(settings: dict) -> dict:

@@ -43,10 +43,34 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FaceStudioPipelineOutput(BaseOutput):
-    """Images and the settings that made them (for metadata)."""
+    """Images, the settings that made them, and their metadata (`labels.schema`, with the AI-generated label).
+
+    `save(path)` writes an image with every label (`labels.write`): `out.save("me.png")`, not
+    `out.images[0].save(...)`, which writes the pixels alone.
+    """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     settings: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    def image_metadata(self, index: int = 0) -> dict:
+        """The metadata of image `index` (its own size; its place in the batch when there are several)."""
+        from .imaging import ai_generated_metadata
+
+        image = self.images[index]
+        width, height = image.size if isinstance(image, PIL.Image.Image) else (None, None)
+        extra = {"batch_index": index} if len(self.images) > 1 else {}
+        return ai_generated_metadata({**self.metadata, **extra, "width": width or self.metadata.get("width"),
+                                      "height": height or self.metadata.get("height")})
+
+    def save(self, path, index: int = 0, *, overwrite: bool = True):
+        """Write image `index` to `path` (.png, .jpg or .jpeg, .webp) with its labels; returns the `Path`."""
+        from .labels.write import save_labelled
+
+        image = self.images[index]
+        if not isinstance(image, PIL.Image.Image):
+            raise FaceStudioError("save() writes PIL images: call the pipeline with output_type='pil'")
+        return save_labelled(image, path, self.image_metadata(index), overwrite=overwrite)
 
 
 class FaceStudioMixin(AdapterLoadingMixin):
@@ -276,9 +300,10 @@ class FaceStudioMixin(AdapterLoadingMixin):
                   "style_image": style is not None, "scene_image": scene is not None,
                   "scheduler": settings.scheduler, "scheduler_class": type(scheduler).__name__,
                   "speed": speed.name if speed else None}
+        metadata = self.image_record(settings, record)
         if output_type == "latent":
             self.maybe_free_model_hooks()
-            return FaceStudioPipelineOutput(latents, record) if return_dict else (latents,)
+            return FaceStudioPipelineOutput(latents, record, metadata) if return_dict else (latents,)
         image = tiny_decode(self.tiny_vae, latents) if settings.decoder == "tiny" else \
             self.decode_latents_to_pixels(latents)
         image = self.image_processor.postprocess(image, output_type="np")
@@ -289,7 +314,25 @@ class FaceStudioMixin(AdapterLoadingMixin):
         elif output_type == "pt":
             image = torch.from_numpy(image).permute(0, 3, 1, 2)
         self.maybe_free_model_hooks()
-        return FaceStudioPipelineOutput(image, record) if return_dict else (image,)
+        return FaceStudioPipelineOutput(image, record, metadata) if return_dict else (image,)
+
+    def adapter_metadata(self) -> list[dict]:
+        """The loaded adapters as the metadata lists them: their role and their kind's name."""
+        return [{"kind": a.kind, "type": a.adapter_kind.name} for a in self.facestudio_adapters]
+
+    def image_record(self, settings: GenerationSettings, record: dict) -> dict:
+        """The images' metadata in the one schema (`labels.schema`); front ends add their own keys to it."""
+        from .labels.schema import region_value
+
+        identities = [{"name": p.name or (p.identity.name if p.identity is not None else "") or f"identity {i + 1}",
+                       "strength": p.strength, "region": region_value(p.region)}
+                      for i, p in enumerate(settings.identities)]
+        return {**settings.metadata(), "seed": settings.seed, "scheduler": record["scheduler"],
+                "scheduler_class": record.get("scheduler_class"), "speed": record.get("speed"),
+                "base_model": getattr(self, "name_or_path", None) or None,
+                "adapters": self.adapter_metadata(),
+                "identities": identities, "style_image": record["style_image"] or None,
+                "scene_image": record["scene_image"] or None}
 
     def denoise_step(self, scheduler, t, latents: torch.Tensor, rows: GuidanceRows | GuidancePlan,
                      text: torch.Tensor, unet_kwargs: dict, settings: GenerationSettings, generator=None,

@@ -57,6 +57,14 @@ FIELD_NAMES = {
             "start_step": "--start-step", "shortcut_scale": "--shortcut-scale", "decoder": "--decoder"},
     "api": {"num_inference_steps": "steps", "strength": "identities[].strength",
             "region": "identities[].region"},
+    # the AUTOMATIC1111-compatible API (server/a1111): A1111's fields, and facestudio's extras in "facestudio"
+    "a1111": {"identities": "alwayson_scripts.controlnet.args (identity units)", "mix": "facestudio.mix",
+              "style_image": "the style unit's image", "style_strength": "the style unit's weight",
+              "scene_image": "facestudio.scene_image", "scene_faces": "facestudio.scene_faces",
+              "text_guidance_scale": "cfg_scale", "reference_guidance_scale": "facestudio.reference_scale",
+              "num_inference_steps": "steps", "count": "batch_size * n_iter", "scheduler": "sampler_name",
+              "strength": "alwayson_scripts.controlnet.args[].weight", "face": "facestudio.faces",
+              "region": "alwayson_scripts.controlnet.args[].effective_region_mask", "regions": "facestudio.regions"},
 }
 
 

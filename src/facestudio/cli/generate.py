@@ -273,13 +273,16 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     if preset is not None:
         identities = pipe.encode_identities(list(people), None)
 
-    # 4. Images, each written as soon as it is made
+    # 4. Images, each written as soon as it is made (metadata: labels.schema)
+    sources = {"identity": str(preset.adapter) if preset else args.adapter} if people else {}
+    if style_adapter:
+        sources["style"] = str(style_adapter[0])
     metadata = {
         **settings.metadata(), "command": command,
         "preset": args.preset, "base_model": str(args.base_model or preset.base_model),
         **({"pulid_mode": args.pulid_mode or "fidelity"} if preset is not None and preset.projection == "pulid" else {}),
-        "adapter": (str(preset.adapter) if preset else args.adapter) if people else None,
-        "style_adapter": str(style_adapter[0]) if style_adapter else None,
+        "adapters": [{**a, "source": sources.get(a["kind"])} for a in pipe.adapter_metadata()
+                     if a["kind"] in sources],
         "identities": [{"name": p.name, "photos": [Path(f).name for f in p.photos], "face": p.face,
                         "region": None if p.region is None else list(p.region), "strength": p.strength}
                        for p in people],
@@ -540,7 +543,7 @@ def _write_images(pipe, settings: GenerationSettings, metadata: dict, output: Pa
             image = result.images[0]
             sampler = {"scheduler": result.settings.get("scheduler", metadata["scheduler"]),  # FLUX: its own
                        "scheduler_class": result.settings.get("scheduler_class")}
-            image_metadata = ai_generated_metadata({**metadata, "seed": seed, "width": image.width,
+            image_metadata = ai_generated_metadata({**result.metadata, **metadata, "seed": seed, "width": image.width,
                                                     "height": image.height, **sampler})
             path, index = _save_numbered(image, output, index, seed, image_metadata)
             index += 1

@@ -68,6 +68,10 @@ def add_commands(commands) -> None:
                         help="address to listen on (default 127.0.0.1: this machine only)")
     server.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     server.add_argument("--token", help="bearer token the API requires (generated when --host is not loopback)")
+    server.add_argument("--a1111", action="store_true",
+                        help="also serve the AUTOMATIC1111-compatible API (/sdapi/v1/txt2img with ControlNet "
+                             "IP-Adapter units, sd-models, samplers, progress, ...), as A1111's --api; the token "
+                             "then also works as the basic-auth password A1111 clients send")
     server.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), metavar="DIR",
                         help=f"identities, uploads and results (default {DEFAULT_DATA_DIR})")
     server.add_argument("--queue-size", type=int, default=16, metavar="N",
@@ -166,10 +170,12 @@ def run_serve(args) -> int:
                      job_timeout=args.job_timeout, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                      max_side=args.max_side, default_steps=args.default_steps, max_jobs=args.keep_jobs,
                      base_model=str(args.base_model or PRESETS[args.preset].base_model), allowed_hosts={args.host},
-                     upload_workers=args.upload_workers)
+                     upload_workers=args.upload_workers, a1111=args.a1111)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{args.port}/"
     print(f"facestudio: serving {url} (data in {data_dir})", flush=True)
+    if args.a1111:
+        print(f"facestudio: AUTOMATIC1111-compatible API at {url}sdapi/v1/", flush=True)
     if token is not None:
         print(f"facestudio: listening on {args.host}, so every API request needs the header "
               f"'Authorization: Bearer {token}'", flush=True)

@@ -29,6 +29,8 @@ FIELD_NAMES = {
     "python": {"region": "region", "regions": "regions", "scene": "scene_image", "scene_faces": "scene_faces"},
     "cli": {"region": "--region", "regions": "--regions", "scene": "--scene", "scene_faces": "--scene-faces"},
     "api": {"region": "region", "regions": "regions", "scene": "scene_image", "scene_faces": "scene_faces"},
+    "a1111": {"region": "effective_region_mask", "regions": "facestudio.regions", "scene": "facestudio.scene_image",
+              "scene_faces": "facestudio.scene_faces"},
 }
 
 

@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import secrets
@@ -30,9 +31,9 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
-from fastapi import FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
+from fastapi import Body, FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -40,19 +41,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import AmbiguousFaceError, FaceStudioError, ImageError, NoFaceError
-from ..faces.analysis import select_face_index
 from ..imaging import to_array
 from ..regions import available_choices
 from ..sampling.schedulers import SCHEDULERS
 from ..request import DEFAULT_STEPS
 from . import generation
+from .a1111 import responses as a1111_responses
 from .guard import Guard
 from .jobs import FINISHED, Job, JobQueue, QueueFull
-from .schemas import GenerationRequest, IdentityInfo, IdentityList, ImageInfo, JobStatus, ModelInfo, Problem
+from .schemas import GenerationRequest, IdentityChange, IdentityInfo, IdentityList, ImageInfo, JobStatus, ModelInfo
+from .schemas import Problem
 from .schemas import QueueInfo
-from .storage import ID_PATTERN, RESULT_NAME_PATTERN, DamagedEntry, DataFolder, StorageError
+from .storage import ID_PATTERN, RESULT_NAME_PATTERN, DamagedEntry, DataFolder, StorageError, result_seed
 from .uploads import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, UploadError, UploadLimits, UploadPool
-from .uploads import decode_upload, safe_filename
+from .uploads import decode_upload, face_json, face_thumbnail, read_photos, safe_filename
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
                job_timeout: float | None = 600.0, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, max_side: int = 1024, max_count: int = 8,
                default_steps: int = DEFAULT_STEPS, max_jobs: int = 200, base_model: str = "(given pipeline)",
-               allowed_hosts=None, upload_workers: int = 2, upload_waiting: int = 16) -> FastAPI:
+               allowed_hosts=None, upload_workers: int = 2, upload_waiting: int = 16, a1111: bool = False) -> FastAPI:
     """The app serving `pipe` (a loaded `FaceStudioPipeline`) from the data folder `data_dir`.
 
     Args:
@@ -89,6 +91,8 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         allowed_hosts: Host names accepted without a token besides the loopback names.
         upload_workers (`int`, defaults to 2), upload_waiting (`int`, defaults to 16): uploads decoded at once,
             and how many more may wait before one gets 429 (see `uploads.UploadPool`: bounds memory).
+        a1111 (`bool`, defaults to False): serve the AUTOMATIC1111-compatible API too (`/sdapi/v1/...`,
+            `/controlnet/...`; see `server.a1111`), on the same queue, limits and token.
 
     Returns:
         `FastAPI`; `app.state.queue` is its `JobQueue` (close it, or let the app's shutdown do it).
@@ -100,8 +104,11 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     defaults = generation.defaults_of(pipe)  # what the loaded models say a request leaves out
     jobs: collections.OrderedDict[str, Job] = _past_jobs(data)  # the gallery survives a restart
     jobs_lock = threading.Lock()
+    identities_lock = threading.Lock()  # checking for a same identity or name, then writing
 
     def finished(job: Job) -> None:
+        if not job.plan.keep:  # a synchronous request's job: its answer holds the images, nothing is on disk
+            return
         try:
             data.save_job(job.id, generation.record(job))
         except StorageError as e:  # a full disk: the job's state is still right in memory, and said once here
@@ -157,38 +164,56 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
 
     @app.post("/v1/identities", status_code=201, response_model=IdentityInfo, responses=_ERRORS,
               summary="Photos of one person -> a stored identity")
-    async def create_identity(photos: list[UploadFile] = File(description="one to 8 photos of the same person"),
+    async def create_identity(response: Response,
+                              photos: list[UploadFile] = File(description="one to 8 photos of the same person"),
                               name: Optional[str] = Form(None, max_length=100),
                               face: Optional[int] = Form(None, ge=0, le=64,
                                                          description="which face of each photo (0 is the largest)")):
+        """The same photos (and face) uploaded again give the identity already stored (200, not 201); a new
+        identity whose name is taken gets a number ("obama 2")."""
         if len(photos) > MAX_PHOTOS:
             raise UploadError(f"{len(photos)} photos: at most {MAX_PHOTOS} per identity", 400)
-        return await upload_pool.run(new_identity, photos, name, face)
+        info, created = await upload_pool.run(new_identity, photos, name, face)
+        response.status_code = 201 if created else 200
+        return info
 
-    def new_identity(photos: list[UploadFile], name: str | None, face: int | None) -> dict:
+    def new_identity(photos: list[UploadFile], name: str | None, face: int | None) -> tuple[dict, bool]:
         """In an upload-pool thread: each photo decoded (at most 2048 px) and analysed in turn; the decoded
-        photos are kept only until the identity is encoded."""
-        analyzer = pipe.get_face_analyzer()
-        arrays, chosen, described = [], [], []
-        for i, upload in enumerate(photos):
-            label = safe_filename(upload.filename, f"photo {i + 1}")
-            decoded = decode_upload(upload.file.read(limits.max_bytes + 1), label, limits)
-            array = to_array(decoded.image)
-            faces = analyzer.detect(array)
-            # The shared rule (`index`, or the one clear face), its advice naming this request's field.
-            used = select_face_index(faces, face, source=label, advice="the 'face' field")
-            arrays.append(array)
-            chosen.append(faces[used])
-            described.append({"name": label, "width": decoded.width, "height": decoded.height,
-                              "faces": [_face_json(f.scaled(decoded.scale)) for f in faces], "used": used})
+        photos are kept only until the identity is encoded. Returns `(info, created)`."""
+        labelled = ((safe_filename(u.filename, f"photo {i + 1}"), u.file.read(limits.max_bytes + 1))
+                    for i, u in enumerate(photos))  # read one by one, as each is analysed
+        # The shared rule (`face`, or the one clear face), its advice naming this request's field.
+        arrays, chosen, described, digests = read_photos(pipe.get_face_analyzer(), labelled, limits, face,
+                                                         "the 'face' field")
+        # The same files with the same faces are the same identity, whatever their order or names.
+        photos_key = hashlib.sha256(json.dumps(sorted(zip(digests, (d["used"] for d in described)))).encode()
+                                    ).hexdigest()
+        existing = _identity_with(photos_key)
+        if existing is not None:
+            return _with_embedding(existing), False
         identity_id = secrets.token_hex(8)
         display = (name or "").strip() or "+".join(Path(d["name"]).stem for d in described)[:100]
         # Encoded the way the loaded identity adapter reads it (facestudio's own, or a public preset's encoders).
         identity = pipe.encode_photos(arrays, chosen, name=display)
-        info = {"id": identity_id, "name": display, "recognizer": identity.recognizer, "created": time.time(),
-                "photos": described}
-        data.save_identity(identity_id, identity, info)
-        return {**info, "embedding": identity.embedding.tolist()}
+        thumbnail = face_thumbnail(arrays[0], chosen[0])
+        with identities_lock:  # the check and the write together: two same uploads at once make one identity
+            existing = _identity_with(photos_key)
+            if existing is not None:
+                return _with_embedding(existing), False
+            info = {"id": identity_id, "name": _free_name(display), "recognizer": identity.recognizer,
+                    "created": time.time(), "photos": described, "photos_key": photos_key}
+            data.save_identity(identity_id, identity, info, thumbnail)
+        return {**info, "embedding": identity.embedding.tolist(),
+                "thumbnail": f"/v1/identities/{identity_id}/thumbnail"}, True
+
+    def _identity_with(photos_key: str) -> dict | None:
+        return next((i for i in data.list_identities()[0] if i.get("photos_key") == photos_key), None)
+
+    def _free_name(name: str, exclude: str | None = None) -> str:
+        """`name`, or `name 2`, `name 3`, ... when another identity has it."""
+        taken = {i["name"] for i in data.list_identities()[0] if i["id"] != exclude}
+        return name if name not in taken else next(f"{name} {n}" for n in range(2, len(taken) + 3)
+                                                    if f"{name} {n}" not in taken)
 
     @app.get("/v1/identities", response_model=IdentityList,
              summary="Every stored identity, and those whose files are damaged (left out of the list)")
@@ -211,7 +236,31 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
 
     def _with_embedding(info: dict) -> dict:
         identity = data.load_identity(info["id"], info)  # its JSON already read: only the arrays are opened
-        return {**info, "embedding": [] if identity is None else identity.embedding.tolist()}
+        thumbnail = data.identity_thumbnail(info["id"])
+        return {**info, "embedding": [] if identity is None else identity.embedding.tolist(),
+                "thumbnail": None if thumbnail is None else f"/v1/identities/{info['id']}/thumbnail"}
+
+    @app.get("/v1/identities/{identity_id}/thumbnail", response_class=FileResponse, responses=_ERRORS,
+             summary="A small picture of the identity's face (identities stored before thumbnails have none)")
+    def identity_thumbnail(identity_id: IdParam):
+        path = data.identity_thumbnail(identity_id)
+        if path is None:
+            raise StarletteHTTPException(404, f"no thumbnail for identity {identity_id[:80]}")
+        return FileResponse(path, media_type="image/png")
+
+    @app.patch("/v1/identities/{identity_id}", response_model=IdentityInfo, responses=_ERRORS,
+               summary="Rename an identity")
+    def rename_identity(identity_id: IdParam, change: IdentityChange):
+        name = change.name.strip()
+        if not name:
+            raise UploadError("name: must not be empty", 422)
+        with identities_lock:
+            if data.identity_info(identity_id) is None:
+                raise StarletteHTTPException(404, f"no identity with id {identity_id[:80]}")
+            if _free_name(name, exclude=identity_id) != name:
+                raise UploadError(f"name {name!r}: another identity has it; choose another", 409)
+            info = data.rename_identity(identity_id, name)
+        return _with_embedding(info)
 
     @app.delete("/v1/identities/{identity_id}", status_code=204, responses=_ERRORS)
     def delete_identity(identity_id: IdParam):
@@ -223,17 +272,22 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
 
     @app.post("/v1/images", status_code=201, response_model=ImageInfo, responses=_ERRORS,
               summary="A style or scene image -> an image id for generation requests")
-    async def upload_image(image: UploadFile = File(description="the image")):
-        return await upload_pool.run(new_image, image)
+    async def upload_image(image: UploadFile = File(description="the image"),
+                           purpose: Optional[Literal["style", "scene"]] = Form(
+                               None, description="what it is for: a scene image must show a face")):
+        return await upload_pool.run(new_image, image, purpose)
 
-    def new_image(upload: UploadFile) -> dict:
+    def new_image(upload: UploadFile, purpose: str | None = None) -> dict:
         """In an upload-pool thread. Kept at most `ANALYSIS_SIDE` pixels wide and high: what generation needs."""
         label = safe_filename(upload.filename, "image")
         image = decode_upload(upload.file.read(limits.max_bytes + 1), label, limits, min_side=8).image
         faces = pipe.get_face_analyzer().detect(to_array(image))
+        if purpose == "scene" and not faces:
+            raise UploadError(f"{label}: no face found; a scene image's faces are replaced by the people, so it "
+                              "must show at least one (use it as a style image instead)", 422)
         image_id = secrets.token_hex(8)
         info = {"id": image_id, "name": label, "width": image.width, "height": image.height,
-                "faces": [_face_json(f) for f in faces]}
+                "faces": [face_json(f) for f in faces]}
         data.save_image(image_id, image, info)  # re-encoded: the uploaded bytes are never kept
         return info
 
@@ -270,9 +324,10 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         return _status(job)
 
     @app.get("/v1/generations", response_model=list[JobStatus], summary="Recent jobs, newest first")
-    def list_generations(limit: Annotated[int, Query(ge=1, le=500)] = 50):
+    def list_generations(limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                         offset: Annotated[int, Query(ge=0, description="jobs to skip (pages of the gallery)")] = 0):
         with jobs_lock:
-            recent = list(jobs.values())[::-1][:limit]
+            recent = list(jobs.values())[::-1][offset:offset + limit]
         return [_status(j) for j in recent]
 
     def _job(job_id: IdParam) -> Job:
@@ -283,8 +338,8 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
 
     def _status(job: Job) -> dict:
         return {**generation.record(job), "queue_position": queue.position(job),
-                "images": [{"name": n, "url": f"/v1/generations/{job.id}/images/{n}", "seed": job.plan.seed + k}
-                           for k, n in enumerate(list(job.images))]}
+                "images": [{"name": n, "url": f"/v1/generations/{job.id}/images/{n}", "seed": result_seed(n)}
+                           for n in list(job.images)]}
 
     @app.get("/v1/generations/{job_id}", response_model=JobStatus, responses=_ERRORS)
     def get_generation(job_id: IdParam):
@@ -325,6 +380,19 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
             raise StarletteHTTPException(404, f"job {job_id[:80]} has no image {name[:80]}")
         return FileResponse(path, media_type="image/png", filename=f"facestudio-{job_id[:8]}-{name}")
 
+    @app.delete("/v1/generations/{job_id}/images/{name}", status_code=204, responses=_ERRORS,
+                summary="Delete one image of a finished job")
+    def delete_generation_image(job_id: IdParam, name: NameParam):
+        job = _job(job_id)
+        if job.state not in FINISHED:
+            raise UploadError(f"job {job_id} is still {job.state}: delete its images once it has ended", 409)
+        if name not in job.images or not data.delete_result(job_id, name):
+            raise StarletteHTTPException(404, f"job {job_id} has no image {name}")
+        job.images.remove(name)
+        job.changed += 1
+        data.save_job(job.id, generation.record(job))
+        return Response(status_code=204)
+
     @app.post("/v1/generations/{job_id}/cancel", response_model=JobStatus, responses=_ERRORS,
               summary="Stop a job: a waiting one at once, a running one at its next step")
     def cancel_generation(job_id: IdParam):
@@ -333,7 +401,13 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
             queue.cancel(job)
         return _status(job)
 
-    app.add_middleware(Guard, max_body=max_upload_bytes, token=token, allowed_hosts=allowed_hosts)
+    if a1111:
+        from .a1111 import add_routes
+
+        add_routes(app, pipe=pipe, queue=queue, upload_pool=upload_pool, limits=limits, base_model=base_model,
+                   max_side=max_side, max_count=max_count, default_steps=default_steps)
+    app.add_middleware(Guard, max_body=max_upload_bytes, token=token, allowed_hosts=allowed_hosts,
+                       error_body=_refusal_body)
     return app
 
 
@@ -391,21 +465,33 @@ def _past_jobs(data: DataFolder) -> collections.OrderedDict:
     return collections.OrderedDict((j.id, j) for j in sorted(restored, key=lambda j: j.created))
 
 
-def _face_json(face) -> dict:
-    return {"box": [round(float(v), 1) for v in face.box], "score": round(float(face.score), 3),
-            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks]}
+def _refusal_body(path: str, status: int, message: str) -> dict:
+    """The body of a refusal by `Guard`: A1111's error shape on its routes."""
+    return a1111_responses.error_body("HTTPException", message) if a1111_responses.is_a1111(path) else \
+        {"error": message}
+
+
+def _problem(request, status: int, message: str, kind: str, headers=None, detail=None) -> JSONResponse:
+    """An error answer: `{"error": message}`, or on the A1111 routes A1111's shape (`kind` is its `error`)."""
+    body = a1111_responses.error_body(kind, message, detail) if a1111_responses.is_a1111(request.url.path) else \
+        {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Every error as `{"error": message}`: input problems as 4xx, never a traceback."""
+    """Every error as `{"error": message}` (A1111's shape on its routes): input problems as 4xx, never a
+    traceback."""
 
     @app.exception_handler(FaceStudioError)
     async def input_error(request, error: FaceStudioError):
         headers = None
+        a1111 = a1111_responses.is_a1111(request.url.path)
         if isinstance(error, UploadError):
             status = error.status
             if error.retry_after is not None:
                 headers = {"Retry-After": str(error.retry_after)}
+        elif getattr(error, "status", None) is not None:  # the A1111 routes' own (a synchronous job's end)
+            status = error.status
         elif isinstance(error, generation.NotFound):
             status = 404
         elif isinstance(error, DamagedEntry):
@@ -413,23 +499,29 @@ def _add_error_handlers(app: FastAPI) -> None:
         elif isinstance(error, StorageError):
             status = 507  # Insufficient Storage: the data folder is full or read-only
             logger.warning("%s", error)
-        elif isinstance(error, (NoFaceError, AmbiguousFaceError, ImageError)):
-            status = 422
+        elif isinstance(error, (NoFaceError, AmbiguousFaceError, ImageError)) or a1111:
+            status = 422  # A1111 answers a request it cannot run with 422
         else:
             status = 400
-        return JSONResponse({"error": str(error)}, status_code=status, headers=headers)
+        return _problem(request, status, str(error), type(error).__name__, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, error: RequestValidationError):
-        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in error.errors()]
-        return JSONResponse({"error": "; ".join(problems)[:2000] or "invalid request"}, status_code=422)
+        found = error.errors()
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in found]
+        message = "; ".join(problems)[:2000] or "invalid request"
+        # FastAPI's own list, without the input (which may be a large base64 image)
+        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                  for e in found[:20]]
+        return _problem(request, 422, message, "RequestValidationError", detail=detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, error: StarletteHTTPException):
-        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code,
-                            headers=getattr(error, "headers", None))
+        return _problem(request, error.status_code, str(error.detail), "HTTPException",
+                        getattr(error, "headers", None))
 
     @app.exception_handler(Exception)
     async def bug(request, error: Exception):
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": f"internal error: {type(error).__name__} (see the server log)"}, status_code=500)
+        return _problem(request, 500, f"internal error: {type(error).__name__} (see the server log)",
+                        type(error).__name__)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 from .. import __version__
 from ..errors import FaceStudioError
 from ..imaging import ai_generated_metadata, load_image
-from ..regions import check_scene_faces
-from ..request import DEFAULT_TEXT_SCALE, GenerationSettings, IdentityInput
+from ..labels.schema import region_value
+from ..labels.write import encode_labelled
+from ..regions import Box, check_scene_faces
+from ..request import DEFAULT_TEXT_SCALE, FIELD_NAMES, GenerationSettings, IdentityInput
 from ..sampling.schedulers import DEFAULT_SCHEDULER
 from ..sampling.speed import loaded_speed_model
 from .jobs import Job
@@ -35,9 +38,20 @@ class Plan:
     scale and seed resolved; the style and scene images as stored files, loaded when the job runs).
     """
 
-    request: GenerationRequest
+    request: Any
     settings: GenerationSettings
     identity_info: tuple[dict, ...]
+    #: Results go to the data folder and the job is listed (False: `InlinePlan`).
+    keep: ClassVar[bool] = True
+
+    def job_settings(self, data: DataFolder) -> GenerationSettings:
+        """The settings a worker runs: the style and scene images loaded from the data folder now."""
+        return replace(self.settings, style_image=_stored_image(data, self.request.style_image, "style image"),
+                       scene_image=_stored_image(data, self.request.scene_image, "scene image"))
+
+    def image_names(self) -> dict:
+        """How the images' metadata names the style and scene images (their upload ids)."""
+        return {"style_image": self.request.style_image, "scene_image": self.request.scene_image}
 
     @property
     def people(self) -> tuple[IdentityInput, ...]:
@@ -60,11 +74,25 @@ class Plan:
         return self.steps * self.count
 
 
+@dataclass(frozen=True)
+class InlinePlan(Plan):
+    """A synchronous request's job (the A1111 API): its images given in the request (already decoded and checked
+    in `settings`), its results held in the job's memory (`Job.results`, encoded PNGs) for the answer. Nothing
+    is written to the data folder and the job is not listed: as A1111's API, which saves nothing by default."""
+
+    names: tuple[tuple[str, str | None], ...] = ()
+    keep: ClassVar[bool] = False
+
+    def job_settings(self, data: DataFolder) -> GenerationSettings:
+        return self.settings
+
+    def image_names(self) -> dict:
+        return dict(self.names)
+
+
 def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int, max_count: int,
             default_steps: int) -> Plan:
     """Resolve and check a request; raises `NotFound` or `FaceStudioError` naming the problem."""
-    if request.count > max_count:
-        raise FaceStudioError(f"count {request.count}: this server makes at most {max_count} images per job")
     people, infos = [], []
     signature = pipe.identity_signature() if request.identities else None
     for i, placement in enumerate(request.identities):
@@ -84,23 +112,39 @@ def prepare(pipe, data: DataFolder, request: GenerationRequest, *, max_side: int
         image_id = getattr(request, field)
         if image_id is not None and data.image_path(image_id) is None:
             raise NotFound(f"{field}: no uploaded image with id {image_id}")
-    settings = settings_of(request, people, data, default_steps, defaults_of(pipe)).validate("api")
-    settings = settings.resolved(pipe.default_side, _scene_size(request, data))
+    scene = None if request.scene_image is None else _scene_info(data, request.scene_image)
+    settings = settings_of(request, people, data, default_steps, defaults_of(pipe))
+    settings = checked(pipe, settings, "api", max_side=max_side, max_count=max_count,
+                       scene=None if scene is None else (scene["width"], scene["height"], len(scene["faces"])))
+    return Plan(request, settings, tuple(infos))
+
+
+def checked(pipe, settings: GenerationSettings, front: str, *, max_side: int, max_count: int,
+            scene: tuple[int, int, int] | None = None) -> GenerationSettings:
+    """`settings` checked against the pipeline and this server's limits, size and seed resolved: the checks of
+    every front end of the server (`front`, as `GenerationSettings.validate` names fields). `scene` is the scene
+    image's `(width, height, faces found)` as seen at upload."""
+    names = FIELD_NAMES[front]
+    if settings.count > max_count:
+        raise FaceStudioError(f"{names.get('count', 'count')} {settings.count}: this server makes at most "
+                              f"{max_count} images per job")
+    settings = settings.validate(front).resolved(pipe.default_side, None if scene is None else scene[:2])
     width, height = settings.width, settings.height
     for name, side in (("width", width), ("height", height)):
         if side > max_side:
-            raise FaceStudioError(f"{name} {side}: this server makes images at most {max_side} pixels wide and high")
-    for i, person in enumerate(people):
-        if person.region is not None:
-            person.region.check(width, height, "api", prefix=f"identity {i + 1}: ")
+            raise FaceStudioError(f"{names.get(name, name)} {side}: this server makes images at most {max_side} "
+                                  "pixels wide and high")
+    for i, person in enumerate(settings.identities):
+        if isinstance(person.region, Box):
+            person.region.check(width, height, front, prefix=f"identity {i + 1}: ")
     pipe.check_adapters(settings)
-    if request.scene_image is not None and people:
+    if scene is not None and settings.identities:
         # The faces found at upload; the job finds them again at its own size (the same faces but in rare cases).
-        check_scene_faces(len(_scene_info(data, request.scene_image)["faces"]), settings.slots, request.scene_faces)
-    seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
-    if seed + request.count - 1 > 2**53 - 1:
-        raise FaceStudioError(f"seed {seed}: seed + count must stay below 2**53")
-    return Plan(request, replace(settings, seed=seed), tuple(infos))
+        check_scene_faces(scene[2], settings.slots, settings.scene_faces)
+    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**32)
+    if seed + settings.count - 1 > 2**53 - 1:
+        raise FaceStudioError(f"{names.get('seed', 'seed')} {seed}: seed + number of images must stay below 2**53")
+    return replace(settings, seed=seed)
 
 
 def defaults_of(pipe) -> dict:
@@ -137,14 +181,6 @@ def settings_of(request: GenerationRequest, people: list[IdentityInput], data: D
         shortcut_scale=request.shortcut_scale, decoder=request.decoder or defaults.get("decoder", "full"))
 
 
-def _scene_size(request: GenerationRequest, data: DataFolder) -> tuple[int, int] | None:
-    """`(width, height)` of the request's scene image as stored at upload (None: no scene image)."""
-    if request.scene_image is None:
-        return None
-    info = _scene_info(data, request.scene_image)
-    return info["width"], info["height"]
-
-
 def _scene_info(data: DataFolder, image_id: str) -> dict:
     info = data.image_info(image_id)  # DamagedEntry when its description cannot be read
     if info is None:  # trimmed or deleted since it was checked
@@ -155,10 +191,10 @@ def _scene_info(data: DataFolder, image_id: str) -> dict:
 def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
     """Make the job's images, writing each as soon as it exists; `job.progress` may stop it between steps."""
     plan: Plan = job.plan
-    settings = replace(plan.settings, style_image=_stored_image(data, plan.request.style_image, "style image"),
-                       scene_image=_stored_image(data, plan.request.scene_image, "scene image"))
+    settings = plan.job_settings(data)
     metadata_base = _metadata(plan, model, job.id)
-    data.save_job(job.id, record(job))  # "running" on disk: a crash from here on reads as interrupted
+    if plan.keep:
+        data.save_job(job.id, record(job))  # "running" on disk: a crash from here on reads as interrupted
     for i in range(plan.count):
         seed = plan.seed + i
         done_before = i * plan.steps
@@ -167,9 +203,14 @@ def run(pipe, data: DataFolder, job: Job, model: dict) -> None:
         result = pipe(replace(settings, seed=seed), on_step=lambda step, total: job.progress(done_before + step),
                       preview=preview)
         image = result.images[0]
-        metadata = ai_generated_metadata({**metadata_base, "seed": seed, "width": image.width, "height": image.height,
-                                          "scheduler_class": result.settings.get("scheduler_class")})
+        metadata = ai_generated_metadata({**result.metadata, **metadata_base, "seed": seed, "width": image.width,
+                                          "height": image.height})
         name = f"{i:03d}-seed{seed}.png"
+        if not plan.keep:
+            job.results.append(encode_labelled(image, metadata, ".png", title=name))
+            job.images.append(name)
+            job.changed += 1
+            continue
         data.save_result(job.id, name, image, metadata)  # StorageError naming the folder when the disk is full
         job.images.append(name)
         job.changed += 1
@@ -205,15 +246,15 @@ def _stored_image(data: DataFolder, image_id: str | None, label: str):
 
 
 def _metadata(plan: Plan, model: dict, job_id: str) -> dict:
-    """What the images' metadata records, in the same keys as `facestudio generate` where they mean the same."""
-    request = plan.request
+    """What the server adds to the pipeline's metadata (`labels.schema`: the same keys as `facestudio generate`)."""
     return {
         **plan.settings.metadata(), "command": "serve", "job": job_id,
-        "base_model": model["base_model"], "adapters": [a.get("kind") for a in model["adapters"]],
-        "identities": [{"id": info["id"], "name": info["name"], "photos": [p["name"] for p in info["photos"]],
-                        "region": None if person.region is None else list(person.region),
-                        "strength": person.strength}
+        "base_model": model["base_model"],
+        "identities": [{**({"id": info["id"]} if "id" in info else {}), "name": info["name"],
+                        "photos": [p["name"] for p in info["photos"]],
+                        "region": region_value(person.region), "strength": person.strength,
+                        **info.get("metadata", {})}
                        for person, info in zip(plan.people, plan.identity_info)],
-        "style_image": request.style_image, "scene_image": request.scene_image,
+        **plan.image_names(),
         "device": model["device"], "dtype": model["dtype"], "facestudio_version": __version__,
     }

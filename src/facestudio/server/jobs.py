@@ -48,7 +48,9 @@ class Job:
     state: str = QUEUED
     step: int = 0
     images: list[str] = field(default_factory=list)
+    results: list[bytes] = field(default_factory=list)  # encoded images, for a plan that keeps them in memory
     error: str | None = None
+    input_error: bool = False  # it failed on its input (a FaceStudioError), not on a bug
     interrupted: bool = False  # the server stopped while it ran (restored from its record after a restart)
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -185,7 +187,8 @@ class JobQueue:
                 error = "cancelled" if state == CANCELLED else f"stopped after the time limit of {self.timeout:g} s"
             except Exception as e:  # a failed job must not take its worker down
                 state, error = FAILED, str(e) or type(e).__name__
-                if not _is_input_error(e):
+                job.input_error = _is_input_error(e)
+                if not job.input_error:
                     logger.exception("job %s failed", job.id)
             with self._cond:
                 self.running.discard(job)

@@ -105,6 +105,12 @@ class IdentityInfo(BaseModel):
     created: float
     photos: list[PhotoInfo]
     embedding: list[float] = Field(description="the stored identity embedding (unit length)")
+    thumbnail: Optional[str] = Field(None, description="URL of a small picture of the face (none: stored before "
+                                                       "thumbnails)")
+
+
+class IdentityChange(BaseModel):
+    name: str = Field(min_length=1, max_length=100, description="the identity's new name")
 
 
 class DamagedInfo(BaseModel):

@@ -44,6 +44,11 @@ ID_PATTERN = r"^[0-9a-f]{8,64}$"
 RESULT_NAME_PATTERN = r"^[0-9]{3,}-seed[0-9]+\.png$"
 _ID = re.compile(ID_PATTERN)
 _RESULT_NAME = re.compile(RESULT_NAME_PATTERN)
+
+
+def result_seed(name: str) -> int:
+    """The seed a result image was made with, from its name (`NNN-seedS.png`)."""
+    return int(name.rsplit("-seed", 1)[1].removesuffix(".png"))
 #: Only the user running the server may read what it keeps.
 DIR_MODE, FILE_MODE = 0o700, 0o600
 #: What reading a damaged `.npz` raises (a truncated zip, a bad deflate stream, a pickled or missing array).
@@ -132,13 +137,17 @@ class DataFolder:
 
     # ---------------------------------------------------------------- identities
 
-    def save_identity(self, identity_id: str, identity: Identity, info: dict) -> None:
+    def save_identity(self, identity_id: str, identity: Identity, info: dict, thumbnail=None) -> None:
+        """Store an identity: its arrays, `thumbnail` (a small PIL image of the face, shown on the page) and its
+        description, last."""
         folder = self.identities / identity_id
         # Half an identity (arrays without their description) is never left behind: biometric data, unlisted.
         with _writing(folder, undo=lambda: shutil.rmtree(folder, ignore_errors=True)):
             folder.mkdir(mode=DIR_MODE, exist_ok=True)
             files.write_npz(folder / "identity.npz", mode=FILE_MODE, embedding=identity.embedding,
                             detail=identity.detail, tokens_per_photo=np.int64(identity.tokens_per_photo))
+            if thumbnail is not None:
+                save_png(thumbnail, folder / "thumbnail.png", mode=FILE_MODE)
             # The description last: an identity is listed only once its arrays are in place.
             write_json(folder / "identity.json", info)
 
@@ -185,6 +194,20 @@ class DataFolder:
                 if info is not None:  # None: an upload that never got its description (interrupted)
                     infos.append(info)
         return sorted(infos, key=lambda i: i["created"]), damaged
+
+    def identity_thumbnail(self, identity_id: str) -> Path | None:
+        path = self.identities / identity_id / "thumbnail.png"
+        return path if valid_id(identity_id) and path.is_file() else None
+
+    def rename_identity(self, identity_id: str, name: str) -> dict | None:
+        """Give an identity a new name (its description rewritten whole); None when there is no such identity."""
+        info = self.identity_info(identity_id)
+        if info is None:
+            return None
+        info = {**info, "name": name}
+        with _writing(self.identities / identity_id):
+            write_json(self.identities / identity_id / "identity.json", info)
+        return info
 
     def delete_identity(self, identity_id: str) -> bool:
         folder = self.identities / identity_id
@@ -265,6 +288,15 @@ class DataFolder:
         path = self.job_folder(job_id) / name
         ok = valid_id(job_id) and _RESULT_NAME.fullmatch(name) and path.is_file()
         return path if ok else None
+
+    def delete_result(self, job_id: str, name: str) -> bool:
+        """Delete one image of a job; False when there is no such image."""
+        path = self.job_image(job_id, name)
+        if path is None:
+            return False
+        with _writing(path):
+            path.unlink(missing_ok=True)
+        return True
 
     def trim_jobs(self, keep: set[str] = frozenset()) -> list[str]:
         """Delete the oldest job folders beyond `max_jobs` (never those in `keep`: queued or running)."""

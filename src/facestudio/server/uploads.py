@@ -151,8 +151,60 @@ def header_size(data: bytes, kind: str) -> tuple[int, int]:
         return 0, 0
 
 
+def read_photos(analyzer, photos, limits: UploadLimits, face: int | None, advice: str):
+    """Photos of one person, each decoded (at most `ANALYSIS_SIDE`), its faces found and one chosen (`face`, or
+    the one clear face; `advice` names the field that chooses), in turn: the checks every uploaded photo passes.
+
+    Args:
+        photos: `(label, encoded bytes)` pairs; the label names the photo in messages.
+
+    Returns:
+        `(arrays, chosen faces, descriptions, digests)`: RGB arrays, the `Face` used in each, per photo its
+        name, size, the faces found (in the file's pixels) and which was used, and the files' sha256 digests.
+    """
+    import hashlib
+
+    from ..faces.analysis import select_face_index
+    from ..imaging import to_array
+
+    arrays, chosen, described, digests = [], [], [], []
+    for label, data in photos:
+        digests.append(hashlib.sha256(data).hexdigest())
+        decoded = decode_upload(data, label, limits)
+        array = to_array(decoded.image)
+        faces = analyzer.detect(array)
+        used = select_face_index(faces, face, source=label, advice=advice)
+        arrays.append(array)
+        chosen.append(faces[used])
+        described.append({"name": label, "width": decoded.width, "height": decoded.height,
+                          "faces": [face_json(f.scaled(decoded.scale)) for f in faces], "used": used})
+    return arrays, chosen, described, digests
+
+
+def face_json(face) -> dict:
+    """A detected face as the API reports it: box, score and five landmarks, rounded."""
+    return {"box": [round(float(v), 1) for v in face.box], "score": round(float(face.score), 3),
+            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks]}
+
+
 def safe_filename(name: str | None, fallback: str) -> str:
     """A label for messages: the upload's base name, printable characters only, at most 80."""
     base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
     clean = "".join(c for c in base if c.isprintable())[:80]
     return clean or fallback
+
+
+def face_thumbnail(photo, face, side: int = 96):
+    """A `side` x `side` PIL picture of `face` (a detected face) in `photo` (an RGB array): its box with a margin,
+    squared and kept inside the photo."""
+    from PIL import Image
+
+    height, width = photo.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in face.box)
+    half = max(x1 - x0, y1 - y0) * 0.8
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, top = max(0, round(cx - half)), max(0, round(cy - half))
+    right, bottom = min(width, round(cx + half)), min(height, round(cy + half))
+    crop = Image.fromarray(photo[top:bottom, left:right])
+    crop.thumbnail((side, side))
+    return crop

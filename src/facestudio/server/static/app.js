@@ -3,8 +3,11 @@
 
 const COLOURS = ["#e4572e", "#17bebb", "#ffc914", "#76b041"];
 const $ = (selector, root = document) => root.querySelector(selector);
+const PAGE = 6;  // jobs per gallery page
 const state = { people: [], drawing: null, style: null, scene: null, job: null, abort: null, limits: null,
                 defaultSide: 512,  // the pipeline's default side, from /v1/models
+                size: null,  // the output size the regions were drawn for (they follow when it changes)
+                offset: 0, galleryUrls: [],  // the gallery's page (jobs skipped) and its blob URLs
                 saved: null };  // the stored identities: one /v1/identities request for every person card
 
 // ------------------------------------------------------------------ talking to the server
@@ -72,6 +75,16 @@ function removePerson(person) {
   person.node.remove();
   if (state.drawing === person) state.drawing = null;
   relabel();
+  clearCardError();
+}
+
+function failingCards() {
+  return state.people.filter((p) => !p.identity && $(".faces-status", p.node).textContent !== "no photos yet");
+}
+
+function clearCardError() {
+  // The error about a card goes once no card is failing any more (fixed or removed).
+  if (state.cardError && !failingCards().length) { $("#form-error").textContent = ""; state.cardError = false; }
 }
 
 function relabel() {
@@ -97,13 +110,69 @@ async function fillSavedList(person) {
   try {
     const identities = await savedIdentities();
     const select = $(".saved", person.node);
+    const chosen = select.value;
+    select.querySelectorAll("option:not([value=''])").forEach((o) => o.remove());
     for (const identity of identities) {
       const option = document.createElement("option");
       option.value = identity.id;
       option.textContent = identity.name + " (" + identity.photos.length + " photo" + (identity.photos.length > 1 ? "s" : "") + ")";
       select.appendChild(option);
     }
+    select.value = identities.some((i) => i.id === chosen) ? chosen : "";
   } catch (e) { /* the list is a convenience; uploading still works */ }
+}
+
+function refreshSaved() {
+  // After an upload, a rename or a delete: every card's list and the saved-identities section.
+  state.saved = null;
+  state.people.forEach(fillSavedList);
+  showSavedList();
+}
+
+async function showSavedList() {
+  const list = $("#saved-list");
+  let identities;
+  try { identities = await savedIdentities(); } catch (e) { list.textContent = e.message; return; }
+  list.textContent = "";
+  if (!identities.length) { list.textContent = "none yet: photos uploaded on a card are kept here"; return; }
+  for (const identity of identities) {
+    const item = $("#saved-template").content.firstElementChild.cloneNode(true);
+    item.dataset.id = identity.id;
+    const name = $(".saved-name", item);
+    name.value = identity.name;
+    name.setAttribute("aria-label", "name of identity " + identity.name);
+    $(".saved-photos", item).textContent = identity.photos.length + " photo" + (identity.photos.length > 1 ? "s" : "");
+    const thumb = $(".saved-thumb", item);
+    thumb.alt = identity.name;
+    if (identity.thumbnail) blobUrl(identity.thumbnail).then((url) => { thumb.src = url; }).catch(() => {});
+    const status = $(".saved-status", item);
+    const rename = async () => {
+      try {
+        await apiJson("/v1/identities/" + identity.id, { method: "PATCH", headers: { "Content-Type": "application/json" },
+                                                        body: JSON.stringify({ name: name.value }) });
+        state.people.filter((p) => p.identity === identity.id).forEach((p) => { p.name = name.value.trim(); });
+        relabel();
+        refreshSaved();
+      } catch (e) { status.textContent = e.message; status.classList.add("error"); }
+    };
+    $(".saved-rename", item).addEventListener("click", rename);
+    name.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); rename(); } });
+    $(".saved-delete", item).addEventListener("click", async () => {
+      if (!confirm("Delete the identity " + identity.name + "?")) return;
+      try {
+        await apiJson("/v1/identities/" + identity.id, { method: "DELETE" });
+        for (const p of state.people.filter((q) => q.identity === identity.id)) {
+          p.identity = null;
+          p.name = "";
+          $(".thumbs", p.node).textContent = "";
+          $(".faces-status", p.node).textContent = "no photos yet";
+        }
+        relabel();
+        refreshSaved();
+      } catch (e) { status.textContent = e.message; status.classList.add("error"); }
+    });
+    list.append(item);
+  }
 }
 
 async function useSaved(person, id, known) {
@@ -123,8 +192,8 @@ async function uploadPhotos(person, files) {
   for (const file of files) form.append("photos", file, file.name);
   try {
     const identity = await apiJson("/v1/identities", { method: "POST", body: form });
-    state.saved = null;
     showIdentity(person, identity, [...files]);
+    refreshSaved();
   } catch (e) {
     person.identity = null;
     status.textContent = e.message;
@@ -141,7 +210,16 @@ function showIdentity(person, identity, files) {
   const thumbs = $(".thumbs", person.node);
   thumbs.textContent = "";
   identity.photos.forEach((photo, i) => { if (files[i]) drawFaces(thumbs, files[i], photo); });
+  if (!files.length && identity.thumbnail) {  // a saved identity: its stored face picture
+    const img = document.createElement("img");
+    img.className = "face-thumb";
+    img.alt = "face of " + identity.name;
+    img.width = img.height = 80;
+    thumbs.append(img);
+    blobUrl(identity.thumbnail).then((url) => { img.src = url; }).catch(() => img.remove());
+  }
   relabel();
+  clearCardError();
 }
 
 async function drawFaces(container, file, photo) {
@@ -204,7 +282,25 @@ function selectForDrawing(person) {
   if (state.drawing) $("#regions").focus();
 }
 
+function followSize() {
+  // When the output size changes (typed, or a scene image's shape), every region scales with it, so a box drawn
+  // at 128 px still covers the same part of the image at 64 px.
+  const size = outputSize();
+  const old = state.size;
+  state.size = size;
+  if (!old || (old.w === size.w && old.h === size.h)) return;
+  for (const p of state.people) {
+    if (!p.region) continue;
+    const [x0, y0, x1, y1] = p.region;
+    const sx = size.w / old.w, sy = size.h / old.h;
+    p.region = [Math.round(x0 * sx), Math.round(y0 * sy), Math.min(size.w, Math.round(x1 * sx)),
+                Math.min(size.h, Math.round(y1 * sy))];
+    p.node.querySelectorAll("input.r").forEach((input, i) => { input.value = p.region[i]; });
+  }
+}
+
 function setRegion(person, box, fillInputs = true) {
+  followSize();
   const { w, h } = outputSize();
   if (box) {
     let [x0, y0, x1, y1] = box.map(Math.round);
@@ -219,6 +315,7 @@ function setRegion(person, box, fillInputs = true) {
 }
 
 async function drawRegions() {
+  followSize();
   showSizeHints();
   const { w, h } = outputSize();
   const scale = canvasScale();
@@ -286,6 +383,7 @@ async function uploadReference(kind, file) {
   status.classList.remove("error");
   const form = new FormData();
   form.append("image", file, file.name);
+  form.append("purpose", kind);  // a scene image without a face is refused here, not once queued
   try {
     const info = await apiJson("/v1/images", { method: "POST", body: form });
     state[kind] = { id: info.id, bitmap: await createImageBitmap(file), width: info.width, height: info.height };
@@ -341,8 +439,10 @@ function request() {
 async function generate(event) {
   event.preventDefault();
   $("#form-error").textContent = "";
-  if (state.people.some((p) => !p.identity && $(".faces-status", p.node).textContent !== "no photos yet")) {
+  state.cardError = false;
+  if (failingCards().length) {
     $("#form-error").textContent = "a person's photos were not accepted; fix or remove that person first";
+    state.cardError = true;
     return;
   }
   let job;
@@ -351,13 +451,23 @@ async function generate(event) {
                                              body: JSON.stringify(request()) });
   } catch (e) {
     $("#form-error").textContent = e.message;
+    $("#progress").value = 0;
+    $("#progress-text").textContent = "not started: " + e.message;
     return;
   }
   state.job = job.id;
   $("#generate").disabled = true;
   $("#cancel").disabled = false;
   showProgress(job);
+  revealProgress();
   await follow(job.id);
+}
+
+function revealProgress() {
+  // Progress and the newest result are beside the settings on a wide window (the right column stays in view);
+  // on a narrow one they are below the settings: the view moves there.
+  const box = $("#progress-box").getBoundingClientRect();
+  if (box.top < 0 || box.bottom > innerHeight) $("#progress-box").scrollIntoView({ block: "start" });
 }
 
 async function follow(id) {
@@ -386,7 +496,8 @@ async function follow(id) {
   }
   if (!last || ["queued", "running"].includes(last.state)) last = await apiJson("/v1/generations/" + id);
   showProgress(last);
-  await addResults(last);
+  state.offset = 0;  // the newest page: the job just made is on it
+  await showGallery();
   $("#generate").disabled = false;
   $("#cancel").disabled = true;
   state.job = null;
@@ -407,34 +518,80 @@ function showProgress(job) {
   if (job.state === "failed") $("#form-error").textContent = job.error;
 }
 
-async function addResults(job) {
-  for (const image of job.images) {
-    const url = await blobUrl(image.url);
-    const figure = document.createElement("figure");
-    const img = document.createElement("img");
-    img.src = url;
-    img.alt = "result: " + job.request.prompt + ", seed " + image.seed;
-    const caption = document.createElement("figcaption");
-    const r = job.request;
-    const size = document.createElement("span");  // the image's own size (the request may leave it to the server)
-    size.textContent = r.width && r.height ? r.width + "×" + r.height : "";
-    img.addEventListener("load", () => { size.textContent = img.naturalWidth + "×" + img.naturalHeight; });
-    caption.append(r.prompt + " · seed " + image.seed + " · ", size,
-      " · " + (r.steps || "") + " steps · text " + r.text_guidance_scale + " / reference " +
-      (r.reference_guidance_scale ?? r.text_guidance_scale) +
-      (r.identities.length ? " · " + r.identities.map((p) => "strength " + p.strength).join(", ") : ""));
-    const download = document.createElement("a");
-    download.href = url;
-    download.download = "facestudio-" + job.id.slice(0, 8) + "-" + image.name;
-    download.textContent = "Download";
-    const again = document.createElement("button");
-    again.type = "button";
-    again.textContent = "Use these settings again";
-    again.addEventListener("click", () => reuse(r, image.seed));
-    caption.append(document.createElement("br"), download, " ", again);
-    figure.append(img, caption);
-    $("#gallery").prepend(figure);
+async function showGallery() {
+  // One page of jobs, newest first; one more is asked for to know whether there is an older page.
+  let jobs;
+  try {
+    jobs = await apiJson("/v1/generations?limit=" + (PAGE + 1) + "&offset=" + state.offset);
+  } catch (e) { return; /* an empty gallery is fine */ }
+  const older = jobs.length > PAGE;
+  const figures = [];
+  const urls = [];
+  for (const job of jobs.slice(0, PAGE)) {
+    for (const image of job.images) {
+      try {
+        const url = await blobUrl(image.url);
+        urls.push(url);
+        figures.push(resultFigure(job, image, url));
+      } catch (e) { /* deleted meanwhile */ }
+    }
   }
+  state.galleryUrls.forEach((url) => URL.revokeObjectURL(url));
+  state.galleryUrls = urls;
+  $("#gallery").replaceChildren(...figures);
+  if (!figures.length) $("#gallery").textContent = state.offset ? "no results on this page" : "no results yet";
+  $("#newer").disabled = state.offset === 0;
+  $("#older").disabled = !older;
+  $("#page-label").textContent = "page " + (Math.floor(state.offset / PAGE) + 1);
+}
+
+function resultFigure(job, image, url) {
+  const figure = document.createElement("figure");
+  const img = document.createElement("img");
+  img.src = url;
+  img.alt = "result: " + job.request.prompt + ", seed " + image.seed;
+  img.title = "show full size";
+  const caption = document.createElement("figcaption");
+  const r = job.request;
+  const size = document.createElement("span");  // the image's own size (the request may leave it to the server)
+  size.textContent = r.width && r.height ? r.width + "×" + r.height : "";
+  img.addEventListener("load", () => { size.textContent = img.naturalWidth + "×" + img.naturalHeight; });
+  caption.append(r.prompt + " · seed " + image.seed + " · ", size,
+    " · " + (r.steps || "") + " steps · text " + r.text_guidance_scale + " / reference " +
+    (r.reference_guidance_scale ?? r.text_guidance_scale) +
+    (r.identities.length ? " · " + r.identities.map((p) => "strength " + p.strength).join(", ") : ""));
+  const name = "facestudio-" + job.id.slice(0, 8) + "-" + image.name;
+  const again = button("Use these settings again", () => reuse(r, image.seed));
+  const full = button("Full size", () => showFull(url, name, img.alt));
+  img.addEventListener("click", () => showFull(url, name, img.alt));
+  const remove = button("Delete", async () => {
+    if (!confirm("Delete this image?")) return;
+    try { await apiJson(image.url, { method: "DELETE" }); await showGallery(); } catch (e) { caption.append(" " + e.message); }
+  });
+  const download = document.createElement("a");
+  download.href = url;
+  download.download = name;
+  download.textContent = "Download";
+  caption.append(document.createElement("br"), again, full, download, " ", remove);
+  figure.append(img, caption);
+  return figure;
+}
+
+function button(text, action) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = text;
+  b.addEventListener("click", action);
+  return b;
+}
+
+function showFull(url, name, alt) {
+  $("#viewer-image").src = url;
+  $("#viewer-image").alt = alt;
+  $("#viewer-caption").textContent = alt;
+  $("#viewer-download").href = url;
+  $("#viewer-download").download = name;
+  $("#viewer").showModal();
 }
 
 async function reuse(r, seed) {
@@ -447,7 +604,8 @@ async function reuse(r, seed) {
   $("#count").value = 1;
   $("#seed").value = seed;
   $("#style-strength").value = r.style_strength;
-  if (r.mix) { $("#mix-on").checked = true; $("#mix").value = r.mix[1]; }
+  $("#mix-on").checked = Boolean(r.mix);  // mixed only if that job was
+  if (r.mix) $("#mix").value = r.mix[1];
   $("#regions-source").value = r.regions || "auto";
   ["text-scale", "ref-scale", "mix", "style-strength"].forEach((id) => $("#" + id).dispatchEvent(new Event("input")));
   [...state.people].forEach(removePerson);
@@ -458,7 +616,28 @@ async function reuse(r, seed) {
     if (placement.region) setRegion(person, placement.region);
   }
   if (!state.people.length) addPerson();
+  await Promise.all([keepReference("style", r.style_image), keepReference("scene", r.scene_image)]);
   $("#prompt").focus();
+}
+
+async function keepReference(kind, id) {
+  // The job's style or scene image, still stored on the server: used again as it was.
+  if (!id) { clearReference(kind); return; }
+  const status = $("#" + kind + "-status");
+  try {
+    const response = await api("/v1/images/" + id);
+    if (!response.ok) throw new Error("the job's " + kind + " image is no longer stored; choose it again");
+    const bitmap = await createImageBitmap(await response.blob());
+    state[kind] = { id, bitmap, width: bitmap.width, height: bitmap.height };
+    $("#" + kind + "-file").value = "";
+    status.textContent = "the job's " + kind + " image (" + bitmap.width + "×" + bitmap.height + ")";
+    status.classList.remove("error");
+  } catch (e) {
+    state[kind] = null;
+    status.textContent = e.message;
+    status.classList.add("error");
+  }
+  drawRegions();
 }
 
 async function cancel() {
@@ -475,13 +654,6 @@ function bindOutputs() {
   }
 }
 
-async function loadHistory() {
-  // Results of earlier jobs (kept in the server's data folder), newest on top.
-  try {
-    const jobs = await apiJson("/v1/generations?limit=24");
-    for (const job of jobs.reverse()) if (job.state === "done") await addResults(job);
-  } catch (e) { /* an empty gallery is fine */ }
-}
 
 const REGION_LABELS = {
   split: "split: strips left to right",
@@ -535,7 +707,8 @@ async function loadModel() {
     ["#style-file", "#style-strength", "#style-clear"].forEach((s) => { $(s).disabled = !style; });
     if (!style) $("#style-status").textContent = "needs a style adapter (facestudio serve --style-adapter …)";
     $("#token-box").hidden = true;
-    if (!$("#gallery").children.length) loadHistory();
+    if (!$("#gallery").children.length) showGallery();
+    showSavedList();
   } catch (e) {
     $("#model-info").textContent = e.message;
   }
@@ -558,6 +731,10 @@ function start() {
   $("#style-file").addEventListener("change", (e) => e.target.files[0] && uploadReference("style", e.target.files[0]));
   $("#scene-file").addEventListener("change", (e) => e.target.files[0] && uploadReference("scene", e.target.files[0]));
   $("#style-clear").addEventListener("click", () => clearReference("style"));
+  $("#newer").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); showGallery(); });
+  $("#older").addEventListener("click", () => { state.offset += PAGE; showGallery(); });
+  // Any change to the settings may be the fix for the error shown: it goes, and comes back on Generate if not.
+  $("#settings").addEventListener("input", () => { $("#form-error").textContent = ""; state.cardError = false; });
   $("#scene-clear").addEventListener("click", () => clearReference("scene"));
   bindOutputs();
   setupCanvas();
