@@ -62,13 +62,16 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
 
     default_side = FLUX_DEFAULT_SIDE
     model_cpu_offload_seq = FluxPipeline.model_cpu_offload_seq
-    _optional_components = [*FluxPipeline._optional_components, *GUIDANCE_ENCODERS]
+    # tiny_vae: registered (as None) like the SD pipelines' so the mixin's components match; FLUX has no
+    # TAESD decoder wired yet
+    _optional_components = [*FluxPipeline._optional_components, *GUIDANCE_ENCODERS, "tiny_vae"]
 
     def __init__(self, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
-                 image_encoder=None, feature_extractor=None, identity_image_encoder=None, style_image_encoder=None):
+                 image_encoder=None, feature_extractor=None, identity_image_encoder=None, style_image_encoder=None,
+                 tiny_vae=None):
         super().__init__(scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, transformer,
                          image_encoder, feature_extractor)
-        self._init_guidance(identity_image_encoder, style_image_encoder)
+        self._init_guidance(identity_image_encoder, style_image_encoder, tiny_vae)
         #: PuLID's ID encoder (the pulid-encoder's object: `encode(photos, faces)`, `null_tokens()`), when loaded.
         self.pulid_encoder = None
 
