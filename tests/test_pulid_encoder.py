@@ -329,3 +329,17 @@ def test_threads_share_one_encoder(shared):
     for v, outputs in results.items():
         for out in outputs:
             torch.testing.assert_close(out, alone[v], rtol=0, atol=1e-6)
+
+
+def test_the_encoder_needs_neither_timm_nor_torchvision():
+    import subprocess
+    import sys
+
+    # a fresh interpreter: what the PuLID modules import, with tiny models built and run
+    code = ("import sys, numpy as np\n"
+            "from facestudio.guidance.pulid.encoder import tiny_pulid_encoder\n"
+            "e = tiny_pulid_encoder('v1.1')\n"
+            "e.features_from_aligned(np.zeros((1, 512, 512, 3), np.uint8), np.zeros((1, 512), np.float32))\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('timm', 'torchvision', 'open_clip')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
