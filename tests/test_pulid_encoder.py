@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("timm", reason="PuLID's EVA-CLIP tower needs pip install 'facestudio[pulid]'")
 
 from facestudio.errors import ModelFileError  # noqa: E402
 from facestudio.guidance.pulid import checkpoints, eva, parsing  # noqa: E402
@@ -191,18 +190,48 @@ def test_unreadable_files_are_named(tmp_path):
         checkpoints.read_tensors(bad)
 
 
-def test_eva_clip_layout_is_checked_before_timm_reads_it():
+def test_eva_clip_layout_is_checked_key_by_key():
     model = eva.build_tower(eva.TINY_EVA)
-    # the published layout: timm's keys mapped back to eva_clip's names (test_pulid_reference checks the real ones)
+    # the published layout is the tower's own keys under visual. (test_pulid_reference checks eva_clip's names)
     with pytest.raises(ModelFileError, match=r"not an EVA-CLIP checkpoint \(no visual\.\* keys; found logit_scale, "
                                              r"text\)"):
         eva.tower_state({"text.token_embedding.weight": torch.zeros(1), "logit_scale": torch.zeros(())}, model)
-    with pytest.raises(ModelFileError, match=r"visual\.pos_embed has shape \[1, 577, 32\], expected \[1, 17, 32\]"):
+    with pytest.raises(ModelFileError, match=r"EVA-CLIP: does not fit EVA02-CLIP-L-14-336: missing visual\.cls_token, "
+                                             r"visual\.patch_embed\.proj\.weight, visual\.patch_embed\.proj\.bias, "
+                                             r"visual\.blocks\.0\.norm1\.weight, visual\.blocks\.0\.norm1\.bias and "
+                                             r"\d+ more; wrong shape visual\.pos_embed \[1, 577, 32\] "
+                                             r"\(expected \[1, 17, 32\]\)"):
         eva.tower_state({"visual.pos_embed": torch.zeros(1, 577, 32)}, model)
-    with pytest.raises(ModelFileError, match=r"in timm's names\): missing cls_token, patch_embed\.proj\.weight, "
-                                             r"patch_embed\.proj\.bias, blocks\.0\.norm1\.weight, "
-                                             r"blocks\.0\.norm1\.bias and \d+ more"):
-        eva.tower_state({"visual.pos_embed": torch.zeros(1, 17, 32)}, model)
+    state = {eva.PREFIX + k: v.clone().half() for k, v in model.state_dict().items()}
+    state["visual.rope.freqs_cos"] = torch.zeros(16, 8)
+    with pytest.raises(ModelFileError, match=r"wrong shape rotary table visual\.rope\.freqs_cos \[16, 8\] "
+                                             r"\(expected \[16, 16\]\)"):
+        eva.tower_state(state, model)
+    # a half-precision file in the published layout (and its rotary tables) loads one to one
+    state["visual.rope.freqs_cos"] = model.rope_cos.half()
+    loaded = eva.load_tower(state, eva.TINY_EVA).model
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value.half().float(), rtol=0, atol=0)
+
+
+def test_eva_tower_reads_the_hidden_states_pulid_reads():
+    torch.manual_seed(0)
+    model = eva.build_tower(eva.TINY_EVA)
+    pixels = torch.randn(2, 3, 56, 56)
+    embedding, hidden = eva.EvaTower(model, eva.TINY_EVA)(pixels)
+    assert embedding.shape == (2, 24) and [h.shape for h in hidden] == [(2, 17, 32)] * 5
+    # by hand: the sequence after blocks 3, 7, 11, 15, 19, and the class token through the norm and head
+    with torch.no_grad():
+        x = torch.cat((model.cls_token.expand(2, -1, -1), model.patch_embed(pixels)), 1) + model.pos_embed
+        outputs = []
+        for block in model.blocks:
+            x = block(x, model.rope_cos, model.rope_sin)
+            outputs.append(x)
+        for got, index in zip(hidden, (3, 7, 11, 15, 19)):
+            torch.testing.assert_close(got, outputs[index], rtol=0, atol=0)
+        torch.testing.assert_close(embedding, model.head(model.norm(x)[:, 0]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"EVA-CLIP takes \[B, 3, 56, 56\] images, got \[2, 3, 64, 64\]"):
+        eva.EvaTower(model, eva.TINY_EVA)(torch.zeros(2, 3, 64, 64))
 
 
 def test_bisenet_layout_is_checked_and_loads_by_key():
@@ -300,3 +329,17 @@ def test_threads_share_one_encoder(shared):
     for v, outputs in results.items():
         for out in outputs:
             torch.testing.assert_close(out, alone[v], rtol=0, atol=1e-6)
+
+
+def test_the_encoder_needs_neither_timm_nor_torchvision():
+    import subprocess
+    import sys
+
+    # a fresh interpreter: what the PuLID modules import, with tiny models built and run
+    code = ("import sys, numpy as np\n"
+            "from facestudio.guidance.pulid.encoder import tiny_pulid_encoder\n"
+            "e = tiny_pulid_encoder('v1.1')\n"
+            "e.features_from_aligned(np.zeros((1, 512, 512, 3), np.uint8), np.zeros((1, 512), np.float32))\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('timm', 'torchvision', 'open_clip')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -8,6 +8,7 @@ checks (EVA02-CLIP-L, the published ID encoder sizes) are `slow`.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -18,10 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent / "support"))
 import pulid_reference as R  # noqa: E402
 
-pytest.importorskip("timm", reason="PuLID's EVA-CLIP tower needs pip install 'facestudio[pulid]'")
 if R.missing_reason():
     pytest.skip(R.missing_reason(), allow_module_level=True)
 
+from facestudio.errors import ModelFileError  # noqa: E402
 from facestudio.guidance.pulid import checkpoints, eva, parsing  # noqa: E402
 from facestudio.guidance.pulid.encoder import PuLIDEncoder, tiny_encoder_config  # noqa: E402
 from facestudio.guidance.pulid.idformer import IDFormerConfig, MLPEncoderConfig  # noqa: E402
@@ -121,20 +122,38 @@ def test_eva_clip_tower_matches_the_reference_on_the_published_layout():
                       pt_hw_seq_len=tiny.rope_grid, xattn=False), tiny.embed_dim, tiny, batch=2)
 
 
-def test_published_eva_clip_keys_are_all_read_but_the_rotary_tables():
+def test_published_eva_clip_keys_are_all_read_and_the_rotary_tables_are_eva_clips():
     tiny = eva.TINY_EVA
     reference = R.eva_vision_tower(dict(image_size=tiny.image_size, width=tiny.dim, head_width=16,
                                         pt_hw_seq_len=tiny.rope_grid, xattn=False), tiny.embed_dim)
     published = R.published_eva_state(reference)
     model = eva.build_tower(tiny)
     mapped = eva.tower_state(published, model)
-    assert len(mapped) == len(model.state_dict())
-    dropped = [k for k in published if "rope" in k]
-    assert dropped and len(published) - len(dropped) == len(mapped)
+    assert set(mapped) == set(model.state_dict())
+    tables = [k for k in published if "rope" in k]
+    assert "visual.rope.freqs_cos" in tables and "visual.blocks.23.attn.rope.freqs_sin" in tables
+    assert len(published) - len(tables) == len(mapped)
+    # the recomputed tables are eva_clip's (VisionRotaryEmbeddingFast, 2-grid fitted to 4)
+    torch.testing.assert_close(model.rope_cos, reference.rope.freqs_cos, rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.rope_sin, reference.rope.freqs_sin, rtol=0, atol=1e-6)
+    # files without the tables load too (they are constants)
+    assert set(eva.tower_state({k: v for k, v in published.items() if k not in tables}, model)) == set(mapped)
     published["visual.blocks.3.attn.extra_bias"] = torch.zeros(3)
     del published["visual.blocks.0.mlp.w3.weight"]
-    with pytest.raises(Exception, match=r"missing blocks\.0\.mlp\.fc2\.weight; unexpected blocks\.3\.attn\.extra_bias"):
+    published["visual.head.bias"] = torch.zeros(5)
+    with pytest.raises(ModelFileError, match=r"missing visual\.blocks\.0\.mlp\.w3\.weight; unexpected "
+                                             r"visual\.blocks\.3\.attn\.extra_bias; wrong shape visual\.head\.bias "
+                                             r"\[5\] \(expected \[24\]\)"):
         eva.tower_state(published, model)
+    unfitted = R.eva_vision_tower(dict(image_size=tiny.image_size, width=tiny.dim, head_width=16,
+                                       pt_hw_seq_len=tiny.rope_grid, xattn=False, intp_freq=False), tiny.embed_dim)
+    with pytest.raises(ModelFileError, match=r"wrong shape rotary table visual\.rope\.freqs_cos \[4, 16\] and 49 "
+                                             r"more \(expected \[16, 16\]\)$"):
+        eva.tower_state(R.published_eva_state(unfitted), model)
+    # tables of the right shape from another trained grid (4 rather than 2)
+    with pytest.raises(ModelFileError, match=r"visual\.rope\.freqs_cos and 49 more not the rotary table of a "
+                                             r"4-patch grid fitted to 4$"):
+        eva.tower_state(R.published_eva_state(reference), eva.build_tower(dataclasses.replace(tiny, rope_grid=4)))
 
 
 @pytest.mark.slow

@@ -13,6 +13,10 @@ MLP encoder), `pulid/encoders_transformer.py` (the ID former), `eva_clip`'s visi
 `get_id_embedding` / `to_gray` methods with `pulid/utils.py`'s `img2tensor` (cut out of their files with `ast`,
 because the files import insightface, facexlib and basicsr at the top). `rope.py` needs `einops`; when it
 is not installed, `_einops_shim` stands in for the three patterns `rope.py` uses (and refuses any other).
+eva_clip's files import timm and torchvision at their top for initialisers and a ResNet helper the vision
+tower does not run; neither can be installed next to facestudio's CPU torch, so `_eva_import_shims` stands in
+for those names while the files load, and the pipelines' two torchvision calls (`normalize`, `resize`) are
+restated as torchvision 0.15.2 computes them on float tensors (`pinned_normalize`, `pinned_resize`).
 
 The only stand-ins are for what facestudio replaces by its own code: face detection / 512 alignment
 (facexlib's `FaceRestoreHelper`) and insightface's `FaceAnalysis` (the antelopev2 embedding). Everything from
@@ -114,6 +118,42 @@ def _einops_shim() -> types.ModuleType:
     return shim
 
 
+def _eva_import_shims() -> dict[str, types.ModuleType]:
+    """Stand-ins for the timm and torchvision names eva_clip's model files import at their top.
+
+    timm and torchvision cannot be installed next to facestudio's torch (PyPI's torchvision does not load on
+    the CPU torch build), and the vision tower uses neither at run time: `trunc_normal_` only initialises
+    weights (the oracle draws its own), `drop_path` is the identity at the published rate 0 and in eval mode,
+    `to_2tuple` is a pair, and `FrozenBatchNorm2d` only converts ResNet towers. Each stand-in refuses what
+    the tower would not do, so that it cannot change what the oracle computes. `timm.models` is absent on
+    purpose: `timm_model.py` then takes its own `timm = None` path. These modules exist only in this test
+    support script, only while eva_clip's files are loaded; facestudio itself imports neither timm nor
+    torchvision."""
+
+    def drop_path(x, drop_prob=0.0, training=False):
+        if drop_prob and training:
+            raise NotImplementedError("timm shim: drop_path in training")
+        return x
+
+    def to_2tuple(x):
+        return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+
+    class FrozenBatchNorm2d(torch.nn.Module):
+        def __init__(self, *args, **kwargs):
+            raise NotImplementedError("torchvision shim: FrozenBatchNorm2d (ResNet towers only)")
+
+    timm = types.ModuleType("timm")
+    timm.layers = types.ModuleType("timm.layers")
+    timm.layers.drop_path, timm.layers.to_2tuple = drop_path, to_2tuple
+    timm.layers.trunc_normal_ = torch.nn.init.trunc_normal_  # same signature (mean, std, a, b)
+    torchvision = types.ModuleType("torchvision")
+    torchvision.ops = types.ModuleType("torchvision.ops")
+    torchvision.ops.misc = types.ModuleType("torchvision.ops.misc")
+    torchvision.ops.misc.FrozenBatchNorm2d = FrozenBatchNorm2d
+    return {"timm": timm, "timm.layers": timm.layers, "torchvision": torchvision,
+            "torchvision.ops": torchvision.ops, "torchvision.ops.misc": torchvision.ops.misc}
+
+
 @lru_cache(maxsize=None)
 def reference() -> types.SimpleNamespace:
     """The reference modules: `encoders`, `encoders_transformer`, `eva_model` (eva_clip's `model.py`),
@@ -134,9 +174,11 @@ def reference() -> types.SimpleNamespace:
                                       "pulid/encoders_transformer.py")
     eva = f"{root}.eva_clip"
     _module(eva, "", "eva_clip/__init__.py", is_package=True)
+    shims = _eva_import_shims()
     for name in ("rope", "utils", "transformer", "eva_vit_model", "modified_resnet", "timm_model", "model"):
-        # modified_resnet.py imports `eva_clip.utils` by its absolute name: alias it while loading only
-        aliases = {"eva_clip": sys.modules[eva], "eva_clip.utils": getattr(ns, "eva_utils", None)}
+        # modified_resnet.py imports `eva_clip.utils` by its absolute name: alias it while loading only; the
+        # timm / torchvision stand-ins (`_eva_import_shims`) are likewise there only while loading
+        aliases = {"eva_clip": sys.modules[eva], "eva_clip.utils": getattr(ns, "eva_utils", None), **shims}
         added = [k for k, v in aliases.items() if v is not None and k not in sys.modules]
         sys.modules.update({k: aliases[k] for k in added})
         try:
@@ -163,9 +205,6 @@ def reference() -> types.SimpleNamespace:
 
 def _methods(pulid: Source, path: str) -> dict:
     """`get_id_embedding` and `to_gray` of a pipeline file, compiled with what their bodies use."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.functional import normalize
-
     import cv2
 
     tree = ast.parse(pulid.read(path))
@@ -175,7 +214,7 @@ def _methods(pulid: Source, path: str) -> dict:
     utils = ast.parse(pulid.read("pulid/utils.py"))
     helpers = [node for node in utils.body if isinstance(node, ast.FunctionDef)
                and node.name in ("img2tensor", "tensor2img")]
-    namespace = {"cv2": cv2, "torch": torch, "np": np, "normalize": normalize, "resize": pinned_resize,
+    namespace = {"cv2": cv2, "torch": torch, "np": np, "normalize": pinned_normalize, "resize": pinned_resize,
                  "InterpolationMode": InterpolationMode, "make_grid": None, "math": __import__("math")}
     for node in helpers + wanted:
         node.decorator_list = []  # @torch.no_grad(): the callers run under no_grad anyway
@@ -183,12 +222,37 @@ def _methods(pulid: Source, path: str) -> dict:
     return {name: namespace[name] for name in ("get_id_embedding", "to_gray")}
 
 
-def pinned_resize(image, size, interpolation):
-    """torchvision 0.15.2's `resize` of a tensor, as PuLID's `requirements.txt` pins it: tensors were resized
-    without antialiasing then (`antialias` defaulted to "warn", i.e. off, until 0.17)."""
-    from torchvision.transforms.functional import resize
+# The pipelines' torchvision calls, restated for float tensors as torchvision 0.15.2 (PuLID's `requirements.txt`
+# pin) computes them, because torchvision cannot be installed here (see `_eva_import_shims`). Test support only.
 
-    return resize(image, size, interpolation, antialias=False)
+
+class InterpolationMode:
+    """The one member of torchvision's enum the pipelines use."""
+
+    BICUBIC = "bicubic"
+
+
+def pinned_normalize(tensor, mean, std):
+    """`torchvision.transforms.functional.normalize` of a float tensor: `(x - mean) / std` per channel, on a
+    copy (its default `inplace=False`)."""
+    mean = torch.as_tensor(mean, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+    return tensor.clone().sub_(mean).div_(std)
+
+
+def pinned_resize(image, size, interpolation):
+    """torchvision 0.15.2's `resize` of a float tensor: an int `size` is the shorter side (the longer one
+    `int(size * long / short)`), then `F.interpolate` with `align_corners=False` and no antialiasing
+    (`antialias` defaulted to "warn", i.e. off for tensors, until 0.17), no clamp for float tensors."""
+    if interpolation != InterpolationMode.BICUBIC:
+        raise NotImplementedError(f"torchvision stand-in: interpolation {interpolation!r}")
+    h, w = image.shape[-2:]
+    if isinstance(size, int):
+        short, long = min(h, w), max(h, w)
+        other = int(size * long / short)
+        size = (size, other) if h <= w else (other, size)
+    return torch.nn.functional.interpolate(image, size=tuple(size), mode="bicubic", align_corners=False,
+                                           antialias=False)
 
 
 # ------------------------------------------------------------------------------------------------ models

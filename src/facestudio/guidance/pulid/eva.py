@@ -1,13 +1,21 @@
-"""EVA02-CLIP-L-14-336's vision tower through timm (`eva02_large_patch14_clip_336`), as PuLID reads it.
+"""EVA02-CLIP-L-14-336's vision tower in plain torch, as PuLID reads it.
 
 PuLID loads EVA-CLIP with its vendored `eva_clip` package (`create_model_and_transforms('EVA02-CLIP-L-14-336',
-'eva_clip')`: QuanSun/EVA-CLIP's `EVA02_CLIP_L_336_psz14_s6B.pt`, MIT) and keeps `model.visual`. timm's
-`eva02_large_patch14_clip_336` is the same network (SwiGLU MLP with its inner LayerNorm, the attention's
-inner LayerNorm, separate q/k/v with q and v biases, 2-D rotary embedding fitted from a 16x16 to the 24x24
-grid, the class token through the final norm and `head` to 768), and timm's EVA `checkpoint_filter_fn` maps
-the published `visual.*` keys onto it: the only keys it drops are the rotary tables (`rope.freqs_cos/sin`),
-constants timm computes itself. tests/test_pulid_reference.py checks, on random weights in the published
-layout, that both give the same outputs.
+'eva_clip')`: QuanSun/EVA-CLIP's `EVA02_CLIP_L_336_psz14_s6B.pt`, MIT) and keeps `model.visual`. This module
+is that network written for facestudio, its parameters named as the published `visual.*` keys so that the file
+loads one to one:
+
+* `patch_embed.proj` (14 px patches), `cls_token`, `pos_embed` (learned, one per token);
+* 24 pre-norm blocks: `norm1`, attention with separate `q_proj` / `k_proj` / `v_proj` (no bias; `q_bias` and
+  `v_bias` apart, k has none), 2-D rotary embedding on the patch tokens (not the class token), the attention's
+  inner LayerNorm `inner_attn_ln` before `proj`; `norm2`, SwiGLU MLP `w3(ffn_ln(silu(w1 x) * w2 x))`;
+* the final `norm`, the class token, `head` (1024 -> 768). Every LayerNorm has eps 1e-6.
+
+The rotary tables (`rope.freqs_cos` / `freqs_sin`, one copy per block in the file) are constants: EVA's
+`VisionRotaryEmbeddingFast` with the grid trained at 224 px (16 x 16) fitted to 336 px (24 x 24). They are
+computed here (`rotary_tables`); where a file holds them, their shapes and values are checked against these.
+tests/test_pulid_reference.py checks, on random weights in the published layout, that eva_clip's own tower
+and this one give the same outputs.
 
 What PuLID takes from the tower (`EVAVisionTransformer.forward(..., return_hidden=True)`):
 
@@ -26,6 +34,8 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ...errors import ModelFileError
 from .checkpoints import describe_mismatch, read_tensors
@@ -36,6 +46,10 @@ LICENSE = "MIT"
 #: eva_clip's `OPENAI_DATASET_MEAN` / `OPENAI_DATASET_STD`.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
+#: EVA's LayerNorms (eva_clip builds them with `eps=1e-6`).
+LN_EPS = 1e-6
+#: The published file's prefix of the vision tower.
+PREFIX = "visual."
 
 
 @dataclass(frozen=True)
@@ -62,34 +76,153 @@ class EvaConfig:
     hidden_blocks: tuple[int, ...] = (3, 7, 11, 15, 19)
 
     @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+    @property
     def tokens(self) -> int:
         """Tokens per image: the class token and the patches."""
-        return 1 + (self.image_size // self.patch_size) ** 2
+        return 1 + self.grid ** 2
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def mlp_dim(self) -> int:
+        """SwiGLU's hidden width (eva_clip's `int(width * mlp_ratio)`: 2730 for the published tower)."""
+        return int(self.dim * self.mlp_ratio)
 
 
 #: A tower of the same architecture at tiny widths, for tests (24 blocks, so the same blocks are read).
 TINY_EVA = EvaConfig(image_size=56, dim=32, heads=2, embed_dim=24, rope_grid=2)
 
 
-def _timm():
-    try:
-        from timm.models import eva
-    except ImportError as e:
-        raise ModelFileError("PuLID's EVA-CLIP encoder needs timm: pip install 'facestudio[pulid]'") from e
-    return eva
+def rotary_tables(config: EvaConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(cos, sin)` `[grid * grid, head_dim]` of EVA's 2-D rotary embedding, row-major over the patch grid.
+
+    Half of each head's channels turn with the patch's row, half with its column; within each half, channel
+    pairs (2i, 2i + 1) share the frequency `10000 ** (-2i / half)`. Positions are measured on the trained grid
+    (`rope_grid`), so a 24-patch side spans the same 0..16 range as the trained 16 (EVA's `intp_freq`).
+    """
+    half = config.head_dim // 2
+    if config.head_dim % 4:
+        raise ValueError(f"EVA's rotary embedding needs a head width divisible by 4, got {config.head_dim}")
+    frequencies = 1.0 / (10000 ** (torch.arange(0, half, 2).float() / half))
+    positions = torch.arange(config.grid) / config.grid * config.rope_grid
+    angles = torch.outer(positions, frequencies).repeat_interleave(2, dim=-1)  # [grid, half], pairs share
+    n = config.grid
+    table = torch.cat((angles[:, None, :].expand(n, n, half), angles[None, :, :].expand(n, n, half)), dim=-1)
+    table = table.reshape(n * n, config.head_dim)
+    return table.cos(), table.sin()
 
 
-def build_tower(config: EvaConfig = EvaConfig()) -> torch.nn.Module:
-    """timm's EVA with `config`'s sizes, random weights, eval mode (`eva02_large_patch14_clip_336`'s
-    arguments for the default config)."""
-    eva = _timm()
-    model = eva.Eva(
-        img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.dim, depth=config.depth,
-        num_heads=config.heads, mlp_ratio=config.mlp_ratio, qkv_fused=False, swiglu_mlp=True, scale_mlp=True,
-        scale_attn_inner=True, use_rot_pos_emb=True, ref_feat_shape=(config.rope_grid, config.rope_grid),
-        num_classes=config.embed_dim, global_pool="token",
-    )
-    return model.eval().requires_grad_(False)
+def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): the quarter turn of each channel pair."""
+    pairs = x.unflatten(-1, (-1, 2))
+    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with EVA's separate projections, rotary patches and inner LayerNorm."""
+
+    def __init__(self, config: EvaConfig):
+        super().__init__()
+        dim, self.heads = config.dim, config.heads
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.inner_attn_ln = nn.LayerNorm(dim, eps=LN_EPS)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+
+        def heads(t):
+            return t.view(b, n, self.heads, -1).transpose(1, 2)  # [B, heads, N, head_dim]
+
+        q = heads(F.linear(x, self.q_proj.weight, self.q_bias))
+        k = heads(self.k_proj(x))
+        v = heads(F.linear(x, self.v_proj.weight, self.v_bias))
+        q, k = (torch.cat((t[:, :, :1], t[:, :, 1:] * cos + _rotate_pairs(t[:, :, 1:]) * sin), dim=2)
+                for t in (q, k))  # the class token is not turned
+        out = F.scaled_dot_product_attention(q, k, v)  # scale head_dim ** -0.5, as EVA's
+        return self.proj(self.inner_attn_ln(out.transpose(1, 2).reshape(b, n, -1)))
+
+
+class SwiGLU(nn.Module):
+    """EVA's gated MLP with the LayerNorm inside (`subln`)."""
+
+    def __init__(self, config: EvaConfig):
+        super().__init__()
+        self.w1 = nn.Linear(config.dim, config.mlp_dim)
+        self.w2 = nn.Linear(config.dim, config.mlp_dim)
+        self.ffn_ln = nn.LayerNorm(config.mlp_dim, eps=LN_EPS)
+        self.w3 = nn.Linear(config.mlp_dim, config.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w3(self.ffn_ln(F.silu(self.w1(x)) * self.w2(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (no layer scale: the published tower has none)."""
+
+    def __init__(self, config: EvaConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.dim, eps=LN_EPS)
+        self.attn = Attention(config)
+        self.norm2 = nn.LayerNorm(config.dim, eps=LN_EPS)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, config: EvaConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(3, config.dim, kernel_size=config.patch_size, stride=config.patch_size)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.proj(pixels).flatten(2).transpose(1, 2)  # [B, patches, dim], row-major
+
+
+class EvaVisionTransformer(nn.Module):
+    """EVA02-CLIP's vision tower; `state_dict()` keys are the published `visual.*` keys without the prefix
+    and without the rotary tables (kept as non-persistent buffers `rope_cos` / `rope_sin`)."""
+
+    def __init__(self, config: EvaConfig = EvaConfig()):
+        super().__init__()
+        self.config = config
+        self.patch_embed = PatchEmbed(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.tokens, config.dim))
+        cos, sin = rotary_tables(config)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.norm = nn.LayerNorm(config.dim, eps=LN_EPS)
+        self.head = nn.Linear(config.dim, config.embed_dim)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`(embedding, hidden)`: see `EvaTower.__call__`."""
+        x = self.patch_embed(pixels)
+        x = torch.cat((self.cls_token.expand(len(x), -1, -1), x), dim=1) + self.pos_embed
+        hidden = []
+        for index, block in enumerate(self.blocks):
+            x = block(x, self.rope_cos, self.rope_sin)
+            if index in self.config.hidden_blocks:
+                hidden.append(x)
+        return self.head(self.norm(x)[:, 0]), hidden
+
+
+def build_tower(config: EvaConfig = EvaConfig()) -> EvaVisionTransformer:
+    """The tower with `config`'s sizes, initial (not trained) weights, eval mode."""
+    return EvaVisionTransformer(config).eval().requires_grad_(False)
 
 
 class EvaTower:
@@ -98,11 +231,11 @@ class EvaTower:
     Holds no per-call state, so one tower serves several threads.
 
     Args:
-        model (`torch.nn.Module`): a timm `Eva` (`build_tower`, `load_tower`).
+        model (`EvaVisionTransformer`): the network (`build_tower`, `load_tower`).
         config (`EvaConfig`): its sizes.
     """
 
-    def __init__(self, model: torch.nn.Module, config: EvaConfig = EvaConfig()):
+    def __init__(self, model: EvaVisionTransformer, config: EvaConfig = EvaConfig()):
         self.model = model
         self.config = config
 
@@ -121,40 +254,50 @@ class EvaTower:
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size):
             raise ValueError(f"EVA-CLIP takes [B, 3, {size}, {size}] images, got {list(pixels.shape)}")
         with torch.no_grad():
-            final, levels = self.model.forward_intermediates(
-                pixels.to(self.device, self.dtype), indices=list(self.config.hidden_blocks),
-                return_prefix_tokens=True, norm=False, output_fmt="NLC")
-            embedding = self.model.forward_head(final)
-        return embedding, [torch.cat((prefix, patches), dim=1) for patches, prefix in levels]
+            return self.model(pixels.to(self.device, self.dtype))
 
 
-def tower_state(published: Mapping[str, torch.Tensor], model: torch.nn.Module, source: str = "EVA-CLIP"):
-    """The timm state dict of a published EVA-CLIP state (`visual.*`), every key and shape checked.
+def _is_rotary_table(key: str) -> bool:
+    """`rope.freqs_cos` and its per-block copies `blocks.N.attn.rope.freqs_sin` (prefix removed)."""
+    parts = key.split(".")
+    return len(parts) >= 2 and parts[-2] == "rope" and parts[-1] in ("freqs_cos", "freqs_sin")
 
-    The text tower and `logit_scale` are not read; of the `visual.*` keys only the rotary tables are dropped
-    (timm recomputes them). Shapes are compared before timm's filter could resample a position table or a
-    patch embedding of another size.
+
+def tower_state(published: Mapping[str, torch.Tensor], model: EvaVisionTransformer, source: str = "EVA-CLIP"):
+    """The tower's state dict from a published EVA-CLIP state (`visual.*`), every key and shape checked.
+
+    The text tower and `logit_scale` are not read. Every other `visual.*` key must be one of the tower's, with
+    its shape; the rotary tables, where present, must be the ones `rotary_tables` computes (then dropped).
 
     Raises:
         ModelFileError: no `visual.*` keys, or naming every missing, unexpected and mis-shaped key.
     """
-    eva = _timm()
-    visual = {k: v for k, v in published.items() if k.startswith("visual.")}
+    visual = {k[len(PREFIX):]: v for k, v in published.items() if k.startswith(PREFIX)}
     if not visual:
         found = sorted({k.split(".")[0] for k in published}) or ["nothing"]
         raise ModelFileError(f"{source}: not an EVA-CLIP checkpoint (no visual.* keys; found {', '.join(found)})")
-    own = model.state_dict()
-    for key, own_key in (("visual.pos_embed", "pos_embed"), ("visual.patch_embed.proj.weight",
-                                                                "patch_embed.proj.weight")):
-        if key in visual and tuple(visual[key].shape) != tuple(own[own_key].shape):
-            raise ModelFileError(f"{source}: does not fit EVA02-CLIP-L-14-336: {key} has shape "
-                                 f"{list(visual[key].shape)}, expected {list(own[own_key].shape)}")
-    mapped = eva.checkpoint_filter_fn(visual, model)
-    problems = describe_mismatch({k: tuple(v.shape) for k, v in own.items()},
-                                 {k: tuple(v.shape) for k, v in mapped.items()})
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tables = {k: v for k, v in visual.items() if _is_rotary_table(k)}
+    weights = {k: v for k, v in visual.items() if k not in tables}
+    problems = [describe_mismatch(own, {k: tuple(v.shape) for k, v in weights.items()}, PREFIX)]
+    table_shape, shaped, unfitted = tuple(model.rope_cos.shape), [], []
+    for key, table in tables.items():  # the same table per block: named once, with the count of copies
+        expected = model.rope_cos if key.endswith("cos") else model.rope_sin
+        if tuple(table.shape) != table_shape:
+            shaped.append(f"{PREFIX}{key} {list(table.shape)}")
+        elif (table.float() - expected.float().cpu()).abs().max() > 1e-2:  # 1e-2: a half-precision file
+            unfitted.append(PREFIX + key)
+    if shaped:
+        problems.append(f"wrong shape rotary table {shaped[0]}" + (f" and {len(shaped) - 1} more" if len(shaped) > 1
+                                                                   else "") + f" (expected {list(table_shape)})")
+    if unfitted:
+        problems.append(f"{unfitted[0]}" + (f" and {len(unfitted) - 1} more" if len(unfitted) > 1 else "")
+                        + f" not the rotary table of a {model.config.rope_grid}-patch grid fitted to "
+                        f"{model.config.grid}")
+    problems = "; ".join(p for p in problems if p)
     if problems:
-        raise ModelFileError(f"{source}: does not fit EVA02-CLIP-L-14-336 (in timm's names): {problems}")
-    return mapped
+        raise ModelFileError(f"{source}: does not fit EVA02-CLIP-L-14-336: {problems}")
+    return weights
 
 
 def load_tower(source: str | os.PathLike | Mapping[str, torch.Tensor], config: EvaConfig = EvaConfig()) -> EvaTower:
@@ -166,7 +309,8 @@ def load_tower(source: str | os.PathLike | Mapping[str, torch.Tensor], config: E
     """
     state = read_tensors(source) if isinstance(source, (str, os.PathLike)) else source
     model = build_tower(config)
-    model.load_state_dict({k: v.float() for k, v in tower_state(state, model, str(source)[:200]).items()})
+    weights = tower_state(state, model, str(source)[:200] if isinstance(source, (str, os.PathLike)) else "EVA-CLIP")
+    model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
     return EvaTower(model, config)
 
 
