@@ -232,7 +232,6 @@ def test_int8_transformer_close_to_float_and_offload_skipped_without_cuda(caplog
 @pytest.fixture(scope="module")
 def encoder_pipe(tmp_path_factory):
     """The tiny pipeline with PuLID's ID encoder at tiny widths (64-wide ID tokens) and a tiny antelopev2."""
-    pytest.importorskip("timm")
     pytest.importorskip("onnxscript")
     from test_arcface import _export, _tiny_arcface
 

@@ -396,7 +396,6 @@ def test_every_region_source_reaches_the_id_attention(pipe, people, pair):
 @pytest.fixture(scope="module")
 def encoded_pipe(tmp_path_factory):
     """A v1.1 PuLID pipeline whose ID encoder (tiny widths) is made from files in the published layouts."""
-    pytest.importorskip("timm", reason="PuLID's EVA-CLIP needs pip install 'facestudio[pulid]'")
     pytest.importorskip("onnxscript", reason="the tiny antelopev2 ONNX file is exported with onnxscript")
     from pulid_tiny import tiny_pulid_files
 

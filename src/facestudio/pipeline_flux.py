@@ -190,7 +190,8 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
                  height: int | None = None, width: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, num_images_per_prompt: int = 1,
                  distilled_guidance_scale: float | None = None, start_step: int = 0, output_type: str = "pil",
-                 on_step: Callable[[int, int], None] | None = None, return_dict: bool = True):
+                 on_step: Callable[[int, int], None] | None = None,
+                 preview: Callable[[int, int, PIL.Image.Image], None] | None = None, return_dict: bool = True):
         """Generate images of the given people: `pipe(settings)`, or `pipe(prompt, ...)` with the fields of
         `GenerationSettings` as keywords. FLUX's defaults differ from SD's: scales of 1 (no true CFG: FLUX.1-dev
         is guidance-distilled; `distilled_guidance_scale`, default 3.5, steers it), 28 steps, 1024 px.
@@ -199,11 +200,15 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
             prompt (`str`, `list[str]` or `GenerationSettings`): what to draw, or the whole request.
             generator (`torch.Generator` or a list, one per image): default: one seeded with the settings' `seed`.
             on_step (`Callable`, *optional*): `on_step(step, total)` after every step; raising from it stops the run.
+            preview (`Callable`, *optional*): the SD pipelines' per-step preview; FLUX has no tiny decoder yet, so
+                only None (what the server and CLI pass when no tiny decoder is loaded) is accepted.
 
         Returns:
             `FaceStudioPipelineOutput` (`(images,)` without `return_dict`).
         """
         # 1. Check inputs
+        if preview is not None:
+            raise FaceStudioError("previews need the tiny decoder, which the FLUX pipeline has none of yet")
         settings = prompt if isinstance(prompt, GenerationSettings) else GenerationSettings(
             prompt, negative_prompt, tuple(identities or ()), mix, scene_image=scene_image, scene_faces=scene_faces,
             regions=regions,
