@@ -1,10 +1,11 @@
 """Presets: public weights and their recommended settings, picked by one name (`PRESETS`), and their loading,
 checked before anything large loads. (This module imports `models`, never the other way round.)
 
-Every file a preset needs is checked first: the ArcFace model (a local file the user supplies: never
-downloaded or bundled) and the hub files (in huggingface_hub's cache, or reachable). When something is
-missing and the hub cannot be reached, one error lists all of it with the command that fetches it, instead
-of a stack of hub errors after minutes of loading.
+Every file a preset needs is checked first, from the caches and without the network: the hub files (in
+huggingface_hub's cache) and the ArcFace model (insightface's buffalo_l, in `~/.insightface/models`, or a file
+the user names). What is missing is fetched by `facestudio download` (`downloads.py`), or at first use with
+the user's consent; offline, one error lists all of it with the one command that fetches it, instead of a
+stack of hub errors after minutes of loading.
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ class Preset:
         steps, text_guidance_scale, reference_guidance_scale, shortcut_scale: recommended settings.
         licence: printed once when the preset loads.
         non_commercial: whether the weights forbid commercial use.
+        face_pack: the insightface model pack whose recogniser it reads (`downloads.PACKS`); by default
+            `buffalo_l` for `recognizer="arcface"`, else none.
+
+    `facestudio download` (`downloads.needs_of`) reads what a preset needs from these fields: `base_model`,
+    every `HubFile` field, every `*encoder` hub path, `speed` (a speed model's name) and `face_pack`; fields
+    named `style_*` only with a style image. A new field of one of these kinds is downloaded with no other code.
     """
 
     name: str
@@ -105,6 +112,11 @@ class Preset:
     text_guidance_scale: float = DEFAULT_TEXT_SCALE
     reference_guidance_scale: float = DEFAULT_TEXT_SCALE
     shortcut_scale: float = 1.0
+    face_pack: str | None = None
+
+    def __post_init__(self):
+        if self.face_pack is None:
+            object.__setattr__(self, "face_pack", "buffalo_l" if self.recognizer == "arcface" else "")
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -142,45 +154,81 @@ def arcface_model_path(given: str | os.PathLike | None = None) -> Path:
     return Path(given or os.environ.get(ARCFACE_ENV) or DEFAULT_ARCFACE_MODEL).expanduser()
 
 
+def preset_needs(preset: Preset, *, base_model: str | None = None, with_style: bool = False,
+                 arcface_model: str | os.PathLike | None = None):
+    """`(hub needs, insightface packs)` of a run of `preset` (`downloads.needs_of`); an ArcFace model named by
+    the user (`arcface_model` or `$FACESTUDIO_ARCFACE_MODEL`) replaces the pack."""
+    from .downloads import needs_of
+
+    needs, packs = needs_of(preset, base_model=base_model, with_style=with_style)
+    if arcface_model or os.environ.get(ARCFACE_ENV):
+        packs = []
+    return needs, packs
+
+
 def missing_files(preset: Preset, *, base_model: str | None = None, with_style: bool = False,
                   arcface_model: str | os.PathLike | None = None) -> list[str]:
-    """What the preset needs that is not here, each with how to get it; empty when all can be had."""
+    """What the preset needs that is not on this machine (judged from the caches, without the network)."""
+    from .downloads import missing_offline
+
     missing = []
-    if preset.recognizer == "arcface":
+    if preset.recognizer == "arcface" and (arcface_model or os.environ.get(ARCFACE_ENV)):
         path = arcface_model_path(arcface_model)
         if not path.is_file():
-            missing.append(f"the ArcFace model {path} (insightface buffalo_l's w600k_r50.onnx, non-commercial; "
-                           f"unzip buffalo_l.zip from insightface's model zoo and pass --arcface-model PATH or set "
-                           f"{ARCFACE_ENV})")
-    # (a file that shows the thing is in the cache, what it is, the command that fetches all of it)
-    needed = [(f, "adapter", f"hf download {f.repo} {_path(f)}") for f in (preset.adapter,)]
-    base = base_model or preset.base_model
-    if not Path(base).expanduser().is_dir():
-        needed.append((HubFile(base, "model_index.json"), "base model", f"hf download {base}"))
-    encoders = {preset.image_encoder} if preset.image_encoder else set()
-    if with_style and preset.style_adapter is not None:
-        f = preset.style_adapter
-        needed.append((f, "style adapter", f"hf download {f.repo} {_path(f)}"))
-        encoders.add(preset.style_encoder)
-    for encoder in sorted(encoders):
-        if not Path(encoder).expanduser().is_dir():
-            from .guidance.style import split_hub_path
+            missing.append(f"the ArcFace model {path} (insightface buffalo_l's w600k_r50.onnx; `facestudio download "
+                           f"buffalo_l --accept-license insightface-noncommercial` puts it in "
+                           f"{DEFAULT_ARCFACE_MODEL})")
+    needs, packs = preset_needs(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model)
+    return missing + missing_offline(needs, packs)
 
-            repo, subfolder = split_hub_path(encoder)
-            include = f" --include '{subfolder}/*'" if subfolder else ""
-            needed.append((HubFile(repo, "config.json", subfolder), "image encoder", f"hf download {repo}{include}"))
-    absent = [(f, what, command) for f, what, command in needed if not _cached(f)]
-    if absent and not _hub_reachable():
-        missing += [f"{what} {f.repo} (offline, and {_path(f)} is not in the model hub cache); where you have a "
-                    f"connection: {command}" for f, what, command in absent]
-    return missing
+
+def download_command(preset: Preset, *, base_model: str | None = None, with_style: bool = False,
+                     arcface_model: str | os.PathLike | None = None) -> str:
+    """The one command that fetches what `missing_files` lists."""
+    from .downloads import INSIGHTFACE_LICENSE
+
+    _, packs = preset_needs(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model)
+    names = [preset.name] + ([base_model] if base_model and base_model != preset.base_model
+                             and not Path(base_model).expanduser().exists() else [])
+    return (f"facestudio download {' '.join(names)}" + ("" if with_style else " --no-style")
+            + (f" --accept-license {INSIGHTFACE_LICENSE}" if packs else ""))
 
 
 def check_available(preset: Preset, **kwargs) -> None:
-    """Raise one `ModelFileError` naming everything `missing_files` finds."""
+    """Raise one `ModelFileError` naming everything `missing_files` finds and the command that fetches it."""
     missing = missing_files(preset, **kwargs)
     if missing:
-        raise ModelFileError(f"preset {preset.name} cannot load; missing:\n  - " + "\n  - ".join(missing))
+        raise ModelFileError(f"preset {preset.name} cannot load; missing:\n  - " + "\n  - ".join(missing)
+                             + f"\nfetch them with: {download_command(preset, **kwargs)}")
+
+
+def ensure_available(preset: Preset, *, download: bool | None, accepted: set[str] = frozenset(), **kwargs) -> None:
+    """Everything `preset` needs is here, or fetched now with the user's consent: `download=True` (a flag),
+    else a prompt on a terminal; `None` off a terminal, or `False`, stops with the command to run. Offline,
+    one error names what is missing and the one command that fetches it where there is a connection."""
+    import sys
+
+    from . import downloads
+
+    missing = missing_files(preset, **kwargs)
+    if not missing:
+        return
+    command = download_command(preset, **kwargs)
+    listed = "\n  - " + "\n  - ".join(missing)
+    if not _hub_reachable():
+        raise ModelFileError(f"offline, and preset {preset.name} needs files that are not here:{listed}\n"
+                             f"where you have a connection, run: {command}")
+    if download is None and sys.stdin.isatty() and sys.stderr.isatty():
+        print(f"preset {preset.name} needs files that are not here yet:{listed}", file=sys.stderr)
+        download = input("Download them now? [y/N] ").strip().lower() in ("y", "yes")
+    if not download:
+        raise ModelFileError(f"preset {preset.name} needs files that are not downloaded yet:{listed}\n"
+                             f"run: {command} (or pass --download to fetch them now)")
+    needs, packs = preset_needs(preset, **kwargs)
+    downloads.accept_licences(packs, set(accepted))
+    result = downloads.plan(needs, packs)
+    downloads.describe(result)
+    downloads.fetch(result)
 
 
 def show_licence(preset: Preset) -> None:
@@ -213,7 +261,10 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
 
         face_analyzer = FaceAnalyzer(recognizer=ArcFaceRecognizer(arcface_model_path(arcface_model)))
     pipeline_class = FaceStudioXLPipeline if preset.sdxl else FaceStudioPipeline
-    pipe = load_base_pipeline(base_model or preset.base_model, pipeline_class, device=device)
+    base = base_model or preset.base_model
+    # checked above to be in the cache: diffusers loads it from there without asking the hub again
+    hub_base = not Path(base).expanduser().exists()
+    pipe = load_base_pipeline(base, pipeline_class, device=device, local_files_only=True if hub_base else None)
     enable_memory_savers(pipe, cpu_offload=cpu_offload, vae_tiling=vae_tiling)
     cross_dim = pipe.unet.config.cross_attention_dim
     identity_config = PublicIdentityConfig(projection=preset.projection, recognizer=preset.recognizer,
@@ -234,26 +285,15 @@ def _file(hub_file: HubFile) -> tuple[str, str, str | None]:
     return hub_file.repo, hub_file.filename, hub_file.subfolder
 
 
-def _path(hub_file: HubFile) -> str:
-    return "/".join(p for p in (hub_file.subfolder, hub_file.filename) if p)
-
-
-def _cached(hub_file: HubFile) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(hub_file.repo, _path(hub_file)), str)
-
-
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether huggingface.co answers on its HTTPS port (never when HF_HUB_OFFLINE is set)."""
-    from .models import hub_offline
-
-    if hub_offline():
+    """Whether the model hub (huggingface.co or `HF_ENDPOINT`) answers on its port (never when HF_HUB_OFFLINE
+    is set; read here, not from models.py, so that no torch import comes before the answer)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
         return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0]
-    host, _, port = endpoint.partition(":")
+    scheme, _, rest = os.environ.get("HF_ENDPOINT", "https://huggingface.co").partition("://")
+    host, _, port = rest.split("/")[0].partition(":")
     try:
-        with socket.create_connection((host, int(port or 443)), timeout=timeout):
+        with socket.create_connection((host, int(port or (80 if scheme == "http" else 443))), timeout=timeout):
             return True
     except OSError:
         return False

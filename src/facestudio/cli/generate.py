@@ -111,6 +111,7 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
     models.add_argument("--arcface-model", metavar="FILE",
                         help="insightface buffalo_l's w600k_r50.onnx, for the FaceID presets (default: "
                              "$FACESTUDIO_ARCFACE_MODEL, else ~/.insightface/models/buffalo_l/w600k_r50.onnx)")
+    add_download_options(models)
     models.add_argument("--adapter", metavar="FOLDER|tiny",
                         help="identity adapter folder (FOLDER/identity as written by save_adapters, or a folder "
                              "holding facestudio_adapter.json); 'tiny': an untrained adapter, for smoke tests "
@@ -166,35 +167,41 @@ def run_mix(args) -> int:
 
 def _run_generation(args, mix: list[float] | None, command: str) -> int:
     """Check everything, encode the faces, then load the models and write the images one by one."""
-    quiet_libraries(args.debug)
     from ..imaging import load_image
 
     preset = _preset_defaults(args)
 
-    # 1. Settings, then files: everything a user can get wrong fails here, before any model loads
+    # 1. Settings, then files: everything a user can get wrong fails here, before any model loads (and
+    #    before torch, diffusers or transformers is imported: a mistake costs a second, not twenty)
     settings = _check_settings(args, mix)
     people = settings.identities
     output = _check_output_folder(args.output)
     _check_room(args, output, settings.width, settings.height)
+    for person in people:
+        for photo in person.photos:
+            load_image(photo, min_side=MIN_IMAGE_SIDE, name=photo)
+    style = None if args.style is None else load_image(args.style, name=args.style)
+    scene = None if args.scene is None else load_image(args.scene, min_side=MIN_IMAGE_SIDE, name=args.scene)
+    if preset is not None:
+        _find_faces(people)
+    quiet_libraries(args.debug)
     if args.device is not None:
         from ..models import choose_device
 
         choose_device(args.device)  # an unavailable device fails now, not after the faces are encoded
     adapter = _identity_adapter(args) if people and preset is None else None
     style_adapter = _style_adapter(args) if preset is None else None
-    style = None if args.style is None else load_image(args.style, name=args.style)
-    scene = None if args.scene is None else load_image(args.scene, min_side=MIN_IMAGE_SIDE, name=args.scene)
 
     # 2. Faces -> identities (no face, or several without --face, stops here). A preset's encoders come with
-    #    its models, so there the faces are only found now and encoded after loading.
+    #    its models, so there the faces were only found and are encoded after loading; its files are fetched
+    #    first if the user agrees.
     analyzer = None
     identities = []
     if preset is not None:
-        from ..presets import check_available
+        from ..presets import ensure_available
 
-        check_available(preset, base_model=args.base_model, with_style=style is not None,
-                        arcface_model=args.arcface_model)
-        _find_faces(people)
+        ensure_available(preset, download=args.download, accepted=set(args.accept_license),
+                         base_model=args.base_model, with_style=style is not None, arcface_model=args.arcface_model)
     elif people:
         from ..faces import FaceAnalyzer
         from ..guidance import identity as idg
@@ -230,6 +237,18 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     for path in written:
         print(path)
     return EXIT_OK
+
+
+def add_download_options(group) -> None:
+    """`--download` / `--no-download` and `--accept-license`: first-use downloading of a preset's files."""
+    from ..downloads import INSIGHTFACE_LICENSE
+
+    group.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                       help="fetch the preset's missing model files first (default: ask on a terminal, else stop "
+                            "with the `facestudio download` command to run)")
+    group.add_argument("--accept-license", action="append", default=[], metavar=INSIGHTFACE_LICENSE,
+                       choices=[INSIGHTFACE_LICENSE],
+                       help="accept insightface's non-commercial licence, for fetching its face models")
 
 
 def _preset_defaults(args):

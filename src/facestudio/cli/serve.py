@@ -48,6 +48,9 @@ def add_commands(commands) -> None:
                              "are non-commercial)")
     models.add_argument("--arcface-model", metavar="FILE",
                         help="insightface buffalo_l's w600k_r50.onnx, for the FaceID presets")
+    from .generate import add_download_options
+
+    add_download_options(models)
     models.add_argument("--device", choices=("cpu", "cuda", "mps"),
                         help="where to run (default: CUDA, else MPS, else the CPU)")
     models.add_argument("--cpu-offload", action="store_true", help="keep each model on the CPU until it runs")
@@ -132,6 +135,11 @@ def run_serve(args) -> int:
     data = DataFolder(data_dir, max_jobs=args.keep_jobs)
     listener = _listen(args.host, args.port)
 
+    if args.preset is not None:  # a preset's missing files are fetched now, if the user agrees
+        from ..presets import ensure_available, get_preset
+
+        ensure_available(get_preset(args.preset), download=args.download, accepted=set(args.accept_license),
+                         base_model=args.base_model, with_style=True, arcface_model=args.arcface_model)
     logger.info("loading models")
     pipe = load_generation_pipeline(args.base_model, adapter=args.adapter, style_adapter=args.style_adapter,
                                     preset=args.preset, device=args.device, cpu_offload=args.cpu_offload,
