@@ -19,7 +19,7 @@ import pytest
 
 from facestudio import downloads
 from facestudio.presets import PRESETS, HubFile
-from support.hub_server import INSIGHTFACE_RELEASE_PATH, facestudio_hub, insightface_sha256_env
+from support.hub_server import INSIGHTFACE_RELEASE_PATH, HubRepo, facestudio_hub, insightface_sha256_env
 
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a .peft_config. attribute:UserWarning")
 
@@ -98,3 +98,113 @@ def _index(hub) -> dict:
     import json
 
     return json.loads(hub.repos[SD15].files["model_index.json"])
+
+
+def test_a_corrupted_download_is_detected_and_removed(env, hub):
+    hub.corrupt.add(("h94/IP-Adapter-FaceID", "ip-adapter-faceid-plusv2_sd15.bin"))
+    run = facestudio(env, "download", PRESET, "--no-style", *ACCEPT)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "ip-adapter-faceid-plusv2_sd15.bin: damaged download (sha256" in run.stderr
+    assert not list(hub_cache(env).glob("models--h94--IP-Adapter-FaceID/blobs/*"))  # nothing bad kept
+    hub.corrupt.clear()
+    again = facestudio(env, "download", PRESET, "--no-style", *ACCEPT)
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_broken_connection_resumes_with_a_range_request(env, hub):
+    """huggingface_hub resumes a broken transfer with `Range` from what it has written (it writes in 10 MiB
+    chunks, so the file is larger than one)."""
+    repo, path = "facestudio-tests/large-pipeline", "unet/diffusion_pytorch_model.safetensors"
+    data = os.urandom(24 << 20)
+    hub.add(HubRepo(repo, {"model_index.json": b'{"_class_name": "StableDiffusionPipeline", "unet": '
+                                                 b'["diffusers", "UNet2DConditionModel"]}',
+                           "unet/config.json": b"{}", path: data}))
+    hub.drop_after[(repo, path)] = 15 << 20
+    run = facestudio(env, "download", repo)
+    assert run.returncode == 0, run.stderr
+    sha = hashlib.sha256(data).hexdigest()
+    ranges = [r for method, p, r in hub.requests if p == f"/lfs/{sha}" and method == "GET"]
+    assert ranges[0] is None and len(ranges) == 2 and ranges[1].startswith("bytes=") and ranges[1] != "bytes=0-"
+    snapshot = next((hub_cache(env) / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir())
+    assert (snapshot / path).read_bytes() == data
+
+
+def test_insightface_needs_its_licence_accepted(env, hub):
+    run = facestudio(env, "download", "buffalo_l")
+    assert run.returncode == 2 and "--accept-license insightface-noncommercial" in run.stderr
+    assert "non-commercial" in run.stderr and hub.downloads() == []
+    answered = facestudio(env, "download", PRESET, "--no-style")  # no terminal to ask at: nothing fetched
+    assert answered.returncode == 2 and hub.downloads() == []
+
+
+def test_an_interrupted_pack_download_resumes(env, hub):
+    zip_path = f"{INSIGHTFACE_RELEASE_PATH}/buffalo_l.zip"
+    data = hub.static[zip_path]
+    models = Path(env["HOME"]) / ".insightface" / "models"
+    models.mkdir(parents=True)
+    (models / "buffalo_l.zip.part").write_bytes(data[:1000])
+    run = facestudio(env, "download", "buffalo_l", *ACCEPT)
+    assert run.returncode == 0, run.stderr
+    assert [r for m, p, r in hub.requests if p == zip_path] == ["bytes=1000-"]
+    assert (models / "buffalo_l" / "w600k_r50.onnx").is_file() and not (models / "buffalo_l.zip.part").exists()
+
+
+def test_offline_one_message_with_the_one_command(env, faces_dir, tmp_path):
+    offline = {**env, "HF_HUB_OFFLINE": "1"}
+    run = facestudio(offline, "generate", "--preset", PRESET, "--prompt", "x", "--identity",
+                     str(faces_dir / "obama.jpg"), "--output", str(tmp_path / "out"))
+    assert run.returncode == 2 and run.stderr.count("error:") == 1 and "Traceback" not in run.stderr
+    assert run.stderr.count("facestudio download") == 1 and "offline" in run.stderr
+    download = facestudio(offline, "download", PRESET)
+    assert download.returncode == 2 and f"run: facestudio download {PRESET}" in download.stderr
+
+
+def test_without_consent_generate_names_the_command(env, faces_dir, tmp_path):
+    run = facestudio(env, "generate", "--preset", PRESET, "--prompt", "x", "--identity",
+                     str(faces_dir / "obama.jpg"), "--output", str(tmp_path / "out"))
+    assert run.returncode == 2 and "--download" in run.stderr and f"facestudio download {PRESET}" in run.stderr
+
+
+def test_the_base_model_files_are_the_ones_diffusers_picks(env, hub, tmp_path):
+    """Oracle: diffusers' own download (same repository, the safety checker left out as facestudio does)
+    fetches the same files as `pipeline_files` picks."""
+    code = ("import sys; from pathlib import Path; from diffusers import StableDiffusionPipeline; "
+            f"f = Path(StableDiffusionPipeline.download({SD15!r}, safety_checker=None)); "
+            "print('\\n'.join(sorted(p.relative_to(f).as_posix() for p in f.rglob('*') if p.is_file())))")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert sorted(downloads.pipeline_files(hub.repos[SD15].files, _index(hub))) == run.stdout.split()
+
+
+@dataclasses.dataclass(frozen=True)
+class _LaterPreset(PRESETS[PRESET].__class__):
+    """A preset kind added later with fields of its own: an extra encoder folder, an extra file."""
+
+    id_encoder: str = "owner/eva-clip/vision"
+    extra_files: tuple = (HubFile("owner/pulid", "pulid_v1.1.safetensors"),)
+
+
+def test_needs_are_read_from_any_preset_fields():
+    preset = _LaterPreset(**{f.name: getattr(PRESETS[PRESET], f.name) for f in dataclasses.fields(PRESETS[PRESET])})
+    needs, packs = downloads.needs_of(preset, with_style=False)
+    kinds = {(n.repo, n.kind, n.path) for n in needs}
+    assert {(SD15, "pipeline", ""), ("h94/IP-Adapter-FaceID", "file", "ip-adapter-faceid-plusv2_sd15.bin"),
+            ("h94/IP-Adapter", "folder", "models/image_encoder"), ("owner/eva-clip", "folder", "vision"),
+            ("owner/pulid", "file", "pulid_v1.1.safetensors")} == kinds
+    assert [p.name for p in packs] == ["buffalo_l"]
+    with_style = {(n.repo, n.path) for n in downloads.needs_of(preset)[0]}
+    assert ("h94/IP-Adapter", "models/ip-adapter_sd15.safetensors") in with_style
+    assert not downloads.needs_of(PRESETS["plus-face-sd15"])[1]  # no face recogniser, no insightface pack
+
+
+def test_weights_choice_leaves_variants_out():
+    listing = ["unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.bin",
+               "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+               "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+               "unet/diffusion_pytorch_model.safetensors.index.json", "unet/diffusion_pytorch_model.non_ema.safetensors"]
+    assert sorted(downloads.model_folder_files(listing, "unet")) == [
+        "unet/config.json", "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "unet/diffusion_pytorch_model.safetensors.index.json"]
+    assert downloads.model_folder_files(["enc/config.json", "enc/pytorch_model.bin"], "enc") == [
+        "enc/config.json", "enc/pytorch_model.bin"]

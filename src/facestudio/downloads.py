@@ -265,14 +265,14 @@ def pipeline_files(listing, model_index: dict, skip=SKIPPED_COMPONENTS) -> list[
         inside = sorted(p for p in listing if p.startswith(component + "/") and p.count("/") == 1)
         weights = _weights(inside)
         files += [p for p in inside if p.endswith("/config.json")] + weights if weights else inside
-    return files
+    return list(dict.fromkeys(files))
 
 
 def model_folder_files(listing, folder: str) -> list[str]:
     """A transformers model folder: its `*.json` files and one weights file (safetensors first)."""
     prefix = folder.rstrip("/") + "/" if folder else ""
     inside = sorted(p for p in listing if p.startswith(prefix) and "/" not in p[len(prefix):])
-    return [p for p in inside if p.endswith(".json")] + _weights(inside)
+    return list(dict.fromkeys([p for p in inside if p.endswith(".json")] + _weights(inside)))
 
 
 def _weights(paths: list[str]) -> list[str]:
