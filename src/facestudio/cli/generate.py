@@ -46,20 +46,20 @@ def add_commands(commands) -> None:
     generate.add_argument("--identity", action="append", default=[], metavar="PHOTO[,PHOTO...]",
                           help="one person: a photo, or several comma-separated photos of the same person "
                                "(pooled). Repeat for each person")
-    generate.add_argument("--face", action="append", type=int, default=[], metavar="N",
-                          help="which face of that person's photos to use (0 is the largest), one per "
-                               "--identity in order, or one for all; needed when a photo shows several "
-                               "faces of similar size")
+    generate.add_argument("--face", action="append", default=[], metavar="N[,N...]",
+                          help="which face of that person's photos to use (0 is the largest): one per "
+                               "--identity in order (comma-separated, or the option repeated), or one for all; "
+                               "needed when a photo shows several faces of similar size")
     generate.add_argument("--region", action="append", default=[], metavar="x0,y0,x1,y1",
                           help="box in output pixels where person i goes, in --identity order (at most one "
                                "per identity; default: the whole image for one person, else left-to-right "
                                "strips)")
-    generate.add_argument("--strength", action="append", type=float, default=[], metavar="S",
-                          help="identity strength per person in --identity order, or one for all "
-                               "(default 1.0; 0 turns a person off)")
-    generate.add_argument("--mix", metavar="W1,W2,...",
-                          help="blend all identities into one face with these weights (one per --identity, "
-                               "summing to 1)")
+    generate.add_argument("--strength", action="append", default=[], metavar="S[,S...]",
+                          help="identity strength per person in --identity order (comma-separated, or the "
+                               "option repeated), or one for all (default 1.0; 0 turns a person off)")
+    generate.add_argument("--mix", action="append", metavar="W1,W2,...",
+                          help="blend all identities into one face with these weights, one per --identity in "
+                               "order (comma-separated, or the option repeated), summing to 1")
     generate.add_argument("--style", metavar="IMAGE", help="an image whose look to follow (needs a style adapter)")
     generate.add_argument("--style-strength", type=float, default=1.0, metavar="S",
                           help="how strongly --style acts (default 1.0)")
@@ -86,9 +86,9 @@ def add_commands(commands) -> None:
                      help="B's share of the blend, from 0 (all A) to 1 (all B); A gets 1-R (default 0.5)")
     mix.add_argument("--prompt", default=MIX_PROMPT, help=f"what to draw (default {MIX_PROMPT!r})")
     mix.add_argument("--negative-prompt", metavar="TEXT", help="what to avoid")
-    mix.add_argument("--face", action="append", type=int, default=[], metavar="N",
-                     help="which face of the photos to use (0 is the largest): once for both, or once for A "
-                          "and once for B")
+    mix.add_argument("--face", action="append", default=[], metavar="N[,N]",
+                     help="which face of the photos to use (0 is the largest): one for both, or one for A and "
+                          "one for B (comma-separated, or the option repeated)")
     mix.add_argument("--strength", type=float, default=1.0, metavar="S", help="identity strength (default 1.0)")
     _add_generation_options(mix, style=False)
     mix.set_defaults(run=run_mix)
@@ -148,13 +148,14 @@ _IMAGE_NAME = re.compile(r"^(\d{3,})-seed\d+\.png$")
 
 
 def run_generate(args) -> int:
-    mix = None if args.mix is None else _numbers(args.mix, "--mix", float)
+    mix = None if args.mix is None else _listed(args.mix, "--mix", float)
     return _run_generation(args, mix, command="generate")
 
 
 def run_mix(args) -> int:
     if not (math.isfinite(args.ratio) and 0.0 <= args.ratio <= 1.0):
         raise FaceStudioError(f"--ratio {args.ratio}: B's share must be between 0 and 1")
+    args.face = _listed(args.face, "--face", int)
     if len(args.face) > 2:
         raise FaceStudioError(f"{len(args.face)} --face values for 2 people: give one for both, or one for A "
                               "and one for B")
@@ -288,8 +289,8 @@ def _check_settings(args, mix) -> GenerationSettings:
     count = len(specs)
     if mix is not None and all(math.isfinite(w) and w >= 0 for w in mix) and abs(sum(mix) - 1.0) <= 1e-3:
         mix = [w / sum(mix) for w in mix]  # typed weights such as thirds, made exact
-    faces = _per_person(args.face, count, "--face")
-    strengths = _per_person(args.strength, count, "--strength", default=1.0)
+    faces = _per_person(_listed(args.face, "--face", int), count, "--face")
+    strengths = _per_person(_listed(args.strength, "--strength", float), count, "--strength", default=1.0)
     slots = 1 if mix is not None else count
     if len(args.region) > slots:
         raise FaceStudioError(f"{len(args.region)} --region boxes for {slots} {'mixed face' if mix else 'identity'}"
@@ -334,6 +335,13 @@ def _numbers(text: str, option: str, kind):
     except ValueError:
         raise FaceStudioError(f"{option} {text!r}: expected comma-separated {'integers' if kind is int else 'numbers'}"
                               ) from None
+
+
+def _listed(values: list, option: str, kind) -> list:
+    """Per-person values given as comma lists, repeated options, or both (`--strength 1,0.8` is
+    `--strength 1 --strength 0.8`), in order; numbers already parsed (from `mix`) pass through."""
+    return [v for value in values for v in ([value] if isinstance(value, (int, float)) else
+                                             _numbers(value, option, kind))]
 
 
 def _per_person(values: list, count: int, option: str, default=None) -> list:
