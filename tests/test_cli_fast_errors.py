@@ -37,6 +37,9 @@ CASES = {
                            "missing.jpg: no such file"),
     "serve, bad port": (["serve", "--base-model", "tiny", "--port", "70000"], "--port 70000"),
     "download, unknown name": (["download", "nope"], "not a preset"),
+    "preset offline, files missing": (["generate", "--preset", "faceid-plusv2-sd15", "--prompt", "x", "--identity",
+                                       PHOTO], "run: facestudio download faceid-plusv2-sd15"),
+    "download offline": (["download", "faceid-plusv2-sd15"], "run: facestudio download faceid-plusv2-sd15"),
 }
 
 PROBE = """

@@ -58,12 +58,13 @@ def hub_cache(env) -> Path:
     return Path(env["HF_HOME"]) / "hub"
 
 
-def test_download_then_generate_from_an_empty_cache(env, hub, faces_dir, tmp_path):
+def test_download_from_an_empty_cache_then_nothing_more(env, hub):
     first = facestudio(env, "download", PRESET, *ACCEPT)
     assert first.returncode == 0, first.stderr
     err = first.stderr
     # sizes and licences before, a progress bar per file, the insightface pack from its release address
     assert "unet/diffusion_pytorch_model.safetensors" in err and " kB" in err and "to download" in err
+    assert err.index("to download") < err.index("100%|")
     assert "CreativeML OpenRAIL-M" in err and "non-commercial" in err and "Apache-2.0" in err
     assert err.count("100%|") >= 8, err  # huggingface_hub's bars, one per file
     assert f"{INSIGHTFACE_RELEASE_PATH}/buffalo_l.zip" in err
@@ -81,17 +82,23 @@ def test_download_then_generate_from_an_empty_cache(env, hub, faces_dir, tmp_pat
     second = facestudio(env, "download", PRESET, *ACCEPT)
     assert second.returncode == 0, second.stderr
     assert "nothing to download" in second.stderr and hub.downloads() == []
+    offline = facestudio({**env, "HF_HUB_OFFLINE": "1"}, "download", PRESET)
+    assert offline.returncode == 0 and "everything is already here" in offline.stderr, offline.stderr
 
+
+@pytest.mark.slow
+def test_download_then_generate(env, hub, faces_dir, tmp_path):
+    """The issue's route: `facestudio download PRESET --accept-license ...`, then `generate --preset` writes an
+    image, fetching nothing more."""
+    assert facestudio(env, "download", PRESET, "--no-style", *ACCEPT).returncode == 0
+    hub.requests.clear()
     out = tmp_path / "out"
     run = facestudio(env, "generate", "--preset", PRESET, "--prompt", "an astronaut", "--identity",
                      str(faces_dir / "obama.jpg"), "--steps", "2", "--width", "64", "--height", "64",
                      "--output", str(out))
     assert run.returncode == 0, run.stderr
     (image,) = out.glob("*.png")
-    assert hub.downloads() == []  # generation fetched nothing more
-
-    offline = facestudio({**env, "HF_HUB_OFFLINE": "1"}, "download", PRESET)
-    assert offline.returncode == 0 and "everything is already here" in offline.stderr, offline.stderr
+    assert hub.downloads() == []
 
 
 def _index(hub) -> dict:
@@ -165,6 +172,7 @@ def test_without_consent_generate_names_the_command(env, faces_dir, tmp_path):
     assert run.returncode == 2 and "--download" in run.stderr and f"facestudio download {PRESET}" in run.stderr
 
 
+@pytest.mark.slow
 def test_the_base_model_files_are_the_ones_diffusers_picks(env, hub, tmp_path):
     """Oracle: diffusers' own download (same repository, the safety checker left out as facestudio does)
     fetches the same files as `pipeline_files` picks."""

@@ -134,7 +134,6 @@ class Plan:
 def needs_of(preset, *, base_model: str | None = None, with_style: bool = True) -> tuple[list[Need], list[Pack]]:
     """The hub needs and the insightface packs of `preset`, read from its fields (see the module's doc)."""
     from .presets import HubFile
-    from .guidance.style import split_hub_path
 
     needs, packs = [], []
     base = base_model or preset.base_model
@@ -200,6 +199,14 @@ def _speed_names() -> list[str]:
     except ImportError:
         return []
     return list(SPEED_MODELS)
+
+
+def split_hub_path(name: str) -> tuple[str, str | None]:
+    """`"owner/repo/sub/folder"` -> `("owner/repo", "sub/folder")`; a local folder or a plain id is kept whole."""
+    parts = name.split("/")
+    if Path(name).expanduser().exists() or len(parts) <= 2:
+        return name, None
+    return "/".join(parts[:2]), "/".join(parts[2:])
 
 
 def _is_hub_id(name: str) -> bool:
@@ -403,32 +410,33 @@ def _progress_bar():
 
 def fetch_pack(pack: Pack, out=sys.stderr) -> Path:
     """Download `pack`'s zip (resuming a `.part` left by an interrupted run), check its sha256, unpack it."""
-    import httpx
+    import urllib.error
+    import urllib.request
+
     from tqdm import tqdm
 
     pack.folder.parent.mkdir(parents=True, exist_ok=True)
     part = pack.folder.parent / f"{pack.name}.zip.part"
     have = part.stat().st_size if part.exists() else 0
     print(f"insightface {pack.name}: {pack.url}", file=out)
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    request = urllib.request.Request(pack.url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        with httpx.stream("GET", pack.url, headers=headers, follow_redirects=True, timeout=30.0) as response:
-            if response.status_code == 416:  # the part is already whole
-                pass
-            else:
-                response.raise_for_status()
-                if response.status_code != 206:
-                    have = 0  # the server sent the whole file
-                total = have + int(response.headers.get("Content-Length", 0)) or None
-                with part.open("ab" if have else "wb") as f, tqdm(
-                        total=total, initial=have, unit="B", unit_scale=True, desc=f"{pack.name}.zip", file=out,
-                        mininterval=0.5) as bar:
-                    for chunk in response.iter_bytes(1 << 20):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-    except httpx.HTTPError as e:
-        raise ModelFileError(f"insightface {pack.name}: could not download {pack.url} ({e}); run the command "
-                             "again to resume") from None
+        with urllib.request.urlopen(request, timeout=30) as response:  # follows GitHub's redirect
+            if response.status != 206:
+                have = 0  # the server sent the whole file
+            total = have + int(response.headers.get("Content-Length", 0)) or None
+            with part.open("ab" if have else "wb") as f, tqdm(
+                    total=total, initial=have, unit="B", unit_scale=True, desc=f"{pack.name}.zip", file=out,
+                    mininterval=0.5) as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as e:
+        if e.code != 416:  # 416: the part is already whole
+            raise ModelFileError(f"insightface {pack.name}: could not download {pack.url} (HTTP {e.code})") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise ModelFileError(f"insightface {pack.name}: could not download {pack.url} ({getattr(e, 'reason', e)}); "
+                             "run the command again to resume") from None
     digest = hashlib.sha256()
     with part.open("rb") as f:
         while chunk := f.read(1 << 20):

@@ -183,8 +183,12 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
             load_image(photo, min_side=MIN_IMAGE_SIDE, name=photo)
     style = None if args.style is None else load_image(args.style, name=args.style)
     scene = None if args.scene is None else load_image(args.scene, min_side=MIN_IMAGE_SIDE, name=args.scene)
-    if preset is not None:
+    if preset is not None:  # its faces are encoded after loading; found now. Its files fetched now if agreed.
+        from ..presets import ensure_available
+
         _find_faces(people)
+        ensure_available(preset, download=args.download, accepted=set(args.accept_license),
+                         base_model=args.base_model, with_style=style is not None, arcface_model=args.arcface_model)
     quiet_libraries(args.debug)
     if args.device is not None:
         from ..models import choose_device
@@ -193,17 +197,10 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     adapter = _identity_adapter(args) if people and preset is None else None
     style_adapter = _style_adapter(args) if preset is None else None
 
-    # 2. Faces -> identities (no face, or several without --face, stops here). A preset's encoders come with
-    #    its models, so there the faces were only found and are encoded after loading; its files are fetched
-    #    first if the user agrees.
+    # 2. Faces -> identities (no face, or several without --face, stops here); a preset's after loading
     analyzer = None
     identities = []
-    if preset is not None:
-        from ..presets import ensure_available
-
-        ensure_available(preset, download=args.download, accepted=set(args.accept_license),
-                         base_model=args.base_model, with_style=style is not None, arcface_model=args.arcface_model)
-    elif people:
+    if preset is None and people:
         from ..faces import FaceAnalyzer
         from ..guidance import identity as idg
 
