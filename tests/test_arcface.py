@@ -230,7 +230,7 @@ def test_missing_file_says_where_to_get_it(tmp_path):
         ArcFaceRecognizer(path)
     text = str(info.value)
     assert str(path) in text and "not found" in text
-    for needed in ("never downloads or bundles", "buffalo_l", "w600k_r50.onnx", "insightface", "non-commercial"):
+    for needed in ("facestudio download buffalo_l", "buffalo_l", "w600k_r50.onnx", "insightface", "non-commercial"):
         assert needed in text
     with pytest.raises(ModelFileError, match="is a directory"):
         ArcFaceRecognizer(tmp_path)

@@ -91,9 +91,9 @@ def test_offline_without_the_files_one_message_and_exit_2(empty_hub, capsys):
                    "--output", str(empty_hub.parent / "out")])
     err = capsys.readouterr().err
     assert status == 2 and err.count("error:") == 1 and "Traceback" not in err
-    assert "hf download black-forest-labs/FLUX.1-schnell" in err
-    assert "hf download guozinan/PuLID pulid_flux_v0.9.1.safetensors" in err
-    for needed in ("hf download QuanSun/EVA-CLIP EVA02_CLIP_L_336_psz14_s6B.pt", "glintr100.onnx",
+    assert "base model: black-forest-labs/FLUX.1-schnell" in err
+    assert "adapter: guozinan/PuLID/pulid_flux_v0.9.1.safetensors" in err
+    for needed in ("QuanSun/EVA-CLIP/EVA02_CLIP_L_336_psz14_s6B.pt", "glintr100.onnx", "run: facestudio download",
                    "--antelopev2-model", "parsing_bisenet.pth"):
         assert needed in err
     assert not (empty_hub.parent / "out").exists()

@@ -50,10 +50,12 @@ def test_offline_without_the_files_fails_fast_with_one_message(empty_hub, faces_
     err = capsys.readouterr().err
     assert status == 2
     assert err.count("error:") == 1 and "Traceback" not in err
-    for needed in ("w600k_r50.onnx", "--arcface-model", "hf download h94/IP-Adapter-FaceID "
-                   "ip-adapter-faceid-plusv2_sd15.bin", "hf download stable-diffusion-v1-5/stable-diffusion-v1-5",
-                   "hf download h94/IP-Adapter --include 'models/image_encoder/*'"):
+    for needed in ("offline", "w600k_r50.onnx", "h94/IP-Adapter-FaceID/ip-adapter-faceid-plusv2_sd15.bin",
+                   "stable-diffusion-v1-5/stable-diffusion-v1-5", "h94/IP-Adapter/models/image_encoder"):
         assert needed in err
+    # the one command that fetches all of it
+    assert err.count("facestudio download") == 1
+    assert "run: facestudio download faceid-plusv2-sd15 --no-style --accept-license insightface-noncommercial" in err
     assert "ip-adapter_sd15.safetensors" not in err  # the style adapter is only needed with --style
     assert not (empty_hub.parent / "out").exists()
 
@@ -144,6 +146,6 @@ def test_style_blocks_act_on_their_presets_unet():
 def test_sdxl_preset_boxes_are_checked_against_its_1024_default(empty_hub, faces_dir, capsys):
     args = ["generate", "--preset", "faceid-sdxl", "--prompt", "x", "--identity", str(faces_dir / "obama.jpg")]
     assert main([*args, "--region", "0,0,700,700"]) == 2
-    assert "cannot load; missing" in capsys.readouterr().err  # the box passed; the weights are what is missing
+    assert "needs files that are not here" in capsys.readouterr().err  # the box passed; the weights are missing
     assert main([*args, "--region", "0,0,1100,700"]) == 2
     assert "not a box inside the 1024x1024 image" in capsys.readouterr().err

@@ -43,10 +43,11 @@ def test_offline_without_the_files_fails_fast_with_one_message(empty_hub, faces_
     err = capsys.readouterr().err
     assert status == 2
     assert err.count("error:") == 1 and "Traceback" not in err
-    for needed in ("hf download guozinan/PuLID pulid_v1.bin",
-                   "hf download ByteDance/SDXL-Lightning sdxl_lightning_4step_unet.safetensors",
-                   "hf download stabilityai/stable-diffusion-xl-base-1.0",
-                   "hf download QuanSun/EVA-CLIP EVA02_CLIP_L_336_psz14_s6B.pt", "glintr100.onnx",
+    for needed in ("adapter: guozinan/PuLID/pulid_v1.bin",
+                   "ByteDance/SDXL-Lightning/sdxl_lightning_4step_unet.safetensors",
+                   "base model: stabilityai/stable-diffusion-xl-base-1.0",
+                   "QuanSun/EVA-CLIP/EVA02_CLIP_L_336_psz14_s6B.pt", "glintr100.onnx",
+                   "run: facestudio download pulid-sdxl",
                    "--antelopev2-model", "non-commercial", "parsing_bisenet.pth",
                    "releases/download/v0.2.0/parsing_bisenet.pth"):
         assert needed in err

@@ -198,7 +198,7 @@ def test_a_missing_speed_file_fails_before_any_model_loads(tmp_path):
     done = _facestudio("generate", "--prompt", "x", "--base-model", "tiny", "--speed", "lcm-sd15", "--output",
                        str(tmp_path / "out"), env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")})
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "speed model lcm-sd15" in done.stderr and "hf download latent-consistency/lcm-lora-sdv1-5" in done.stderr
+    assert "speed model lcm-sd15" in done.stderr and "run: facestudio download lcm-sd15" in done.stderr
     done = _facestudio("generate", "--prompt", "x", "--base-model", "tiny", "--speed", "fast", "--output",
                        str(tmp_path / "out"))
     assert done.returncode == 2 and "lcm-sd15" in done.stderr and not (tmp_path / "out").exists()

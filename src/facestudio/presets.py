@@ -1,10 +1,11 @@
 """Presets: public weights and their recommended settings, picked by one name (`PRESETS`), and their loading,
 checked before anything large loads. (This module imports `models`, never the other way round.)
 
-Every file a preset needs is checked first: the ArcFace model (a local file the user supplies: never
-downloaded or bundled) and the hub files (in huggingface_hub's cache, or reachable). When something is
-missing and the hub cannot be reached, one error lists all of it with the command that fetches it, instead
-of a stack of hub errors after minutes of loading.
+Every file a preset needs is checked first, from the caches and without the network: the hub files (in
+huggingface_hub's cache) and the ArcFace model (insightface's buffalo_l, in `~/.insightface/models`, or a file
+the user names). What is missing is fetched by `facestudio download` (`downloads.py`), or at first use with
+the user's consent; offline, one error lists all of it with the one command that fetches it, instead of a
+stack of hub errors after minutes of loading.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class HubFile:
     def __str__(self) -> str:
         return "/".join(p for p in (self.repo, self.subfolder, self.filename) if p)
 
+    @property
+    def path(self) -> str:
+        """Its path inside the repository."""
+        return "/".join(p for p in (self.subfolder, self.filename) if p)
+
 
 #: CLIP ViT-H/14 (laion2B-s32B-b79K) as h94/IP-Adapter ships it: the image encoder of every SD 1.5 preset.
 VIT_H_ENCODER = "h94/IP-Adapter/models/image_encoder"
@@ -69,14 +75,15 @@ _FACEID_LICENCE = ("IP-Adapter-FaceID weights: non-commercial research use only 
                    "insightface's non-commercial research licence")
 _APACHE_LICENCE = "IP-Adapter weights: Apache-2.0 (h94/IP-Adapter); CLIP ViT-H/14: MIT"
 _PULID_LICENCE = ("PuLID weights (guozinan/PuLID): Apache-2.0; EVA02-CLIP-L-14-336 (QuanSun/EVA-CLIP): MIT; the "
-                  "antelopev2 face recogniser PuLID reads: insightface's non-commercial research licence (you supply "
-                  "it, it is never downloaded or bundled)")
+                  "antelopev2 face recogniser PuLID reads: insightface's non-commercial research licence (downloaded "
+                  "only once you accept it, never bundled)")
 _LIGHTNING_LICENCE = "SDXL-Lightning UNet (ByteDance/SDXL-Lightning): CreativeML OpenRAIL++-M"
 _SDXL_LICENCE = "SDXL base 1.0 (stabilityai): CreativeML OpenRAIL++-M"
 
 @dataclass(frozen=True)
 class LocalFile:
-    """A file the user supplies (never downloaded by facestudio), found by option, environment or default.
+    """A file outside the model hub, found by option, environment or default (one that an insightface pack
+    holds is fetched with the preset's `face_pack`; others the user gets as `how` says).
 
     Attributes:
         key: its name among a preset's `local_files` (the argument that gives it).
@@ -96,11 +103,13 @@ class LocalFile:
         return Path(given or os.environ.get(self.env) or self.default).expanduser()
 
 
-#: antelopev2's recogniser, which PuLID reads (insightface model zoo: non-commercial, never downloaded).
+#: antelopev2's recogniser, which PuLID reads (insightface model zoo, non-commercial: downloaded only with its
+#: licence accepted, as the preset's `face_pack`).
 ANTELOPEV2 = LocalFile("antelopev2", "the antelopev2 face recogniser (glintr100.onnx)", "--antelopev2-model",
                        "FACESTUDIO_ANTELOPEV2_MODEL", "~/.insightface/models/antelopev2/glintr100.onnx",
-                       "insightface's antelopev2.zip, non-commercial research only; unzip it and pass "
-                       "--antelopev2-model PATH or set FACESTUDIO_ANTELOPEV2_MODEL")
+                       "insightface's antelopev2, non-commercial research only: `facestudio download antelopev2 "
+                       "--accept-license insightface-noncommercial`, or pass --antelopev2-model PATH or set "
+                       "FACESTUDIO_ANTELOPEV2_MODEL")
 #: facexlib's BiSeNet face parser (MIT), a GitHub release rather than a hub file.
 BISENET = LocalFile("bisenet", "the BiSeNet face parser (parsing_bisenet.pth)", "--bisenet-model",
                     "FACESTUDIO_BISENET_MODEL", "~/.cache/facestudio/parsing_bisenet.pth",
@@ -146,6 +155,12 @@ class Preset:
             (None: the base model's spacing).
         encoder_files: further hub files the identity encoder reads, each with what it is.
         local_files: files the user supplies (`LocalFile`), checked with the rest.
+        face_pack: the insightface model pack whose recogniser it reads (`downloads.PACKS`); by default
+            `buffalo_l` for `recognizer="arcface"`, else none.
+
+    `facestudio download` (`downloads.needs_of`) reads what a preset needs from these fields: `base_model`,
+    every `HubFile` field, every `*encoder` hub path, `speed` (a speed model's name), every `(HubFile, what)` of `encoder_files` and `face_pack`; fields
+    named `style_*` only with a style image. A new field of one of these kinds is downloaded with no other code.
     """
 
     name: str
@@ -176,6 +191,11 @@ class Preset:
     speed: str = ""
     distilled_guidance_scale: float | None = None
     start_step: int = 0
+    face_pack: str | None = None
+
+    def __post_init__(self):
+        if self.face_pack is None:
+            object.__setattr__(self, "face_pack", "buffalo_l" if self.recognizer == "arcface" else "")
 
 
 def _flux_preset(name: str, description: str, base: str, licence: str, non_commercial: bool, steps: int,
@@ -184,7 +204,7 @@ def _flux_preset(name: str, description: str, base: str, licence: str, non_comme
     return Preset(name, description, base, PULID_FLUX, "pulid-flux", "", "", licence, non_commercial,
                   style_adapter=None, style_blocks=None, flux=True, steps=steps, text_guidance_scale=1.0,
                   reference_guidance_scale=1.0, distilled_guidance_scale=distilled_guidance_scale,
-                  encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET))
+                  encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET), face_pack="antelopev2")
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -216,7 +236,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            f"{_PULID_LICENCE}; {_LIGHTNING_LICENCE}; {_SDXL_LICENCE}", True, sdxl=True, style_adapter=None,
            style_blocks=STYLE_BLOCKS_SDXL, steps=4, text_guidance_scale=1.2, reference_guidance_scale=1.2,
            unet=SDXL_LIGHTNING_4STEP_UNET, scheduler="euler", timestep_spacing="trailing",
-           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET)),
+           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET), face_pack="antelopev2"),
     # v1.1 on a non-distilled SDXL, as its demo runs Juggernaut-XL: DPM++ 2M Karras, 25 steps, CFG 7.
     Preset("pulid-sdxl-base", "PuLID v1.1 on SDXL base 1.0: 25 steps at guidance 7, for community SDXL models "
            "(--base-model)",
@@ -224,7 +244,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            f"{_PULID_LICENCE}; {_SDXL_LICENCE}", True, sdxl=True, style_adapter=None, style_blocks=STYLE_BLOCKS_SDXL,
            steps=25,
            text_guidance_scale=7.0, reference_guidance_scale=7.0, scheduler="dpmpp-2m-karras",
-           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET)),
+           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET), face_pack="antelopev2"),
     _flux_preset("pulid-flux-dev", "PuLID-FLUX v0.9.1 on FLUX.1-dev: 20 steps, distilled guidance 4, 1024 px "
                  "(non-commercial base)", "black-forest-labs/FLUX.1-dev", _FLUX_DEV_LICENCE, True, 20, 4.0),
     _flux_preset("pulid-flux-schnell", "PuLID-FLUX v0.9.1 on FLUX.1-schnell: 4 steps, 1024 px (Apache-2.0 base)",
@@ -244,79 +264,117 @@ def arcface_model_path(given: str | os.PathLike | None = None) -> Path:
     return Path(given or os.environ.get(ARCFACE_ENV) or DEFAULT_ARCFACE_MODEL).expanduser()
 
 
+def preset_needs(preset: Preset, *, base_model: str | None = None, with_style: bool = False,
+                 arcface_model: str | os.PathLike | None = None, speed: str | None = None,
+                 speed_weights: str | os.PathLike | None = None, local_files: dict | None = None):
+    """`(hub needs, insightface packs)` of a run of `preset` (`downloads.needs_of`, arguments as `missing_files`'s);
+    a face model file named by the user (`arcface_model`, `$FACESTUDIO_ARCFACE_MODEL`, or the pack's
+    `LocalFile`) replaces the pack, and a speed model's local file its hub file."""
+    from .downloads import needs_of
+
+    speed = preset.speed if speed is None else "" if speed == "none" else speed
+    needs, packs = needs_of(preset, base_model=base_model, with_style=with_style,
+                            speed="" if speed_weights is not None else speed)
+    named = [f for f in preset.local_files if f.key == preset.face_pack and _user_path(f, local_files)]
+    if named or (preset.recognizer == "arcface" and (arcface_model or os.environ.get(ARCFACE_ENV))):
+        packs = []
+    return needs, packs
+
+
 def missing_files(preset: Preset, *, base_model: str | None = None, with_style: bool = False,
                   arcface_model: str | os.PathLike | None = None, speed: str | None = None,
                   speed_weights: str | os.PathLike | None = None, local_files: dict | None = None) -> list[str]:
-    """What the preset needs that is not here, each with how to get it; empty when all can be had.
-    `speed`: the speed model asked for (None: the preset's own, "" or "none": none); `speed_weights`: its
-    local file instead of the hub's. `local_files` gives the paths of the preset's `LocalFile`s by key (else
-    their environment variables or defaults)."""
+    """What the preset needs that is not on this machine (judged from the caches, without the network), each
+    with what it is. `speed`: the speed model asked for (None: the preset's own, "" or "none": none);
+    `speed_weights`: its local file instead of the hub's. `local_files` gives the paths of the preset's
+    `LocalFile`s by key (else their environment variables or defaults); one that an insightface pack of the
+    preset holds is fetched with the pack unless the user names it."""
+    from .downloads import missing_offline
+
     missing = []
     for f in preset.local_files:
+        if f.key == preset.face_pack and not _user_path(f, local_files):
+            continue  # in the pack (missing_offline names it)
         path = f.path((local_files or {}).get(f.key))
         if not (path.is_file() or (path.is_dir() and any(path.iterdir()))):
             missing.append(f"{f.what} {path} ({f.how})")
-    if preset.recognizer == "arcface":
+    if preset.recognizer == "arcface" and (arcface_model or os.environ.get(ARCFACE_ENV)):
         path = arcface_model_path(arcface_model)
         if not path.is_file():
-            missing.append(f"the ArcFace model {path} (insightface buffalo_l's w600k_r50.onnx, non-commercial; "
-                           f"unzip buffalo_l.zip from insightface's model zoo and pass --arcface-model PATH or set "
-                           f"{ARCFACE_ENV})")
-    # (a file that shows the thing is in the cache, what it is, the command that fetches all of it)
-    needed = [(f, "adapter", f"hf download {f.repo} {_path(f)}") for f in (preset.adapter,)]
-    if preset.unet is not None:
-        needed.append((preset.unet, "UNet", f"hf download {preset.unet.repo} {_path(preset.unet)}"))
-    needed += [(f, what, f"hf download {f.repo} {_path(f)}") for f, what in preset.encoder_files]
-    base = base_model or preset.base_model
-    if not Path(base).expanduser().is_dir():
-        needed.append((HubFile(base, "model_index.json"), "base model", f"hf download {base}"))
-    encoders = {preset.image_encoder} if preset.image_encoder else set()
-    if with_style and preset.style_adapter is not None:
-        f = preset.style_adapter
-        needed.append((f, "style adapter", f"hf download {f.repo} {_path(f)}"))
-        encoders.add(preset.style_encoder)
-    for encoder in sorted(encoders):
-        if not Path(encoder).expanduser().is_dir():
-            from .guidance.style import split_hub_path
+            missing.append(f"the ArcFace model {path} (insightface buffalo_l's w600k_r50.onnx; `facestudio download "
+                           f"buffalo_l --accept-license insightface-noncommercial` puts it in "
+                           f"{DEFAULT_ARCFACE_MODEL})")
+    needs, packs = preset_needs(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model,
+                                speed=speed, speed_weights=speed_weights, local_files=local_files)
+    return missing + missing_offline(needs, packs)
 
-            repo, subfolder = split_hub_path(encoder)
-            include = f" --include '{subfolder}/*'" if subfolder else ""
-            needed.append((HubFile(repo, "config.json", subfolder), "image encoder", f"hf download {repo}{include}"))
-    speed = preset.speed if speed is None else "" if speed == "none" else speed
-    needed += _speed_needs(speed, speed_weights)
-    return missing + _absent(needed)
+
+def _user_path(f: LocalFile, local_files: dict | None) -> bool:
+    """Whether the user named `f`'s path (an option or its environment variable)."""
+    return bool((local_files or {}).get(f.key) or os.environ.get(f.env))
+
+
+def download_command(preset: Preset, *, base_model: str | None = None, with_style: bool = False, **kwargs) -> str:
+    """The one command that fetches what `missing_files` lists (`kwargs`: the rest of its arguments)."""
+    from .downloads import INSIGHTFACE_LICENSE
+
+    _, packs = preset_needs(preset, base_model=base_model, with_style=with_style, **kwargs)
+    names = [preset.name] + ([base_model] if base_model and base_model != preset.base_model
+                             and not Path(base_model).expanduser().exists() else [])
+    speed = kwargs.get("speed")
+    if speed not in (None, "", "none", preset.speed) and kwargs.get("speed_weights") is None:
+        names.append(speed)
+    return (f"facestudio download {' '.join(names)}" + ("" if with_style else " --no-style")
+            + (f" --accept-license {INSIGHTFACE_LICENSE}" if packs else ""))
 
 
 def check_speed_available(speed: str, weights: str | os.PathLike | None = None) -> None:
     """Raise one `ModelFileError` when the speed model's file is neither at `weights`, cached nor reachable."""
-    missing = _absent(_speed_needs(speed, weights))
-    if missing:
-        raise ModelFileError(f"speed model {speed} cannot load; missing:\n  - " + "\n  - ".join(missing))
+    from .downloads import missing_offline, needs_of_name
 
-
-def _speed_needs(speed: str, weights) -> list[tuple[HubFile, str, str]]:
-    if not speed or weights is not None:  # a local file is checked when it loads
-        return []
-    from .sampling.speed import get_speed_model
-
-    f = get_speed_model(speed).file
-    return [(f, f"speed model {speed}", f"hf download {f.repo} {_path(f)}")]
-
-
-def _absent(needed: list[tuple[HubFile, str, str]]) -> list[str]:
-    """The entries of `needed` (file, what, command) neither cached nor reachable, each with how to get it."""
-    absent = [(f, what, command) for f, what, command in needed if not _cached(f)]
-    if absent and not _hub_reachable():
-        return [f"{what} {f.repo} (offline, and {_path(f)} is not in the model hub cache); where you have a "
-                f"connection: {command}" for f, what, command in absent]
-    return []
+    if weights is not None:  # a local file is checked when it loads
+        return
+    missing = missing_offline(*needs_of_name(speed))
+    if missing and not _hub_reachable():
+        raise ModelFileError(f"speed model {speed} cannot load; offline, and missing:\n  - " + "\n  - ".join(missing)
+                             + f"\nwhere you have a connection, run: facestudio download {speed}")
 
 
 def check_available(preset: Preset, **kwargs) -> None:
-    """Raise one `ModelFileError` naming everything `missing_files` finds."""
+    """Raise one `ModelFileError` naming everything `missing_files` finds and the command that fetches it."""
     missing = missing_files(preset, **kwargs)
     if missing:
-        raise ModelFileError(f"preset {preset.name} cannot load; missing:\n  - " + "\n  - ".join(missing))
+        raise ModelFileError(f"preset {preset.name} cannot load; missing:\n  - " + "\n  - ".join(missing)
+                             + f"\nfetch them with: {download_command(preset, **kwargs)}")
+
+
+def ensure_available(preset: Preset, *, download: bool | None, accepted: set[str] = frozenset(), **kwargs) -> None:
+    """Everything `preset` needs is here, or fetched now with the user's consent: `download=True` (a flag),
+    else a prompt on a terminal; `None` off a terminal, or `False`, stops with the command to run. Offline,
+    one error names what is missing and the one command that fetches it where there is a connection."""
+    import sys
+
+    from . import downloads
+
+    missing = missing_files(preset, **kwargs)
+    if not missing:
+        return
+    command = download_command(preset, **kwargs)
+    listed = "\n  - " + "\n  - ".join(missing)
+    if not _hub_reachable():
+        raise ModelFileError(f"offline, and preset {preset.name} needs files that are not here:{listed}\n"
+                             f"where you have a connection, run: {command}")
+    if download is None and sys.stdin.isatty() and sys.stderr.isatty():
+        print(f"preset {preset.name} needs files that are not here yet:{listed}", file=sys.stderr)
+        download = input("Download them now? [y/N] ").strip().lower() in ("y", "yes")
+    if not download:
+        raise ModelFileError(f"preset {preset.name} needs files that are not downloaded yet:{listed}\n"
+                             f"run: {command} (or pass --download to fetch them now)")
+    needs, packs = preset_needs(preset, **kwargs)
+    downloads.accept_licences(packs, set(accepted))
+    result = downloads.plan(needs, packs)
+    downloads.describe(result)
+    downloads.fetch(result)
 
 
 def show_licence(preset: Preset) -> None:
@@ -335,12 +393,15 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
                          with_style: bool = False, arcface_model: str | os.PathLike | None = None,
                          speed: str | None = None, speed_weights: str | os.PathLike | None = None,
                          pulid_mode: str | None = None, local_files: dict | None = None,
-                         pulid_sizes: str = "published", **memory):
+                         pulid_sizes: str = "published", download: bool | None = True,
+                         accept_license: tuple[str, ...] = (), **memory):
     """A `FaceStudioPipeline` with the preset's base model (its UNet and sampler) and adapters (and its style
     adapter if asked), and a speed model (`speed`; None: the preset's own, "none": none) from the hub or
     `speed_weights`; `pulid_mode` is a PuLID preset's mode (`guidance.kinds.pulid.MODES`, default fidelity).
     For a FLUX preset, a `FaceStudioFluxPipeline` with PuLID-FLUX (`memory`: `sequential_offload`, `quantize`,
-    see `models_flux.enable_flux_memory_modes`)."""
+    see `models_flux.enable_flux_memory_modes`). Files not here yet are fetched first (`ensure_available`:
+    `download=False` stops with the command that fetches them; insightface's face models need their licence in
+    `accept_license`)."""
     from .faces import FaceAnalyzer
     from .guidance.public_identity import PublicIdentityConfig
     from .guidance.style import StyleAdapterConfig
@@ -349,8 +410,9 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     from .pipeline_xl import FaceStudioXLPipeline
 
     preset = get_preset(name)
-    check_available(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model, speed=speed,
-                    speed_weights=speed_weights, local_files=local_files)
+    ensure_available(preset, download=download, accepted=set(accept_license), base_model=base_model,
+                     with_style=with_style, arcface_model=arcface_model, speed=speed, speed_weights=speed_weights,
+                     local_files=local_files)
     show_licence(preset)
     if preset.flux:
         return _load_flux_preset(preset, base_model=base_model, device=device, cpu_offload=cpu_offload,
@@ -361,7 +423,10 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
 
         face_analyzer = FaceAnalyzer(recognizer=ArcFaceRecognizer(arcface_model_path(arcface_model)))
     pipeline_class = FaceStudioXLPipeline if preset.sdxl else FaceStudioPipeline
-    pipe = load_base_pipeline(base_model or preset.base_model, pipeline_class, device=device)
+    base = base_model or preset.base_model
+    # checked above to be in the cache: diffusers loads it from there without asking the hub again
+    hub_base = not Path(base).expanduser().exists()
+    pipe = load_base_pipeline(base, pipeline_class, device=device, local_files_only=True if hub_base else None)
     if preset.unet is not None:
         _load_unet_weights(pipe, preset.unet)
     if preset.scheduler != DEFAULT_SCHEDULER or preset.timestep_spacing:
@@ -424,7 +489,7 @@ def _download(hub_file: HubFile) -> str:
     from .models import hub_offline
 
     try:
-        return hf_hub_download(hub_file.repo, _path(hub_file), local_files_only=hub_offline())
+        return hf_hub_download(hub_file.repo, hub_file.path, local_files_only=hub_offline())
     except (OSError, ValueError) as error:
         raise ModelFileError(f"could not fetch {hub_file}: {first_line(error)}") from error
 
@@ -478,26 +543,15 @@ def _file(hub_file: HubFile) -> tuple[str, str, str | None]:
     return hub_file.repo, hub_file.filename, hub_file.subfolder
 
 
-def _path(hub_file: HubFile) -> str:
-    return "/".join(p for p in (hub_file.subfolder, hub_file.filename) if p)
-
-
-def _cached(hub_file: HubFile) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(hub_file.repo, _path(hub_file)), str)
-
-
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether huggingface.co answers on its HTTPS port (never when HF_HUB_OFFLINE is set)."""
-    from .models import hub_offline
-
-    if hub_offline():
+    """Whether the model hub (huggingface.co or `HF_ENDPOINT`) answers on its port (never when HF_HUB_OFFLINE
+    is set; read here, not from models.py, so that no torch import comes before the answer)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
         return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0]
-    host, _, port = endpoint.partition(":")
+    scheme, _, rest = os.environ.get("HF_ENDPOINT", "https://huggingface.co").partition("://")
+    host, _, port = rest.split("/")[0].partition(":")
     try:
-        with socket.create_connection((host, int(port or 443)), timeout=timeout):
+        with socket.create_connection((host, int(port or (80 if scheme == "http" else 443))), timeout=timeout):
             return True
     except OSError:
         return False

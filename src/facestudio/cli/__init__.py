@@ -6,6 +6,7 @@
     facestudio mix A B --ratio R --base-model MODEL --adapter A [--prompt TEXT] ...
     facestudio generate --preset NAME --prompt TEXT --identity PHOTO ...   (public weights by name)
     facestudio convert FILE.bin [--output FILE.safetensors]
+    facestudio download PRESET|NAME... [--accept-license insightface-noncommercial]   (model files, once)
     facestudio prepare DATA_DIR OUT [--resolution 512]
     facestudio train CACHE --output DIR [--base-model MODEL --image-encoder MODEL] [--resume latest] ...
     facestudio serve [--base-model MODEL --adapter A | --preset NAME] [--host 127.0.0.1] [--port 7860]
@@ -14,7 +15,7 @@
 Input errors (unreadable image, no face, ambiguous face, missing model, bad settings) and the file system's
 refusals (full or read-only disk, a folder in a file's place) print one line naming the problem and exit with
 status 2; `--debug` shows the traceback of anything unexpected, and the libraries' warnings. One module per
-group of commands: `faces.py` (faces, compare), `generate.py` (generate, mix), `convert.py`, `training.py`
+group of commands: `faces.py` (faces, compare), `generate.py` (generate, mix), `convert.py`, `download.py`, `training.py`
 (prepare, train), `serve.py`, `evaluate.py` (eval); `output.py` keeps a failed run from leaving empty folders.
 """
 
@@ -57,7 +58,7 @@ def require_extra(extra: str, command: str, modules: tuple[str, ...]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import convert, evaluate, faces, generate, serve, training
+    from . import convert, download, evaluate, faces, generate, serve, training
 
     parser = argparse.ArgumentParser(prog="facestudio", description="Identity-preserving image generation.")
     parser.add_argument("--version", action="version", version=f"facestudio {__version__}")
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     faces.add_commands(commands)
     generate.add_commands(commands)
     convert.add_commands(commands)
+    download.add_commands(commands)
     training.add_commands(commands)
     serve.add_commands(commands)
     evaluate.add_commands(commands)

@@ -49,20 +49,20 @@ def add_commands(commands) -> None:
     generate.add_argument("--identity", action="append", default=[], metavar="PHOTO[,PHOTO...]",
                           help="one person: a photo, or several comma-separated photos of the same person "
                                "(pooled). Repeat for each person")
-    generate.add_argument("--face", action="append", type=int, default=[], metavar="N",
-                          help="which face of that person's photos to use (0 is the largest), one per "
-                               "--identity in order, or one for all; needed when a photo shows several "
-                               "faces of similar size")
+    generate.add_argument("--face", action="append", default=[], metavar="N[,N...]",
+                          help="which face of that person's photos to use (0 is the largest): one per "
+                               "--identity in order (comma-separated, or the option repeated), or one for all; "
+                               "needed when a photo shows several faces of similar size")
     generate.add_argument("--region", action="append", default=[], metavar="x0,y0,x1,y1",
                           help="box in output pixels where person i goes, in --identity order (at most one "
                                "per identity; default: the whole image for one person, else left-to-right "
                                "strips)")
-    generate.add_argument("--strength", action="append", type=float, default=[], metavar="S",
-                          help="identity strength per person in --identity order, or one for all "
-                               "(default 1.0; 0 turns a person off)")
-    generate.add_argument("--mix", metavar="W1,W2,...",
-                          help="blend all identities into one face with these weights (one per --identity, "
-                               "summing to 1)")
+    generate.add_argument("--strength", action="append", default=[], metavar="S[,S...]",
+                          help="identity strength per person in --identity order (comma-separated, or the "
+                               "option repeated), or one for all (default 1.0; 0 turns a person off)")
+    generate.add_argument("--mix", action="append", metavar="W1,W2,...",
+                          help="blend all identities into one face with these weights, one per --identity in "
+                               "order (comma-separated, or the option repeated), summing to 1")
     generate.add_argument("--style", metavar="IMAGE", help="an image whose look to follow (needs a style adapter)")
     generate.add_argument("--style-strength", type=float, default=1.0, metavar="S",
                           help="how strongly --style acts (default 1.0)")
@@ -89,9 +89,9 @@ def add_commands(commands) -> None:
                      help="B's share of the blend, from 0 (all A) to 1 (all B); A gets 1-R (default 0.5)")
     mix.add_argument("--prompt", default=MIX_PROMPT, help=f"what to draw (default {MIX_PROMPT!r})")
     mix.add_argument("--negative-prompt", metavar="TEXT", help="what to avoid (default: the preset's; '' for none)")
-    mix.add_argument("--face", action="append", type=int, default=[], metavar="N",
-                     help="which face of the photos to use (0 is the largest): once for both, or once for A "
-                          "and once for B")
+    mix.add_argument("--face", action="append", default=[], metavar="N[,N]",
+                     help="which face of the photos to use (0 is the largest): one for both, or one for A and "
+                          "one for B (comma-separated, or the option repeated)")
     mix.add_argument("--strength", type=float, default=1.0, metavar="S", help="identity strength (default 1.0)")
     _add_generation_options(mix, style=False)
     mix.set_defaults(run=run_mix)
@@ -130,6 +130,7 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
     models.add_argument("--arcface-model", metavar="FILE",
                         help="insightface buffalo_l's w600k_r50.onnx, for the FaceID presets (default: "
                              "$FACESTUDIO_ARCFACE_MODEL, else ~/.insightface/models/buffalo_l/w600k_r50.onnx)")
+    add_download_options(models)
     models.add_argument("--adapter", metavar="FOLDER|tiny",
                         help="identity adapter folder (FOLDER/identity as written by save_adapters, or a folder "
                              "holding facestudio_adapter.json); 'tiny': an untrained adapter, for smoke tests "
@@ -197,7 +198,7 @@ _IMAGE_NAME = re.compile(r"^(\d{3,})-seed\d+\.png$")
 
 
 def run_generate(args) -> int:
-    mix = None if args.mix is None else _numbers(args.mix, "--mix", float)
+    mix = None if args.mix is None else _listed(args.mix, "--mix", float)
     return _run_generation(args, mix, command="generate")
 
 
@@ -213,6 +214,7 @@ def run_speed_models(args) -> int:
 def run_mix(args) -> int:
     if not (math.isfinite(args.ratio) and 0.0 <= args.ratio <= 1.0):
         raise FaceStudioError(f"--ratio {args.ratio}: B's share must be between 0 and 1")
+    args.face = _listed(args.face, "--face", int)
     if len(args.face) > 2:
         raise FaceStudioError(f"{len(args.face)} --face values for 2 people: give one for both, or one for A "
                               "and one for B")
@@ -225,16 +227,29 @@ def run_mix(args) -> int:
 
 def _run_generation(args, mix: list[float] | None, command: str) -> int:
     """Check everything, encode the faces, then load the models and write the images one by one."""
-    quiet_libraries(args.debug)
     from ..imaging import load_image
 
     preset = _preset_defaults(args)
 
-    # 1. Settings, then files: everything a user can get wrong fails here, before any model loads
+    # 1. Settings, then files: everything a user can get wrong fails here, before any model loads (and
+    #    before torch, diffusers or transformers is imported: a mistake costs a second, not twenty)
     settings = _check_settings(args, mix)
     people = settings.identities
     output = _check_output_folder(args.output)
     _check_room(args, output, settings.width, settings.height)
+    for person in people:
+        for photo in person.photos:
+            load_image(photo, min_side=MIN_IMAGE_SIDE, name=photo)
+    style = None if args.style is None else load_image(args.style, name=args.style)
+    scene = None if args.scene is None else load_image(args.scene, min_side=MIN_IMAGE_SIDE, name=args.scene)
+    if preset is not None:  # its faces are encoded after loading; found now. Its files fetched now if agreed.
+        from ..presets import ensure_available
+
+        _find_faces(people)
+        ensure_available(preset, download=args.download, accepted=set(args.accept_license),
+                         base_model=args.base_model, with_style=style is not None, arcface_model=args.arcface_model,
+                         speed=args.speed or "none", speed_weights=args.speed_weights, local_files=_local_files(args))
+    quiet_libraries(args.debug)
     if args.device is not None:
         from ..models import choose_device
 
@@ -245,21 +260,11 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
         check_speed_available(args.speed, args.speed_weights)
     adapter = _identity_adapter(args) if people and preset is None else None
     style_adapter = _style_adapter(args) if preset is None else None
-    style = None if args.style is None else load_image(args.style, name=args.style)
-    scene = None if args.scene is None else load_image(args.scene, min_side=MIN_IMAGE_SIDE, name=args.scene)
 
-    # 2. Faces -> identities (no face, or several without --face, stops here). A preset's encoders come with
-    #    its models, so there the faces are only found now and encoded after loading.
+    # 2. Faces -> identities (no face, or several without --face, stops here); a preset's after loading
     analyzer = None
     identities = []
-    if preset is not None:
-        from ..presets import check_available
-
-        check_available(preset, base_model=args.base_model, with_style=style is not None,
-                        arcface_model=args.arcface_model, speed=args.speed or "none",
-                        speed_weights=args.speed_weights, local_files=_local_files(args))
-        _find_faces(people)
-    elif people:
+    if preset is None and people:
         from ..faces import FaceAnalyzer
         from ..guidance import identity as idg
 
@@ -304,6 +309,18 @@ def _local_files(args) -> dict:
     """The user-supplied model files the command line names, by `presets.LocalFile` key."""
     return {key: value for key, value in (("antelopev2", args.antelopev2_model), ("bisenet", args.bisenet_model))
             if value}
+
+
+def add_download_options(group) -> None:
+    """`--download` / `--no-download` and `--accept-license`: first-use downloading of a preset's files."""
+    from ..downloads import INSIGHTFACE_LICENSE
+
+    group.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                       help="fetch the preset's missing model files first (default: ask on a terminal, else stop "
+                            "with the `facestudio download` command to run)")
+    group.add_argument("--accept-license", action="append", default=[], metavar=INSIGHTFACE_LICENSE,
+                       choices=[INSIGHTFACE_LICENSE],
+                       help="accept insightface's non-commercial licence, for fetching its face models")
 
 
 def _preset_defaults(args):
@@ -364,8 +381,8 @@ def _check_settings(args, mix) -> GenerationSettings:
     count = len(specs)
     if mix is not None and all(math.isfinite(w) and w >= 0 for w in mix) and abs(sum(mix) - 1.0) <= 1e-3:
         mix = [w / sum(mix) for w in mix]  # typed weights such as thirds, made exact
-    faces = _per_person(args.face, count, "--face")
-    strengths = _per_person(args.strength, count, "--strength", default=1.0)
+    faces = _per_person(_listed(args.face, "--face", int), count, "--face")
+    strengths = _per_person(_listed(args.strength, "--strength", float), count, "--strength", default=1.0)
     slots = 1 if mix is not None else count
     if len(args.region) > slots:
         raise FaceStudioError(f"{len(args.region)} --region boxes for {slots} {'mixed face' if mix else 'identity'}"
@@ -426,6 +443,13 @@ def _numbers(text: str, option: str, kind):
     except ValueError:
         raise FaceStudioError(f"{option} {text!r}: expected comma-separated {'integers' if kind is int else 'numbers'}"
                               ) from None
+
+
+def _listed(values: list, option: str, kind) -> list:
+    """Per-person values given as comma lists, repeated options, or both (`--strength 1,0.8` is
+    `--strength 1 --strength 0.8`), in order; numbers already parsed (from `mix`) pass through."""
+    return [v for value in values for v in ([value] if isinstance(value, (int, float)) else
+                                             _numbers(value, option, kind))]
 
 
 def _per_person(values: list, count: int, option: str, default=None) -> list:

@@ -59,6 +59,9 @@ def add_commands(commands) -> None:
                              "or 'tiny' (TAESD: fast on a CPU, a little less detail; implies --previews)")
     models.add_argument("--tiny-decoder", metavar="FOLDER|HUB_ID",
                         help="the AutoencoderTiny to use (default madebyollin/taesd, or taesdxl for SDXL)")
+    from .generate import add_download_options
+
+    add_download_options(models)
     models.add_argument("--device", choices=("cpu", "cuda", "mps"),
                         help="where to run (default: CUDA, else MPS, else the CPU)")
     models.add_argument("--cpu-offload", action="store_true", help="keep each model on the CPU until it runs")
@@ -155,6 +158,12 @@ def run_serve(args) -> int:
     data = DataFolder(data_dir, max_jobs=args.keep_jobs)
     listener = _listen(args.host, args.port)
 
+    if args.preset is not None:  # a preset's missing files are fetched now, if the user agrees
+        from ..presets import ensure_available, get_preset
+
+        ensure_available(get_preset(args.preset), download=args.download, accepted=set(args.accept_license),
+                         base_model=args.base_model, with_style=True, arcface_model=args.arcface_model,
+                         speed=args.speed, speed_weights=args.speed_weights)
     logger.info("loading models")
     pipe = load_generation_pipeline(args.base_model, adapter=args.adapter, style_adapter=args.style_adapter,
                                     preset=args.preset, device=args.device, cpu_offload=args.cpu_offload,

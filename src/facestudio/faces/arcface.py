@@ -4,9 +4,11 @@ IP-Adapter-FaceID and PhotoMaker v2 were trained on this network's 512-d embeddi
 L2-normalised `normed_embedding`). Any other network, even another ArcFace ResNet, embeds faces in a different
 space, so a FaceID checkpoint needs this exact file.
 
-**The model file.** facestudio never downloads or bundles it. It is `w600k_r50.onnx` inside insightface's
-`buffalo_l.zip` (model zoo: https://github.com/deepinsight/insightface/tree/master/python-package); if insightface
-has run on the machine it is usually at `~/.insightface/models/buffalo_l/w600k_r50.onnx`. insightface's code
+**The model file.** facestudio never bundles it, and downloads it only when the user accepts its licence
+(`facestudio download buffalo_l --accept-license insightface-noncommercial`, `downloads.py`). It is
+`w600k_r50.onnx` inside insightface's `buffalo_l.zip` (model zoo:
+https://github.com/deepinsight/insightface/tree/master/python-package), unpacked where insightface itself puts
+it, `~/.insightface/models/buffalo_l/w600k_r50.onnx`. insightface's code
 is MIT, but its pretrained models are for **non-commercial research only**. For other uses, insightface says
 to contact `recognition-oss-pack@insightface.ai`.
 
@@ -57,10 +59,9 @@ MXNET_NORMALIZATION = (0.0, 1.0)
 INPUT_SIZE = 112
 EMBEDDING_SIZE = 512
 
-_MODEL_HELP = ("facestudio never downloads or bundles it: get buffalo_l's w600k_r50.onnx from insightface's "
-               "model zoo (buffalo_l.zip, https://github.com/deepinsight/insightface/tree/master/python-package; "
-               "non-commercial research licence) and pass its local path. If insightface has run here, look in "
-               "~/.insightface/models/buffalo_l/")
+_MODEL_HELP = ("fetch buffalo_l (insightface's non-commercial research licence) with `facestudio download buffalo_l "
+               "--accept-license insightface-noncommercial`, which puts it in ~/.insightface/models/buffalo_l/, or "
+               "pass the local path of its w600k_r50.onnx")
 
 
 class ArcFaceRecognizer:

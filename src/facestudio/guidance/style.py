@@ -13,6 +13,7 @@ import torch
 from diffusers.models.embeddings import ImageProjection
 from PIL import Image
 
+from ..downloads import split_hub_path
 from ..errors import ModelFileError, first_line
 from .layout import AdapterConfig, init_ip_layers
 
@@ -155,16 +156,6 @@ def acting_layers(unet, block_scales: dict) -> list[str]:
     names = [name for name in unet.attn_processors if name.endswith("attn2.processor")]
     return [name for name in names
             if any(name.startswith(prefix) and value != 0 for prefix, value in expanded.items())]
-
-
-def split_hub_path(name: str) -> tuple[str, str | None]:
-    """`"owner/repo/sub/folder"` -> `("owner/repo", "sub/folder")`; a local folder or a plain id is kept whole."""
-    from pathlib import Path
-
-    parts = name.split("/")
-    if Path(name).expanduser().exists() or len(parts) <= 2:
-        return name, None
-    return "/".join(parts[:2]), "/".join(parts[2:])
 
 
 def style_tokens(projection: ImageProjection, embedding: torch.Tensor) -> torch.Tensor:

@@ -188,7 +188,7 @@ def _delete(pipe, kept) -> None:
 def _source(model: SpeedModel, weights) -> tuple[str, str]:
     """`(folder or hub id, file name)` for `load_lora_weights`."""
     if weights is None:
-        return model.file.repo, "/".join(p for p in (model.file.subfolder, model.file.filename) if p)
+        return model.file.repo, model.file.path
     path = Path(weights).expanduser()
     if path.is_dir():
         return str(path), model.file.filename

@@ -134,12 +134,13 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
                               "who agreed to it; every image made carries an AI-generated label.")
     app.state.queue, app.state.data, app.state.jobs = queue, data, jobs
     _add_error_handlers(app)
+    _state_limits_in_schema(app, max_count=max_count, max_side=max_side)
 
     # ------------------------------------------------------------------ page and models
 
     static = Path(str(resources.files("facestudio.server") / "static"))
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page():
         return FileResponse(static / "index.html", headers=_PAGE_HEADERS)
 
@@ -476,6 +477,25 @@ def _problem(request, status: int, message: str, kind: str, headers=None, detail
     body = a1111_responses.error_body(kind, message, detail) if a1111_responses.is_a1111(request.url.path) else \
         {"error": message}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _state_limits_in_schema(app: FastAPI, *, max_count: int, max_side: int) -> None:
+    """/openapi.json states this server's limits (the ones /v1/models reports and a request is held to), not
+    only the request model's outer bounds."""
+    generate_schema = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate_schema()
+            fields = schema["components"]["schemas"]["GenerationRequest"]["properties"]
+            fields["count"]["maximum"] = max_count
+            for side in ("width", "height"):
+                for option in fields[side].get("anyOf", [fields[side]]):
+                    if option.get("type") == "integer":
+                        option["maximum"] = min(option.get("maximum", max_side), max_side)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _add_error_handlers(app: FastAPI) -> None:

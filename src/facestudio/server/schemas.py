@@ -64,7 +64,8 @@ class GenerationRequest(_Strict):
     seed: Optional[int] = Field(None, ge=0, le=2**53 - 1, description="image i uses seed+i; default: random")
     width: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)
     height: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8)
-    count: int = Field(1, ge=1, le=16, description="how many images")
+    count: int = Field(1, ge=1, description="how many images; at most this server's `max_count` (/v1/models), "
+                                            "which the served /openapi.json states as the maximum")
     scheduler: Optional[Literal[tuple(SCHEDULERS)]] = Field(
         None, description="the sampler by name; default: euler-a (Euler ancestral), or the speed model's")
     speed: Optional[str] = Field(None, max_length=64,
