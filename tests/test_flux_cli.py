@@ -6,6 +6,7 @@ Without them, offline: one message and exit 2."""
 
 from __future__ import annotations
 
+
 import sys
 from pathlib import Path
 
@@ -149,10 +150,16 @@ def test_serve_preset_loads_flux_and_the_api_generates(empty_hub, tmp_path):
                      base_model="black-forest-labs/FLUX.1-schnell")
     with BackgroundServer(app) as running, httpx.Client(base_url=running.url, timeout=60) as client:
         assert client.get("/v1/models").json()["adapters"][0]["kind"] == "identity"
-        job = client.post("/v1/generations", json={"prompt": "a lighthouse", "width": 64, "height": 48,
-                                                    "text_guidance_scale": 1.0}).json()
+        # no scale given: the preset's (1, no true CFG on FLUX), as the CLI takes it, not SD's 7.5
+        job = client.post("/v1/generations", json={"prompt": "a lighthouse", "width": 64, "height": 48}).json()
         deadline = time.monotonic() + 60
         while (status := client.get(f"/v1/generations/{job['id']}").json())["state"] in ("queued", "running"):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert status["state"] == "done", status
+        from facestudio.imaging import read_png_metadata
+
+        png = client.get(status["images"][0]["url"]).content
+        (tmp_path / "0.png").write_bytes(png)
+        written = read_png_metadata(tmp_path / "0.png")
+        assert (written["text_guidance_scale"], written["steps"]) == (1.0, 2)

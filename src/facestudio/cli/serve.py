@@ -89,9 +89,9 @@ def add_commands(commands) -> None:
                         help="largest request body (default 20)")
     server.add_argument("--max-side", type=int, default=1024, metavar="PX",
                         help="largest image side a job may ask for (default 1024)")
-    server.add_argument("--default-steps", type=int, default=DEFAULT_STEPS, metavar="N",
-                        help=f"denoising steps when a job gives none (default {DEFAULT_STEPS}; with --speed its "
-                             "steps)")
+    server.add_argument("--default-steps", type=int, metavar="N",
+                        help=f"denoising steps when a job gives none (default: the --speed model's, else the "
+                             f"preset's, else {DEFAULT_STEPS})")
     server.add_argument("--upload-workers", type=int, default=2, metavar="N",
                         help="uploads decoded at once; 16 more may wait, others get 429 (default 2)")
     server.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
@@ -113,7 +113,8 @@ def is_loopback(host: str) -> bool:
 def run_serve(args) -> int:
     for name, value, low in (("--port", args.port, 0), ("--queue-size", args.queue_size, 1),
                              ("--workers", args.workers, 1), ("--keep-jobs", args.keep_jobs, 1),
-                             ("--max-side", args.max_side, 64), ("--default-steps", args.default_steps, 1),
+                             ("--max-side", args.max_side, 64),
+                             ("--default-steps", 1 if args.default_steps is None else args.default_steps, 1),
                              ("--upload-workers", args.upload_workers, 1)):
         if value < low:
             raise FaceStudioError(f"{name} {value}: must be at least {low}")

@@ -72,7 +72,7 @@ _ERRORS = {400: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Prob
 def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token: str | None = None,
                job_timeout: float | None = 600.0, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, max_side: int = 1024, max_count: int = 8,
-               default_steps: int = DEFAULT_STEPS, max_jobs: int = 200, base_model: str = "(given pipeline)",
+               default_steps: int | None = None, max_jobs: int = 200, base_model: str = "(given pipeline)",
                allowed_hosts=None, upload_workers: int = 2, upload_waiting: int = 16, a1111: bool = False) -> FastAPI:
     """The app serving `pipe` (a loaded `FaceStudioPipeline`) from the data folder `data_dir`.
 
@@ -85,7 +85,9 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
         token (`str`, *optional*): required as a bearer token on every `/v1/` request.
         job_timeout (`float`, *optional*): seconds a job may run before it stops (None: no limit).
         max_upload_bytes (`int`): largest request body; max_upload_pixels (`int`): largest uploaded image.
-        max_side (`int`), max_count (`int`), default_steps (`int`): this server's generation limits.
+        max_side (`int`), max_count (`int`): this server's generation limits.
+        default_steps (`int`, *optional*): steps of a job that gives none (default: the loaded speed model's,
+            else the preset's, else the general default).
         max_jobs (`int`, defaults to 200): finished jobs (and uploaded images) kept on disk.
         base_model (`str`): the base model's name, reported by /v1/models and written into image metadata.
         allowed_hosts: Host names accepted without a token besides the loopback names.
@@ -102,6 +104,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     upload_pool = UploadPool(upload_workers, upload_waiting)
     model = _model_info(pipe, base_model)
     defaults = generation.defaults_of(pipe)  # what the loaded models say a request leaves out
+    default_steps = default_steps or defaults["steps"] or DEFAULT_STEPS
     jobs: collections.OrderedDict[str, Job] = _past_jobs(data)  # the gallery survives a restart
     jobs_lock = threading.Lock()
     identities_lock = threading.Lock()  # checking for a same identity or name, then writing
@@ -150,7 +153,7 @@ def create_app(pipe, data_dir, *, queue_size: int = 16, workers: int = 1, token:
     def models():
         return {**model, "workers": queue.workers, "queue_size": queue.max_queued, "max_side": max_side,
                 "default_side": pipe.default_side,
-                "max_count": max_count, "default_steps": defaults["steps"] or default_steps,
+                "max_count": max_count, "default_steps": default_steps,
                 "regions": available_choices(), "schedulers": list(SCHEDULERS), "speed": defaults["speed"] or None,
                 "negative_prompt": defaults["negative_prompt"], "shortcut_scale": pipe.shortcut_scale(),
                 "preview": getattr(pipe, "tiny_vae", None) is not None,

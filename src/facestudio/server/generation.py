@@ -148,12 +148,22 @@ def checked(pipe, settings: GenerationSettings, front: str, *, max_side: int, ma
 
 
 def defaults_of(pipe) -> dict:
-    """What a request leaves out, from the loaded models: the speed model's sampler, steps and scale, the
-    preset's negative prompt."""
+    """What a request leaves out, from the loaded models as the CLI takes them: the speed model's sampler,
+    steps and scale, else the preset's (a FLUX preset's scale 1 and distilled guidance, PuLID-Lightning's Euler
+    trailing in 4 steps), else the general defaults; the preset's negative prompt."""
     speed, preset = loaded_speed_model(pipe), getattr(pipe, "preset", None)
-    return {"scheduler": speed.scheduler if speed else DEFAULT_SCHEDULER,
-            "text_guidance_scale": speed.guidance_scale if speed else DEFAULT_TEXT_SCALE,
-            "steps": speed.steps if speed else None, "speed": speed.name if speed else "",
+    if speed is not None:
+        scheduler, steps, text_scale, reference_scale = speed.scheduler, speed.steps, speed.guidance_scale, \
+            speed.guidance_scale
+    elif preset is not None:
+        scheduler, steps, text_scale, reference_scale = preset.scheduler, preset.steps, preset.text_guidance_scale, \
+            preset.reference_guidance_scale
+    else:
+        scheduler, steps, text_scale, reference_scale = DEFAULT_SCHEDULER, None, DEFAULT_TEXT_SCALE, None
+    return {"scheduler": scheduler, "text_guidance_scale": text_scale, "reference_guidance_scale": reference_scale,
+            "steps": steps, "speed": speed.name if speed else "",
+            "distilled_guidance_scale": getattr(preset, "distilled_guidance_scale", None),
+            "start_step": getattr(preset, "start_step", 0),
             "negative_prompt": preset.negative_prompt if preset is not None else None,
             "decoder": getattr(pipe, "default_decoder", "full")}
 
@@ -161,20 +171,23 @@ def defaults_of(pipe) -> dict:
 def settings_of(request: GenerationRequest, people: list[IdentityInput], data: DataFolder,
                 default_steps: int, defaults: dict | None = None) -> GenerationSettings:
     """The request as `GenerationSettings` (its images as their stored files, unresolved size), what it leaves
-    out from `defaults` (`defaults_of`)."""
+    out from `default_steps` (the server's) and `defaults` (`defaults_of`)."""
     defaults = defaults or {}
     negative = request.negative_prompt if request.negative_prompt is not None else defaults.get("negative_prompt")
     text_scale = request.text_guidance_scale if request.text_guidance_scale is not None else \
         defaults.get("text_guidance_scale", DEFAULT_TEXT_SCALE)
+    # the preset's reference scale only with its text scale (a request's own text scale also sets the reference's)
+    reference_scale = request.reference_guidance_scale if request.reference_guidance_scale is not None else \
+        None if request.text_guidance_scale is not None else defaults.get("reference_guidance_scale")
     return GenerationSettings(
         request.prompt, negative or None, tuple(people), request.mix,
         style_image=None if request.style_image is None else data.image_path(request.style_image),
         style_strength=request.style_strength,
         scene_image=None if request.scene_image is None else data.image_path(request.scene_image),
         scene_faces=request.scene_faces, regions=request.regions, text_guidance_scale=text_scale,
-        reference_guidance_scale=request.reference_guidance_scale,
-        reference_guidance_start=request.reference_guidance_start,
-        num_inference_steps=request.steps or defaults.get("steps") or default_steps, width=request.width,
+        reference_guidance_scale=reference_scale, reference_guidance_start=request.reference_guidance_start,
+        distilled_guidance_scale=defaults.get("distilled_guidance_scale"), start_step=defaults.get("start_step", 0),
+        num_inference_steps=request.steps or default_steps, width=request.width,
         height=request.height, seed=request.seed, count=request.count,
         scheduler=request.scheduler or defaults.get("scheduler", DEFAULT_SCHEDULER),
         speed=request.speed if request.speed is not None else defaults.get("speed", ""),

@@ -124,7 +124,7 @@ def plan_txt2img(pipe, request: Txt2ImgRequest, limits: UploadLimits, *, max_sid
         style_strength=style_units[0].weight if style_units else 1.0, scene_image=scene,
         scene_faces=extras.scene_faces, regions=extras.regions, text_guidance_scale=request.cfg_scale,
         reference_guidance_scale=extras.reference_scale,
-        num_inference_steps=request.steps or defaults["steps"] or default_steps,
+        num_inference_steps=request.steps or default_steps,
         width=request.width, height=request.height, seed=None if request.seed == -1 else request.seed,
         count=request.batch_size * request.n_iter, scheduler=report.sampler, speed=defaults["speed"])
     settings = checked(pipe, settings, "a1111", max_side=max_side, max_count=max_count, scene=scene_size)
