@@ -19,7 +19,8 @@ import pytest
 
 from facestudio import downloads
 from facestudio.presets import PRESETS, HubFile
-from support.hub_server import INSIGHTFACE_RELEASE_PATH, HubRepo, facestudio_hub, insightface_sha256_env
+from support.hub_server import (FACEXLIB_RELEASE_PATH, INSIGHTFACE_RELEASE_PATH, HubRepo, facestudio_hub,
+                                insightface_sha256_env)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a .peft_config. attribute:UserWarning")
 
@@ -156,6 +157,19 @@ def test_an_interrupted_pack_download_resumes(env, hub):
     assert (models / "buffalo_l" / "w600k_r50.onnx").is_file() and not (models / "buffalo_l.zip.part").exists()
 
 
+def test_bisenet_comes_from_facexlibs_release_without_a_licence_prompt(env, hub):
+    from facestudio.guidance.pulid.parsing import load_parser
+
+    run = facestudio(env, "download", "bisenet")
+    assert run.returncode == 0, run.stderr
+    assert "facexlib bisenet" in run.stderr and "licence: MIT" in run.stderr
+    path = Path(env["HOME"]) / ".cache" / "facestudio" / "parsing_bisenet.pth"
+    assert path.read_bytes() == hub.static[f"{FACEXLIB_RELEASE_PATH}/parsing_bisenet.pth"]
+    load_parser(path)  # the downloaded file is facexlib's layout
+    again = facestudio(env, "download", "bisenet")
+    assert again.returncode == 0 and hub.downloads().count(f"{FACEXLIB_RELEASE_PATH}/parsing_bisenet.pth") == 1
+
+
 def test_offline_one_message_with_the_one_command(env, faces_dir, tmp_path):
     offline = {**env, "HF_HUB_OFFLINE": "1"}
     run = facestudio(offline, "generate", "--preset", PRESET, "--prompt", "x", "--identity",
@@ -212,11 +226,12 @@ def test_the_pulid_and_flux_presets_need_their_unet_encoder_files_and_antelopev2
     paths = {(n.repo, n.path): n.what for n in needs}
     assert paths[("ByteDance/SDXL-Lightning", "sdxl_lightning_4step_unet.safetensors")] == "unet"
     assert paths[("QuanSun/EVA-CLIP", "EVA02_CLIP_L_336_psz14_s6B.pt")] == "EVA-CLIP image encoder"
-    assert paths[("guozinan/PuLID", "pulid_v1.bin")] == "adapter" and [p.name for p in packs] == ["antelopev2"]
+    assert paths[("guozinan/PuLID", "pulid_v1.bin")] == "adapter" and [p.name for p in packs] == ["antelopev2", "bisenet"]
     flux = {(n.repo, n.kind) for n in downloads.needs_of(PRESETS["pulid-flux-schnell"])[0]}
     assert ("black-forest-labs/FLUX.1-schnell", "pipeline") in flux and ("QuanSun/EVA-CLIP", "file") in flux
     # a named antelopev2 file replaces the pack; a speed model asked for adds its file, its local file does not
-    assert not preset_needs(PRESETS["pulid-sdxl"], local_files={"antelopev2": "/x/glintr100.onnx"})[1]
+    named = preset_needs(PRESETS["pulid-sdxl"], local_files={"antelopev2": "/x/glintr100.onnx"})[1]
+    assert [p.name for p in named] == ["bisenet"]
     lcm = ("latent-consistency/lcm-lora-sdv1-5", "pytorch_lora_weights.safetensors")
     asked = {(n.repo, n.path) for n in preset_needs(PRESETS[PRESET], speed="lcm-sd15")[0]}
     local = {(n.repo, n.path) for n in preset_needs(PRESETS[PRESET], speed="lcm-sd15", speed_weights="/x.safetensors")[0]}

@@ -49,7 +49,7 @@ def test_offline_without_the_files_fails_fast_with_one_message(empty_hub, faces_
                    "QuanSun/EVA-CLIP/EVA02_CLIP_L_336_psz14_s6B.pt", "glintr100.onnx",
                    "run: facestudio download pulid-sdxl",
                    "--antelopev2-model", "non-commercial", "parsing_bisenet.pth",
-                   "releases/download/v0.2.0/parsing_bisenet.pth"):
+                   "facestudio download bisenet"):
         assert needed in err
     assert not out.exists()
     assert not any("Lightning" in line for line in missing_files(PRESETS["pulid-sdxl-base"]))

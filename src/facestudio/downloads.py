@@ -11,7 +11,8 @@ without code here:
   transformers model folder (its `*.json` and its one weights file);
 * `speed` (when the preset names a speed model): the `HubFile` fields of that catalogue entry;
 * `face_pack`: an insightface model pack (`buffalo_l`, `antelopev2`), fetched from insightface's published
-  address only once its non-commercial licence is accepted.
+  address only once its non-commercial licence is accepted;
+* every `local_files` entry whose key names a release file of `PACKS` (antelopev2, facexlib's `bisenet`).
 
 Fields whose name starts with `style_` are only needed with a style image. Hub files go through
 huggingface_hub (its cache, its per-file progress bar, `HF_ENDPOINT`, `HF_HUB_OFFLINE`); every file is checked
@@ -45,6 +46,9 @@ INSIGHTFACE_URL = "https://github.com/deepinsight/insightface/releases/download/
 INSIGHTFACE_URL_ENV = "FACESTUDIO_INSIGHTFACE_URL"
 #: `name=sha256,...`: the zips' hashes, for a mirror whose zips are not the published ones (tests).
 INSIGHTFACE_SHA256_ENV = "FACESTUDIO_INSIGHTFACE_SHA256"
+#: Where facexlib publishes BiSeNet (the face parser PuLID reads); `FACESTUDIO_FACEXLIB_URL` replaces it.
+FACEXLIB_URL = "https://github.com/xinntao/facexlib/releases/download/v0.2.0"
+FACEXLIB_URL_ENV = "FACESTUDIO_FACEXLIB_URL"
 
 #: Licences of the repositories the presets use, where the model card's tag says less than the terms.
 KNOWN_LICENCES = {
@@ -57,20 +61,30 @@ KNOWN_LICENCES = {
 
 @dataclass(frozen=True)
 class Pack:
-    """An insightface model pack: a zip of ONNX files, unpacked into `~/.insightface/models/<name>/`."""
+    """A model from a release address rather than the model hub: an insightface pack (a zip of ONNX files,
+    unpacked into `~/.insightface/models/<name>/`, fetched only once its licence is accepted) or one file
+    (facexlib's BiSeNet, put where its `presets.LocalFile` looks by default)."""
 
     name: str
-    size: int
-    sha256: str
+    size: int  # as published (shown before downloading)
+    sha256: str  # of the zip or file; "" where the publisher states none (then checked for completeness)
     main_file: str  # the file facestudio reads
+    archive: bool = True
+    folder_template: str = "~/.insightface/models/{name}"
+    base_url: str = INSIGHTFACE_URL
+    url_env: str = INSIGHTFACE_URL_ENV
+    licence: str = INSIGHTFACE_LICENSE  # what --accept-license must name first; "" for none
+    licence_text: str = "non-commercial research only"
+    publisher: str = "insightface"
 
     @property
     def folder(self) -> Path:
-        return Path("~/.insightface/models").expanduser() / self.name
+        return Path(self.folder_template.format(name=self.name)).expanduser()
 
     @property
     def url(self) -> str:
-        return f"{os.environ.get(INSIGHTFACE_URL_ENV, INSIGHTFACE_URL).rstrip('/')}/{self.name}.zip"
+        return f"{os.environ.get(self.url_env, self.base_url).rstrip('/')}/" \
+               f"{self.name + '.zip' if self.archive else self.main_file}"
 
     @property
     def expected_sha256(self) -> str:
@@ -81,10 +95,13 @@ class Pack:
         return (self.folder / self.main_file).is_file()
 
 
-#: The packs, with the size and sha256 of the published zips (github.com/deepinsight/insightface, release v0.7).
+#: The release files, with the size and sha256 of the published zips (github.com/deepinsight/insightface,
+#: release v0.7) and facexlib's BiSeNet (release v0.2.0, which states no hash).
 PACKS = {p.name: p for p in (
     Pack("buffalo_l", 288_621_354, "80ffe37d8a5940d59a7384c201a2a38d4741f2f3c51eef46ebb28218a7b0ca2f", "w600k_r50.onnx"),
     Pack("antelopev2", 360_662_982, "8e182f14fc6e80b3bfa375b33eb6cff7ee05d8ef7633e738d1c89021dcf0c5c5", "glintr100.onnx"),
+    Pack("bisenet", 53_289_463, "", "parsing_bisenet.pth", archive=False, folder_template="~/.cache/facestudio",
+         base_url=FACEXLIB_URL, url_env=FACEXLIB_URL_ENV, licence="", licence_text="MIT", publisher="facexlib"),
 )}
 
 
@@ -161,11 +178,12 @@ def needs_of(preset, *, base_model: str | None = None, with_style: bool = True,
     pack = getattr(preset, "face_pack", "")
     if pack:
         packs.append(PACKS[pack])
-    return list(dict.fromkeys(needs)), packs
+    packs += [PACKS[f.key] for f in getattr(preset, "local_files", ()) if f.key in PACKS]
+    return list(dict.fromkeys(needs)), list(dict.fromkeys(packs))
 
 
 def needs_of_name(name: str, *, with_style: bool = True) -> tuple[list[Need], list[Pack]]:
-    """`facestudio download NAME`: a preset, a speed model, an insightface pack or a pipeline's hub id."""
+    """`facestudio download NAME`: a preset, a speed model, a release file (`PACKS`) or a pipeline's hub id."""
     from .presets import PRESETS
 
     if name in PRESETS:
@@ -312,7 +330,9 @@ def _licence(repo: str, info) -> str:
 
 
 def accept_licences(packs: list[Pack], accepted: set[str], *, interactive: bool | None = None) -> None:
-    """Stop unless insightface's non-commercial licence is accepted (by flag, or at a prompt on a terminal)."""
+    """Stop unless insightface's non-commercial licence is accepted (by flag, or at a prompt on a terminal)
+    when an insightface pack is among `packs`."""
+    packs = [p for p in packs if p.licence]
     if not packs or INSIGHTFACE_LICENSE in accepted:
         return
     names = ", ".join(p.name for p in packs)
@@ -342,9 +362,9 @@ def describe(result: Plan, out=sys.stderr) -> tuple[int, int]:
         here = pack.present()
         total += pack.size
         missing += 0 if here else pack.size
-        print(f"insightface {pack.name} ({pack.url}; licence: non-commercial research only)", file=out)
-        print(f"  {pack.name + '.zip':<52} {human_size(pack.size):>9}  {'unpacked' if here else 'face models'}",
-              file=out)
+        print(f"{pack.publisher} {pack.name} ({pack.url}; licence: {pack.licence_text})", file=out)
+        shown = pack.name + ".zip" if pack.archive else pack.main_file
+        print(f"  {shown:<52} {human_size(pack.size):>9}  {'here' if here else 'face models'}", file=out)
     print(f"{human_size(total)} in all, {human_size(missing)} to download", file=out)
     return total, missing
 
@@ -413,16 +433,20 @@ def _progress_bar():
 
 
 def fetch_pack(pack: Pack, out=sys.stderr) -> Path:
-    """Download `pack`'s zip (resuming a `.part` left by an interrupted run), check its sha256, unpack it."""
+    """Download `pack` (resuming a `.part` left by an interrupted run), check its sha256 (or, where none is
+    published, that every byte the server announced came), then unpack the zip or move the file into place."""
     import urllib.error
     import urllib.request
 
     from tqdm import tqdm
 
     pack.folder.parent.mkdir(parents=True, exist_ok=True)
-    part = pack.folder.parent / f"{pack.name}.zip.part"
+    target = pack.folder / pack.main_file
+    part = pack.folder.parent / f"{pack.name}.zip.part" if pack.archive else target.with_name(target.name + ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
-    print(f"insightface {pack.name}: {pack.url}", file=out)
+    total = None
+    print(f"{pack.publisher} {pack.name}: {pack.url}", file=out)
     request = urllib.request.Request(pack.url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # follows GitHub's redirect
@@ -430,28 +454,41 @@ def fetch_pack(pack: Pack, out=sys.stderr) -> Path:
                 have = 0  # the server sent the whole file
             total = have + int(response.headers.get("Content-Length", 0)) or None
             with part.open("ab" if have else "wb") as f, tqdm(
-                    total=total, initial=have, unit="B", unit_scale=True, desc=f"{pack.name}.zip", file=out,
-                    mininterval=0.5) as bar:
+                    total=total, initial=have, unit="B", unit_scale=True, desc=part.name.removesuffix(".part"),
+                    file=out, mininterval=0.5) as bar:
                 while chunk := response.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
     except urllib.error.HTTPError as e:
         if e.code != 416:  # 416: the part is already whole
-            raise ModelFileError(f"insightface {pack.name}: could not download {pack.url} (HTTP {e.code})") from None
+            raise ModelFileError(f"{pack.publisher} {pack.name}: could not download {pack.url} (HTTP {e.code})") \
+                from None
     except (urllib.error.URLError, OSError) as e:
-        raise ModelFileError(f"insightface {pack.name}: could not download {pack.url} ({getattr(e, 'reason', e)}); "
-                             "run the command again to resume") from None
-    digest = hashlib.sha256()
-    with part.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != pack.expected_sha256:
+        raise ModelFileError(f"{pack.publisher} {pack.name}: could not download {pack.url} "
+                             f"({getattr(e, 'reason', e)}); run the command again to resume") from None
+    _check_release_file(pack, part, total)
+    if pack.archive:
+        _unpack(part, pack)
         part.unlink()
-        raise ModelFileError(f"insightface {pack.name}.zip: damaged download (sha256 {digest.hexdigest()}, expected "
-                             f"{pack.expected_sha256}); removed it, run the command again")
-    _unpack(part, pack)
-    part.unlink()
+    else:
+        part.replace(target)
     return pack.folder
+
+
+def _check_release_file(pack: Pack, part: Path, total: int | None) -> None:
+    """The sha256 of the whole download, or its length where no hash is published; a damaged file is removed."""
+    if pack.expected_sha256:
+        digest = hashlib.sha256()
+        with part.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        actual, expected, what = digest.hexdigest(), pack.expected_sha256, "sha256"
+    else:
+        actual, expected, what = part.stat().st_size, total or part.stat().st_size, "size"
+    if actual != expected:
+        part.unlink()
+        raise ModelFileError(f"{pack.publisher} {part.name.removesuffix('.part')}: damaged download ({what} {actual}, "
+                             f"expected {expected}); removed it, run the command again")
 
 
 def _unpack(archive: Path, pack: Pack) -> None:
@@ -507,7 +544,7 @@ def missing_offline(needs: list[Need], packs: list[Pack]) -> list[str]:
                 ok = _folder_complete(Path(index).parent)
         if not ok:
             missing.append(f"{need.what}: {need.repo}" + (f"/{need.path}" if need.path else ""))
-    missing += [f"insightface {p.name} ({p.folder / p.main_file})" for p in packs if not p.present()]
+    missing += [f"{p.publisher} {p.name} ({p.folder / p.main_file})" for p in packs if not p.present()]
     return missing
 
 

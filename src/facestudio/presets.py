@@ -110,11 +110,11 @@ ANTELOPEV2 = LocalFile("antelopev2", "the antelopev2 face recogniser (glintr100.
                        "insightface's antelopev2, non-commercial research only: `facestudio download antelopev2 "
                        "--accept-license insightface-noncommercial`, or pass --antelopev2-model PATH or set "
                        "FACESTUDIO_ANTELOPEV2_MODEL")
-#: facexlib's BiSeNet face parser (MIT), a GitHub release rather than a hub file.
+#: facexlib's BiSeNet face parser (MIT), a GitHub release rather than a hub file (`downloads.PACKS`).
 BISENET = LocalFile("bisenet", "the BiSeNet face parser (parsing_bisenet.pth)", "--bisenet-model",
                     "FACESTUDIO_BISENET_MODEL", "~/.cache/facestudio/parsing_bisenet.pth",
-                    "where you have a connection: curl -L --create-dirs -o ~/.cache/facestudio/parsing_bisenet.pth "
-                    "https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth")
+                    "facexlib's release v0.2.0, MIT: `facestudio download bisenet`, or pass --bisenet-model PATH "
+                    "or set FACESTUDIO_BISENET_MODEL")
 
 #: SDXL-Lightning's 4-step distilled UNet (Lin et al. 2024), the base of PuLID's own demo and benchmark.
 SDXL_LIGHTNING_4STEP_UNET = HubFile("ByteDance/SDXL-Lightning", "sdxl_lightning_4step_unet.safetensors")
@@ -275,10 +275,10 @@ def preset_needs(preset: Preset, *, base_model: str | None = None, with_style: b
     speed = preset.speed if speed is None else "" if speed == "none" else speed
     needs, packs = needs_of(preset, base_model=base_model, with_style=with_style,
                             speed="" if speed_weights is not None else speed)
-    named = [f for f in preset.local_files if f.key == preset.face_pack and _user_path(f, local_files)]
-    if named or (preset.recognizer == "arcface" and (arcface_model or os.environ.get(ARCFACE_ENV))):
-        packs = []
-    return needs, packs
+    named = {f.key for f in preset.local_files if _user_path(f, local_files)}
+    if preset.recognizer == "arcface" and (arcface_model or os.environ.get(ARCFACE_ENV)):
+        named.add(preset.face_pack)
+    return needs, [p for p in packs if p.name not in named]
 
 
 def missing_files(preset: Preset, *, base_model: str | None = None, with_style: bool = False,
@@ -287,14 +287,14 @@ def missing_files(preset: Preset, *, base_model: str | None = None, with_style: 
     """What the preset needs that is not on this machine (judged from the caches, without the network), each
     with what it is. `speed`: the speed model asked for (None: the preset's own, "" or "none": none);
     `speed_weights`: its local file instead of the hub's. `local_files` gives the paths of the preset's
-    `LocalFile`s by key (else their environment variables or defaults); one that an insightface pack of the
-    preset holds is fetched with the pack unless the user names it."""
-    from .downloads import missing_offline
+    `LocalFile`s by key (else their environment variables or defaults); one that `facestudio download` fetches
+    (`downloads.PACKS`) is looked for where it puts it, unless the user names it."""
+    from .downloads import PACKS, missing_offline
 
     missing = []
     for f in preset.local_files:
-        if f.key == preset.face_pack and not _user_path(f, local_files):
-            continue  # in the pack (missing_offline names it)
+        if f.key in PACKS and not _user_path(f, local_files):
+            continue  # a release file (missing_offline names it)
         path = f.path((local_files or {}).get(f.key))
         if not (path.is_file() or (path.is_dir() and any(path.iterdir()))):
             missing.append(f"{f.what} {path} ({f.how})")
@@ -325,7 +325,7 @@ def download_command(preset: Preset, *, base_model: str | None = None, with_styl
     if speed not in (None, "", "none", preset.speed) and kwargs.get("speed_weights") is None:
         names.append(speed)
     return (f"facestudio download {' '.join(names)}" + ("" if with_style else " --no-style")
-            + (f" --accept-license {INSIGHTFACE_LICENSE}" if packs else ""))
+            + (f" --accept-license {INSIGHTFACE_LICENSE}" if any(p.licence for p in packs) else ""))
 
 
 def check_speed_available(speed: str, weights: str | os.PathLike | None = None) -> None:

@@ -23,7 +23,8 @@ Faults for tests: `corrupt` (serve other bytes of the same length than the liste
 `facestudio_hub()` fills one with tiny checkpoints built from facestudio's tiny models, saved in the real
 layouts under the real repository ids and file names of the SD 1.5 presets (plus decoys a preset must not
 fetch: the single-file checkpoints, `.bin` and fp16 copies, the safety checker), and the insightface
-`buffalo_l.zip` (a tiny ArcFace ONNX network with buffalo_l's inputs and outputs as `w600k_r50.onnx`).
+`buffalo_l.zip` (a tiny ArcFace ONNX network with buffalo_l's inputs and outputs as `w600k_r50.onnx`) and
+facexlib's `parsing_bisenet.pth` (random weights).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx", ".zip",
 
 #: The path insightface publishes its model packs under (github.com/deepinsight/insightface/releases).
 INSIGHTFACE_RELEASE_PATH = "/deepinsight/insightface/releases/download/v0.7"
+#: The path facexlib publishes BiSeNet under (github.com/xinntao/facexlib/releases).
+FACEXLIB_RELEASE_PATH = "/xinntao/facexlib/releases/download/v0.2.0"
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -128,6 +131,7 @@ class HubServer:
     def env(self) -> dict[str, str]:
         """Environment variables that point huggingface_hub and facestudio's insightface download here."""
         return {"HF_ENDPOINT": self.url, "FACESTUDIO_INSIGHTFACE_URL": self.url + INSIGHTFACE_RELEASE_PATH,
+                "FACESTUDIO_FACEXLIB_URL": self.url + FACEXLIB_RELEASE_PATH,
                 "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
     # -- what a request gets --------------------------------------------------------------------------------
@@ -444,7 +448,22 @@ def facestudio_hub(work: Path) -> HubServer:
     for repo in ip_adapter_repos(work):
         hub.add(repo)
     hub.static[f"{INSIGHTFACE_RELEASE_PATH}/buffalo_l.zip"] = buffalo_l_zip(work)
+    hub.static[f"{FACEXLIB_RELEASE_PATH}/parsing_bisenet.pth"] = bisenet_file()
     return hub
+
+
+def bisenet_file() -> bytes:
+    """facexlib's parsing_bisenet.pth in its layout (the network's state dict), random weights."""
+    import io
+
+    import torch
+
+    from facestudio.guidance.pulid.parsing import BiSeNet
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save(BiSeNet().state_dict(), buffer)
+    return buffer.getvalue()
 
 
 def insightface_sha256_env(hub: HubServer) -> dict[str, str]:

@@ -16,10 +16,11 @@ def add_commands(commands) -> None:
         "download", help="fetch the model files of a preset (or a model) before first use",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Fetch only the files NAME needs into the model hub cache (huggingface_hub's, HF_HOME) and "
-                    "insightface's folder (~/.insightface/models): sizes and licences first, then a progress "
+                    "insightface's folder (~/.insightface/models; facexlib's BiSeNet in ~/.cache/facestudio): "
+                    "sizes and licences first, then a progress "
                     "bar per file; every file's hash is checked, and files already there are checked and kept "
                     "(run it again after an interruption: finished files stay).\n\n"
-                    f"NAME: a preset ({', '.join(PRESETS)}), an insightface pack ({', '.join(PACKS)}), a speed "
+                    f"NAME: a preset ({', '.join(PRESETS)}), a release file ({', '.join(PACKS)}: insightface's face models, facexlib's face parser), a speed "
                     "model, or a diffusers pipeline's hub id.",
         epilog=f"example: facestudio download faceid-plusv2-sd15 --accept-license {INSIGHTFACE_LICENSE}")
     download.add_argument("names", nargs="+", metavar="NAME")
