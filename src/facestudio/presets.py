@@ -462,26 +462,6 @@ def load_preset_pipeline(name: str, *, base_model: str | None = None, device: st
     return pipe
 
 
-def _flux_encoder(checkpoint: str, eva_clip: str, bisenet: str, antelopev2: str, sizes: str):
-    """PuLID's ID encoder for FLUX (`flux-v0.9.1`): the ID former from the checkpoint (every key checked), EVA-CLIP,
-    BiSeNet and antelopev2 from their files; at `sizes` `"tiny"`, the test widths with 2048-wide tokens."""
-    from dataclasses import replace
-
-    from .guidance.pulid import checkpoints, eva, parsing
-    from .guidance.pulid.antelope import AntelopeRecognizer
-    from .guidance.pulid.encoder import PuLIDEncoder, tiny_encoder_config
-
-    version = "flux-v0.9.1"
-    if sizes == "published":
-        id_config, eva_config = checkpoints.version(version).encoder, eva.EvaConfig()
-    else:
-        id_config, eva_config = replace(tiny_encoder_config(version), output_dim=2048), eva.TINY_EVA
-    state, _ = checkpoints.split_checkpoint(checkpoints.read_tensors(checkpoint), version, checkpoint)
-    id_encoder = checkpoints.load_id_encoder(state, version, id_config, source=checkpoint)
-    return PuLIDEncoder(version, id_encoder, eva.load_tower(eva_clip, eva_config), parsing.load_parser(bisenet),
-                        AntelopeRecognizer(antelopev2))
-
-
 def _download(hub_file: HubFile) -> str:
     """The local path of a hub file (from the cache; fetched first where the hub is reachable)."""
     from huggingface_hub import hf_hub_download
@@ -518,6 +498,7 @@ def _load_flux_preset(preset: Preset, *, base_model, device, cpu_offload, vae_ti
     import torch
 
     from .guidance.kinds.pulid_flux import PuLIDFluxConfig
+    from .guidance.pulid.encoder import PuLIDEncoder
     from .models import choose_device, load_base_pipeline
     from .models_flux import enable_flux_memory_modes
     from .pipeline_flux import FaceStudioFluxPipeline
@@ -528,8 +509,9 @@ def _load_flux_preset(preset: Preset, *, base_model, device, cpu_offload, vae_ti
     pipe = load_base_pipeline(base_model or preset.base_model, FaceStudioFluxPipeline, device="cpu", dtype=dtype)
     checkpoint = _download(preset.adapter)
     files = {f.key: str(f.path((local_files or {}).get(f.key))) for f in preset.local_files}
-    encoder = _flux_encoder(checkpoint, _download(EVA02_CLIP_L_336), files["bisenet"], files["antelopev2"],
-                            pulid_sizes)
+    # the ID former from the checkpoint's pulid_encoder.* (every key checked); at "tiny" 2048-wide test tokens
+    encoder = PuLIDEncoder.from_files("flux-v0.9.1", checkpoint, _download(EVA02_CLIP_L_336), files["bisenet"],
+                                      files["antelopev2"], sizes=pulid_sizes, width=2048)
     if device.type == "cuda":  # PuLID-FLUX runs its encoder in bf16 (BiSeNet stays float32)
         encoder.to(device, dtype)
     config = PuLIDFluxConfig() if pulid_sizes == "published" else PuLIDFluxConfig(heads=2, head_dim=16)

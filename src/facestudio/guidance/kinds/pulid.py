@@ -102,18 +102,10 @@ class PuLIDConfig(AdapterConfig):
             raise FaceStudioError(f"PuLID sizes must be 'published' or 'tiny', got {self.sizes!r}")
 
     def encoder_sizes(self):
-        """`(ID encoder config, EVA-CLIP config)` of `sizes`."""
-        from dataclasses import replace
+        """`(ID encoder config, EVA-CLIP config)` of `sizes` (ID tokens as wide as the UNet reads)."""
+        from ..pulid.encoder import encoder_sizes
 
-        from ..pulid import checkpoints, eva
-        from ..pulid.encoder import tiny_encoder_config
-        from ..pulid.idformer import IDFormerConfig
-
-        if self.sizes == "published":
-            return checkpoints.version(self.version).encoder, eva.EvaConfig()
-        config = tiny_encoder_config(self.version)
-        width = {"output_dim" if isinstance(config, IDFormerConfig) else "context_dim": self.cross_attention_dim}
-        return replace(config, **width), eva.TINY_EVA
+        return encoder_sizes(self.version, self.sizes, self.cross_attention_dim)
 
     @property
     def kind_name(self) -> str:
@@ -224,20 +216,13 @@ class PuLIDKind(AdapterKind):
     def _encoder_from(self, state: dict):
         """The ID encoder from the checkpoint (every key checked), with EVA-CLIP and BiSeNet from their files;
         None when those are not given (identities then come as ID tokens)."""
-        from ..pulid import checkpoints, eva, parsing
         from ..pulid.encoder import PuLIDEncoder
 
         if not (self.config.eva_clip and self.config.bisenet):
             return None
-        id_config, eva_config = self.config.encoder_sizes()
-        id_encoder = checkpoints.load_id_encoder(state, self.config.version, id_config, source="PuLID checkpoint")
-        recognizer = None
-        if self.config.antelopev2:
-            from ..pulid.antelope import AntelopeRecognizer
-
-            recognizer = AntelopeRecognizer(self.config.antelopev2)
-        return PuLIDEncoder(self.config.version, id_encoder, eva.load_tower(self.config.eva_clip, eva_config),
-                            parsing.load_parser(self.config.bisenet), recognizer)
+        return PuLIDEncoder.from_files(self.config.version, state, self.config.eva_clip, self.config.bisenet,
+                                       self.config.antelopev2 or None, sizes=self.config.sizes,
+                                       width=self.config.cross_attention_dim)
 
     def _check_encoder(self, encoder) -> None:
         if encoder.version.name != self.config.version:

@@ -32,7 +32,7 @@ the 512 px aligned faces and raw embeddings directly (what the oracle test compa
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -131,7 +131,8 @@ class PuLIDEncoder:
                    eva_clip: str | os.PathLike | Mapping[str, torch.Tensor],
                    bisenet: str | os.PathLike | Mapping[str, torch.Tensor],
                    antelopev2: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32) -> "PuLIDEncoder":
+                   dtype: torch.dtype = torch.float32, sizes: str = "published",
+                   width: int | None = None) -> "PuLIDEncoder":
         """An encoder from the published files, every key of each checked at load.
 
         Args:
@@ -142,6 +143,8 @@ class PuLIDEncoder:
             bisenet: `parsing_bisenet.pth` or its state dict.
             antelopev2: `glintr100.onnx` or its folder (None: no photos, only `features_from_aligned`).
             device, dtype: where the torch models run (PuLID runs SDXL's encoder in float32, FLUX's in bf16).
+            sizes, width: the networks' widths (`encoder_sizes`): `"published"`, or `"tiny"` (test checkpoints)
+                with ID tokens `width` wide.
 
         Raises:
             ModelFileError: a missing, unreadable or mis-shaped file, naming it and its keys.
@@ -152,8 +155,9 @@ class PuLIDEncoder:
             source = str(checkpoint)
         else:
             state, source = checkpoint, f"PuLID {v.name} encoder state"
-        id_encoder = checkpoints.load_id_encoder(state, v, source=source)
-        tower = eva.load_tower(eva_clip)
+        id_config, eva_config = encoder_sizes(v.name, sizes, width)
+        id_encoder = checkpoints.load_id_encoder(state, v, id_config, source=source)
+        tower = eva.load_tower(eva_clip, eva_config)
         parser = parsing.load_parser(bisenet)
         recognizer = AntelopeRecognizer(antelopev2) if antelopev2 is not None else None
         return cls(v, id_encoder, tower, parser, recognizer).to(device, dtype)
@@ -257,6 +261,17 @@ class PuLIDEncoder:
             raise ValueError(f"PuLID reads 1 to {MAX_PHOTOS} photos of a person, got {count}")
         if id_mix and self.version.joint_photos:
             raise ValueError(f"id_mix is PuLID v1's option; {self.version.name} reads several photos together")
+
+
+def encoder_sizes(pulid, sizes: str = "published", width: int | None = None):
+    """`(ID encoder config, EVA-CLIP config)` of a version: its published widths, or at `sizes="tiny"` the test
+    widths of `tiny_encoder_config` with ID tokens `width` wide (the UNet's or transformer's)."""
+    if sizes == "published":
+        return checkpoints.version(pulid).encoder, eva.EvaConfig()
+    config = tiny_encoder_config(pulid)
+    if width is not None:
+        config = replace(config, **{"output_dim" if isinstance(config, IDFormerConfig) else "context_dim": width})
+    return config, eva.TINY_EVA
 
 
 def tiny_encoder_config(pulid, tower: eva.EvaConfig = eva.TINY_EVA):
