@@ -30,6 +30,9 @@ from .output import png_bytes_bound, removed_if_left_empty
 
 logger = logging.getLogger(__name__)
 
+#: Every preset's files outside the model hub (`presets.LocalFile`), once each.
+LOCAL_FILES = tuple(dict.fromkeys(f for p in PRESETS.values() for f in p.local_files))
+
 
 def add_commands(commands) -> None:
     generate = commands.add_parser(
@@ -115,12 +118,9 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
     models.add_argument("--pulid-mode", choices=["fidelity", "extremely-style", "neutral"], metavar="MODE",
                         help="PuLID presets: fidelity (default), extremely-style (more prompt, less likeness) or "
                              "neutral (PuLID's plain ID attention)")
-    models.add_argument("--antelopev2-model", metavar="FILE",
-                        help="insightface antelopev2's glintr100.onnx (or its folder), for the PuLID presets "
-                             "(default: $FACESTUDIO_ANTELOPEV2_MODEL, else ~/.insightface/models/antelopev2/)")
-    models.add_argument("--bisenet-model", metavar="FILE",
-                        help="facexlib's parsing_bisenet.pth, for the PuLID presets (default: "
-                             "$FACESTUDIO_BISENET_MODEL, else ~/.cache/facestudio/parsing_bisenet.pth)")
+    for f in LOCAL_FILES:  # the presets' files outside the model hub, each with its option
+        models.add_argument(f.option, dest=f"{f.key}_model", metavar="FILE",
+                            help=f"{f.what}, for the presets that read it (default: ${f.env}, else {f.default})")
     models.add_argument("--pulid-sizes", choices=["published", "tiny"], default="published",
                         help="tiny: PuLID's encoder at test widths, for tiny checkpoints (smoke tests only)")
     models.add_argument("--base-model", metavar="tiny|FOLDER|HUB_ID",
@@ -306,9 +306,8 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
 
 
 def _local_files(args) -> dict:
-    """The user-supplied model files the command line names, by `presets.LocalFile` key."""
-    return {key: value for key, value in (("antelopev2", args.antelopev2_model), ("bisenet", args.bisenet_model))
-            if value}
+    """The model files the command line names, by `presets.LocalFile` key."""
+    return {f.key: getattr(args, f"{f.key}_model") for f in LOCAL_FILES if getattr(args, f"{f.key}_model")}
 
 
 def add_download_options(group) -> None:
