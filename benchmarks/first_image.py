@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from personalise import FACES, build_pipeline  # noqa: E402
+from personalise import FACES, build_pipeline, prepare_torch  # noqa: E402
 
 TARGET = 0.1
 
@@ -59,8 +59,6 @@ def main() -> int:
 
     import torch
     from diffusers import AutoencoderTiny
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
 
     from facestudio import FaceAnalyzer, load_image
     from facestudio.decoding import load_tiny_decoder
@@ -70,12 +68,7 @@ def main() -> int:
     from facestudio.models import tiny_autoencoder
     from facestudio.request import GenerationSettings, IdentityInput
 
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    threads = args.threads or (1 if args.device == "cpu" else None)
-    if threads:
-        torch.set_num_threads(threads)
-    dtype = torch.float16 if args.dtype == "fp16" else torch.float32
+    dtype = prepare_torch(args)
     size = 64 if args.tiny and args.size == 512 else args.size
     with stopwatch() as built:
         pipe = build_pipeline(args.tiny, args.device, dtype)

@@ -49,6 +49,21 @@ TARGET_RATIO = 100.0
 FACES = Path(os.environ.get("FACESTUDIO_TEST_FACES", Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"))
 
 
+def prepare_torch(args):
+    """The libraries quiet, torch's CPU threads set (`args.threads`, default 1 on the CPU), and the dtype of
+    `args.dtype`."""
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    threads = args.threads or (1 if args.device == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.float16 if args.dtype == "fp16" else torch.float32
+
+
 def build_pipeline(tiny: bool, device: str, dtype):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -91,8 +106,6 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
 
     from facestudio import FaceAnalyzer, load_image
     from facestudio.evaluation.baselines import DREAMBOOTH_LORA, DREAMBOOTH_LORA_PRIOR, TEXTUAL_INVERSION
@@ -101,12 +114,7 @@ def main() -> int:
     from facestudio.guidance import identity as idg
     from facestudio.request import GenerationSettings, IdentityInput
 
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    threads = args.threads or (1 if args.device == "cpu" else None)
-    if threads:
-        torch.set_num_threads(threads)
-    dtype = torch.float16 if args.dtype == "fp16" else torch.float32
+    dtype = prepare_torch(args)
     size = 64 if args.tiny and args.size == 256 else args.size
     print(f"models: {'tiny test models' if args.tiny else 'SD 1.5-shaped UNet + text encoder, random weights'}; "
           f"{args.device} {args.dtype}, {size}x{size} ({size // 8}x{size // 8} latents), {args.steps} steps, "

@@ -35,18 +35,23 @@ def stopwatch(device="cpu"):
 
 
 def timed_call(pipe, settings) -> tuple[object, dict[str, float]]:
-    """`pipe(settings)` (a `GenerationSettings`) and its split: encoding (prompt, identity tokens, latents: up to the first UNet call),
-    denoising (first UNet call to the VAE decoder) and decoding (the rest)."""
+    """`pipe(settings)` (a `GenerationSettings`) and its split: encoding (prompt, identity tokens, latents: up to
+    the first UNet call), denoising (first UNet call to the last decoder call: the VAE's, or the tiny decoder's,
+    whose earlier calls are step previews) and decoding (the rest)."""
     device = pipe.device
     marks = {}
 
-    def mark(name):
+    def mark(name, first: bool):
         def hook(module, args):
-            marks.setdefault(name, _now(device))
+            if first:
+                marks.setdefault(name, _now(device))
+            else:
+                marks[name] = _now(device)
         return hook
 
-    handles = [pipe.unet.register_forward_pre_hook(mark("unet")),
-               pipe.vae.decoder.register_forward_pre_hook(mark("decoder"))]
+    decoders = [pipe.vae.decoder] + ([pipe.tiny_vae.decoder] if getattr(pipe, "tiny_vae", None) is not None else [])
+    handles = [pipe.unet.register_forward_pre_hook(mark("unet", first=True))]
+    handles += [d.register_forward_pre_hook(mark("decoder", first=False)) for d in decoders]
     try:
         start = _now(device)
         output = pipe(settings)
