@@ -89,6 +89,15 @@ def launch_chromium(playwright, profile: Path, **options):
                                                          args=CHROMIUM_FLAGS, **options)
 
 
+def new_page(context, timeout_ms: int = 30_000):
+    """A page of the Playwright `context` that keeps its JavaScript errors in `page.errors`."""
+    page = context.new_page()
+    page.set_default_timeout(timeout_ms)
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    return page
+
+
 def run_in_threads(work, keys, repeats: int) -> dict:
     """Run `work(key)` `repeats` times in one thread per key, all at once; every result per key, in order.
 
@@ -211,3 +220,30 @@ def fill_disk(folder: Path, leave: int = 0, name: str = "filler") -> None:
         assert e.errno == errno.ENOSPC
     finally:
         os.close(fd)
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """An empty model hub cache, offline, and none of the user's model files (the ArcFace model unset, the
+    PuLID presets' antelopev2 and BiSeNet named at paths that do not exist)."""
+    for name in ("FACESTUDIO_ANTELOPEV2_MODEL", "FACESTUDIO_BISENET_MODEL"):
+        monkeypatch.setenv(name, str(tmp_path / "none" / name))
+    monkeypatch.delenv("FACESTUDIO_ARCFACE_MODEL", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    return tmp_path / "hub"
+
+
+def cache_file(hub: Path, repo: str, path: str, write) -> Path:
+    """Put a file (or, with path "", a folder) into huggingface_hub's cache layout (refs/main -> snapshots/...):
+    `write(target)` writes it."""
+    root = hub / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    target = root / "snapshots" / commit / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write(target)
+    return target

@@ -3,7 +3,6 @@ model and preset (negative prompt), and what /v1/models says about them."""
 
 from __future__ import annotations
 
-import time
 
 import httpx
 import pytest
@@ -20,6 +19,7 @@ from facestudio.models import tiny_components
 from facestudio.pipeline import FaceStudioPipeline, IdentityInput
 from facestudio.presets import PRESETS
 from facestudio.sampling.speed import SPEED_MODELS, load_speed_model
+from test_server_api import wait
 from test_speed import speed_lora
 
 pytest.importorskip("peft", minversion="0.17")
@@ -70,16 +70,6 @@ def test_a_shortcut_scale_without_a_shortcut_is_refused(tmp_path, arcface_analyz
 def test_every_preset_has_a_negative_prompt_default():
     assert all(isinstance(p.negative_prompt, str) and p.negative_prompt for p in PRESETS.values())
     assert all(p.speed == "" or p.speed in SPEED_MODELS for p in PRESETS.values())
-
-
-def wait(client, job_id, timeout=60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = client.get(f"/v1/generations/{job_id}").json()
-        if status["state"] not in ("queued", "running"):
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} still {status['state']}")
 
 
 def test_the_server_takes_its_defaults_from_the_speed_model_and_the_preset(tmp_path):

@@ -27,18 +27,6 @@ COMMIT = "0" * 40
 TINY_CA = PuLIDFluxConfig(heads=2, head_dim=16)
 
 
-@pytest.fixture
-def empty_hub(tmp_path, monkeypatch):
-    """An empty model hub cache, offline, and no user-supplied model files."""
-    for name in ("FACESTUDIO_ANTELOPEV2_MODEL", "FACESTUDIO_BISENET_MODEL"):
-        monkeypatch.setenv(name, str(tmp_path / "none" / name))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    return tmp_path / "hub"
-
-
 def _snapshot(hub, repo: str):
     root = hub / f"models--{repo.replace('/', '--')}"
     (root / "refs").mkdir(parents=True, exist_ok=True)

@@ -84,24 +84,33 @@ def test_reference_scale_zero_ignores_who_the_reference_is(pipe, people):
 def test_same_seed_same_image_and_batch_equals_singles(pipe, people):
     person = IdentityInput(identity=people[0])
     assert np.array_equal(run(pipe, person), run(pipe, person))
-    batch = pipe("a portrait photo", identities=[person], num_images_per_prompt=2, generator=[seed(5), seed(6)],
-                 output_type="np", **SIZE).images
-    assert np.abs(batch[0] - run(pipe, person, seed=5)[0]).max() < 1e-5
-    assert np.abs(batch[1] - run(pipe, person, seed=6)[0]).max() < 1e-5
+    check_batch_equals_singles(pipe, person, run)
 
 
 def test_two_threads_with_different_settings_match_running_alone(pipe, people):
     a, b = people
-    jobs = {
+    check_threads_match_alone(pipe, run, {
         "a": dict(identities=[IdentityInput(identity=a, strength=1.5)], reference_guidance_scale=3.0, seed=1),
         "ab": dict(identities=[IdentityInput(identity=a, region=(0, 0, 32, 64)),
                                IdentityInput(identity=b, region=(32, 0, 64, 64), strength=0.5)], seed=2),
-    }
-    alone = {k: run(pipe, *v["identities"], **{x: y for x, y in v.items() if x != "identities"}) for k, v in jobs.items()}
+    })
+
+
+def check_batch_equals_singles(pipe, person, run):
+    """Two images of one call equal the single calls with the same seeds (`run(pipe, *identities, **call)`)."""
+    batch = run(pipe, person, num_images_per_prompt=2, generator=[seed(5), seed(6)])
+    for image, n in zip(batch, (5, 6)):
+        assert np.abs(image - run(pipe, person, seed=n)[0]).max() < 1e-5
+
+
+def check_threads_match_alone(pipe, run, jobs: dict):
+    """Each job (name -> `identities` and `run`'s other keywords), run twice in each of two threads at once,
+    equals running it alone: per-call settings never leak between concurrent calls."""
     def work(key):
         v = jobs[key]
         return run(pipe, *v["identities"], **{x: y for x, y in v.items() if x != "identities"})
 
+    alone = {k: work(k) for k in jobs}
     for key, runs in run_in_threads(work, list(jobs), repeats=2).items():
         assert all(np.abs(r - alone[key]).max() < 1e-5 for r in runs)
 

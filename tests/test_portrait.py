@@ -17,7 +17,6 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 
 from conftest import unet_output
-from test_presets import empty_hub  # noqa: F401  (a fixture)
 from facestudio.errors import ModelFileError
 from facestudio.guidance.cfg import TWO_WAY, GuidanceRows
 from facestudio.guidance import public_layouts as layouts
@@ -140,7 +139,7 @@ def test_a_faceid_file_is_refused_as_portrait(checkpoint, arcface_analyzer):
 def test_the_preset_row_loads_the_published_file_name_from_the_hub_cache(empty_hub, tmp_path, faces_dir):
     """`load_preset_pipeline("faceid-portrait-sd15")` with the `.bin` (a nested pickle, as published) in the cache."""
     from test_arcface import _export, _tiny_arcface
-    from test_presets import _cache_file
+    from conftest import cache_file
 
     from facestudio.presets import load_preset_pipeline
 
@@ -151,7 +150,7 @@ def test_the_preset_row_loads_the_published_file_name_from_the_hub_cache(empty_h
             for k, shape in layouts.faceid(tiny_components()["unet"], lora_rank=0, num_tokens=16).items()}
     nested = {part: {k.removeprefix(part + "."): v for k, v in flat.items() if k.startswith(part + ".")}
               for part in ("image_proj", "ip_adapter")}
-    _cache_file(empty_hub, "h94/IP-Adapter-FaceID", "ip-adapter-faceid-portrait_sd15.bin",
+    cache_file(empty_hub, "h94/IP-Adapter-FaceID", "ip-adapter-faceid-portrait_sd15.bin",
                 lambda path: torch.save(nested, path))
     arcface = _export(_tiny_arcface(0), tmp_path / "w600k_r50.onnx")
     pipe = load_preset_pipeline("faceid-portrait-sd15", base_model=str(base), arcface_model=arcface)

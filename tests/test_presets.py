@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from test_arcface import _export, _tiny_arcface
+from conftest import cache_file
 from facestudio.cli import main
 from facestudio.guidance import public_layouts as layouts
 from facestudio.guidance import style as sty
@@ -22,17 +23,6 @@ from facestudio.pipeline import FaceStudioPipeline
 from facestudio.presets import PRESETS, get_preset, missing_files, show_licence
 
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a .peft_config. attribute:UserWarning")
-
-
-@pytest.fixture
-def empty_hub(tmp_path, monkeypatch):
-    """An empty model hub cache, offline."""
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    monkeypatch.delenv("FACESTUDIO_ARCFACE_MODEL", raising=False)
-    return tmp_path / "hub"
 
 
 def test_the_table():
@@ -86,17 +76,6 @@ def test_licence_is_said_once(caplog):
     assert [r.levelname for r in caplog.records if "NON-COMMERCIAL" in r.getMessage()] == ["WARNING"]
 
 
-def _cache_file(hub, repo: str, path: str, write) -> None:
-    """Put one file into huggingface_hub's cache layout (refs/main -> snapshots/<commit>/path)."""
-    root = hub / f"models--{repo.replace('/', '--')}"
-    commit = "0" * 40
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / "main").write_text(commit)
-    target = root / "snapshots" / commit / path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write(target)
-
-
 def test_generate_with_a_preset_from_the_hub_cache(empty_hub, tmp_path, faces_dir):
     base = tmp_path / "tiny-base"
     FaceStudioPipeline(**tiny_components()).save_pretrained(base)
@@ -105,11 +84,11 @@ def test_generate_with_a_preset_from_the_hub_cache(empty_hub, tmp_path, faces_di
     generator = torch.Generator().manual_seed(0)
     state = {k: 0.2 * torch.randn(shape, generator=generator)
              for k, shape in layouts.faceid_plus(unet, clip_dim=clip.model.config.hidden_size).items()}  # rank 128
-    _cache_file(empty_hub, "h94/IP-Adapter-FaceID", "ip-adapter-faceid-plusv2_sd15.bin",
+    cache_file(empty_hub, "h94/IP-Adapter-FaceID", "ip-adapter-faceid-plusv2_sd15.bin",
                 lambda p: torch.save({part: {k.removeprefix(part + "."): v for k, v in state.items()
                                              if k.startswith(part + ".")} for part in ("image_proj", "ip_adapter")}, p))
     for name in ("config.json", "model.safetensors"):
-        _cache_file(empty_hub, "h94/IP-Adapter", f"models/image_encoder/{name}",
+        cache_file(empty_hub, "h94/IP-Adapter", f"models/image_encoder/{name}",
                     lambda p: clip.model.save_pretrained(p.parent))
     arcface = _export(_tiny_arcface(0), tmp_path / "w600k_r50.onnx")
     out = tmp_path / "out"

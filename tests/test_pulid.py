@@ -14,7 +14,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))
-from conftest import run_in_threads  # noqa: E402
+from test_pipeline import check_batch_equals_singles, check_threads_match_alone  # noqa: E402
 from pulid_tiny import random_id_tokens, random_pulid_checkpoint, tiny_pulid_components  # noqa: E402
 from pulid_unet_reference import reference_source  # noqa: E402
 
@@ -275,28 +275,16 @@ def test_strength_zero_is_the_base_pipeline_and_strength_matters(pipe, people):
 
 
 def test_batch_equals_singles(pipe, people):
-    person = IdentityInput(identity=people[0])
-    batch = pipe("a portrait photo", identities=[person], num_images_per_prompt=2, generator=[seed(5), seed(6)],
-                 output_type="np", **SIZE).images
-    assert np.abs(batch[0] - run(pipe, person, seed=5)[0]).max() < 1e-5
-    assert np.abs(batch[1] - run(pipe, person, seed=6)[0]).max() < 1e-5
+    check_batch_equals_singles(pipe, IdentityInput(identity=people[0]), run)
 
 
 def test_two_threads_with_different_settings_match_running_alone(pipe, people):
     a, b = people
-    jobs = {
+    check_threads_match_alone(pipe, run, {
         "a": dict(identities=[IdentityInput(identity=a, strength=1.5)], reference_guidance_scale=5.0, seed=1),
         "ab": dict(identities=[IdentityInput(identity=a, region=LEFT),
                                IdentityInput(identity=b, region=RIGHT, strength=0.5)], seed=2),
-    }
-
-    def work(key):
-        v = jobs[key]
-        return run(pipe, *v["identities"], **{x: y for x, y in v.items() if x != "identities"})
-
-    alone = {k: work(k) for k in jobs}
-    for key, runs in run_in_threads(work, list(jobs), repeats=2).items():
-        assert all(np.abs(r - alone[key]).max() < 1e-5 for r in runs)
+    })
 
 
 def test_regions_mixing_and_several_photos(pipe, people):

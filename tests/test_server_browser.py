@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from facestudio.server import BackgroundServer, create_app
-from conftest import launch_chromium
+from conftest import launch_chromium, new_page
 from test_pipeline import new_pipe
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,7 @@ def page(tmp_path):
         # A fresh profile folder per test: nothing carried over from another run.
         context = launch_chromium(playwright, tmp_path / "chromium-profile", viewport={"width": 1366, "height": 900})
         try:
-            page = context.new_page()
-            page.set_default_timeout(30_000)
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.errors = errors
-            yield page
+            yield new_page(context)
         finally:
             context.close()
 

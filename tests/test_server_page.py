@@ -10,7 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import launch_chromium
+from conftest import launch_chromium, new_page
 from facestudio.server import BackgroundServer, create_app
 from test_pipeline import new_pipe
 from test_server_browser import artifacts_dir
@@ -41,10 +41,7 @@ def open_page(tmp_path, server):
         def open_at(viewport):
             context = launch_chromium(playwright, tmp_path / f"profile-{len(contexts)}", viewport=viewport)
             contexts.append(context)
-            page = context.new_page()
-            page.set_default_timeout(30_000)
-            page.errors = []
-            page.on("pageerror", lambda e: page.errors.append(str(e)))
+            page = new_page(context)
             page.on("dialog", lambda d: d.accept())  # the delete confirmations
             page.goto(server.url + "/")
             page.wait_for_function(READY)

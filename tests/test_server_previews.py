@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import launch_chromium
+from conftest import launch_chromium, new_page
 from facestudio.decoding import load_tiny_decoder
 from facestudio.models import tiny_autoencoder
 from facestudio.server import BackgroundServer, create_app
@@ -57,10 +57,7 @@ def test_the_page_shows_a_preview_during_a_job(server, tmp_path):
     with sync_playwright() as playwright:
         context = launch_chromium(playwright, tmp_path / "profile", viewport={"width": 1366, "height": 900})
         try:
-            page = context.new_page()
-            page.set_default_timeout(30_000)
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            page = new_page(context)
             page.goto(server.url + "/")
             page.wait_for_function("() => document.querySelector('#model-info').textContent.includes('tiny')")
             page.wait_for_function("() => document.querySelector('#scheduler').options.length > 5")
@@ -73,6 +70,6 @@ def test_the_page_shows_a_preview_during_a_job(server, tmp_path):
             page.wait_for_function("() => { const i = document.querySelector('#preview');"
                                    " return !i.hidden && i.src.startsWith('data:image/jpeg') && i.naturalWidth > 0; }")
             page.wait_for_selector("#gallery figure img")
-            assert errors == []
+            assert page.errors == []
         finally:
             context.close()
