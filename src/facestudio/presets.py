@@ -198,13 +198,19 @@ class Preset:
             object.__setattr__(self, "face_pack", "buffalo_l" if self.recognizer == "arcface" else "")
 
 
+#: What every PuLID preset's ID encoder reads besides its checkpoint: EVA-CLIP from the hub, antelopev2 (in
+#: insightface's pack) and BiSeNet.
+PULID_FILES = dict(encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET),
+                   face_pack="antelopev2")
+
+
 def _flux_preset(name: str, description: str, base: str, licence: str, non_commercial: bool, steps: int,
                  distilled_guidance_scale: float | None) -> Preset:
     # PuLID-FLUX's recommended use: distilled ("fake") guidance, no true CFG (scales 1), the ID from step 0
     return Preset(name, description, base, PULID_FLUX, "pulid-flux", "", "", licence, non_commercial,
                   style_adapter=None, style_blocks=None, flux=True, steps=steps, text_guidance_scale=1.0,
                   reference_guidance_scale=1.0, distilled_guidance_scale=distilled_guidance_scale,
-                  encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET), face_pack="antelopev2")
+                  **PULID_FILES)
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -236,7 +242,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            f"{_PULID_LICENCE}; {_LIGHTNING_LICENCE}; {_SDXL_LICENCE}", True, sdxl=True, style_adapter=None,
            style_blocks=STYLE_BLOCKS_SDXL, steps=4, text_guidance_scale=1.2, reference_guidance_scale=1.2,
            unet=SDXL_LIGHTNING_4STEP_UNET, scheduler="euler", timestep_spacing="trailing",
-           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET), face_pack="antelopev2"),
+           **PULID_FILES),
     # v1.1 on a non-distilled SDXL, as its demo runs Juggernaut-XL: DPM++ 2M Karras, 25 steps, CFG 7.
     Preset("pulid-sdxl-base", "PuLID v1.1 on SDXL base 1.0: 25 steps at guidance 7, for community SDXL models "
            "(--base-model)",
@@ -244,7 +250,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            f"{_PULID_LICENCE}; {_SDXL_LICENCE}", True, sdxl=True, style_adapter=None, style_blocks=STYLE_BLOCKS_SDXL,
            steps=25,
            text_guidance_scale=7.0, reference_guidance_scale=7.0, scheduler="dpmpp-2m-karras",
-           encoder_files=((EVA02_CLIP_L_336, "EVA-CLIP image encoder"),), local_files=(ANTELOPEV2, BISENET), face_pack="antelopev2"),
+           **PULID_FILES),
     _flux_preset("pulid-flux-dev", "PuLID-FLUX v0.9.1 on FLUX.1-dev: 20 steps, distilled guidance 4, 1024 px "
                  "(non-commercial base)", "black-forest-labs/FLUX.1-dev", _FLUX_DEV_LICENCE, True, 20, 4.0),
     _flux_preset("pulid-flux-schnell", "PuLID-FLUX v0.9.1 on FLUX.1-schnell: 4 steps, 1024 px (Apache-2.0 base)",
@@ -338,14 +344,6 @@ def check_speed_available(speed: str, weights: str | os.PathLike | None = None) 
     if missing and not _hub_reachable():
         raise ModelFileError(f"speed model {speed} cannot load; offline, and missing:\n  - " + "\n  - ".join(missing)
                              + f"\nwhere you have a connection, run: facestudio download {speed}")
-
-
-def check_available(preset: Preset, **kwargs) -> None:
-    """Raise one `ModelFileError` naming everything `missing_files` finds and the command that fetches it."""
-    missing = missing_files(preset, **kwargs)
-    if missing:
-        raise ModelFileError(f"preset {preset.name} cannot load; missing:\n  - " + "\n  - ".join(missing)
-                             + f"\nfetch them with: {download_command(preset, **kwargs)}")
 
 
 def ensure_available(preset: Preset, *, download: bool | None, accepted: set[str] = frozenset(), **kwargs) -> None:
