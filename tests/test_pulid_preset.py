@@ -24,6 +24,24 @@ def test_the_rows():
         assert all(word in preset.licence for word in ("Apache-2.0", "antelopev2", "non-commercial", "OpenRAIL++"))
 
 
+def test_serve_takes_the_pulid_files_and_mode_and_refuses_them_elsewhere(empty_hub, tmp_path, capsys):
+    from facestudio.cli.generate import PULID_MODES
+    from facestudio.guidance.kinds.pulid import MODES
+
+    assert PULID_MODES == tuple(MODES)  # the CLI's copy, for answers before torch loads
+    mine = tmp_path / "mine" / "glintr100.onnx"
+    status = main(["serve", "--preset", "pulid-sdxl", "--antelopev2-model", str(mine), "--pulid-mode", "neutral",
+                   "--data-dir", str(tmp_path / "data"), "--port", "0"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert f"the antelopev2 face recogniser (glintr100.onnx) {mine}" in err  # the file named, not the pack
+    assert "insightface antelopev2" not in err and "run: facestudio download pulid-sdxl" in err
+    for options, words in ((["--preset", "faceid-sd15", "--bisenet-model", "x.pth"], "are for the PuLID presets"),
+                           (["--preset", "pulid-flux-schnell", "--pulid-mode", "neutral"], "PuLID-FLUX has no modes")):
+        assert main(["serve", *options, "--data-dir", str(tmp_path / "data2")]) == 2
+        assert words in capsys.readouterr().err
+
+
 def test_offline_without_the_files_fails_fast_with_one_message(empty_hub, faces_dir, capsys):
     out = empty_hub.parent / "out"
     status = main(["generate", "--preset", "pulid-sdxl", "--prompt", "two friends", "--identity",

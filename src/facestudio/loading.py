@@ -45,7 +45,7 @@ def load_generation_pipeline(base_model: str | Path | None, *, adapter: str | Pa
                              style_adapter: str | Path | None = None, preset: str | None = None,
                              device: str | None = None, cpu_offload: bool = False, vae_tiling: bool = False,
                              face_analyzer=None, arcface_model: str | Path | None = None, with_style: bool = True,
-                             speed: str | None = None, speed_weights: str | Path | None = None):
+                             speed: str | None = None, speed_weights: str | Path | None = None, **preset_options):
     """The base pipeline with the adapters asked for.
 
     Args:
@@ -59,6 +59,7 @@ def load_generation_pipeline(base_model: str | Path | None, *, adapter: str | Pa
         face_analyzer: the `FaceAnalyzer` the identity adapter's recogniser must match (made when needed).
         speed: a speed model of `sampling.speed.SPEED_MODELS` loaded beside the adapters (with a preset, None
             takes the preset's own and "none" none); `speed_weights` its local file instead of the hub's.
+        preset_options: further options of `presets.load_preset_pipeline` (`local_files`, `pulid_mode`, ...).
 
     Raises:
         ModelFileError: a folder is not what it should be, or an adapter does not fit the base model.
@@ -74,7 +75,9 @@ def load_generation_pipeline(base_model: str | Path | None, *, adapter: str | Pa
         return load_preset_pipeline(preset, base_model=None if base_model is None else str(base_model), device=device,
                                     cpu_offload=cpu_offload, vae_tiling=vae_tiling, face_analyzer=face_analyzer,
                                     with_style=with_style, arcface_model=arcface_model, speed=speed,
-                                    speed_weights=speed_weights)
+                                    speed_weights=speed_weights, **preset_options)
+    if preset_options:
+        raise ModelFileError(f"{', '.join(preset_options)}: options of a preset, and no preset given")
     if base_model is None:
         raise ModelFileError("no base model given (a folder, a hub id or 'tiny'), and no preset")
     if style_adapter is None and with_style:  # a trained folder holds identity/ and style/ side by side

@@ -30,6 +30,8 @@ from .output import png_bytes_bound, removed_if_left_empty
 
 logger = logging.getLogger(__name__)
 
+#: PuLID's modes (`guidance.kinds.pulid.MODES`, restated so that the CLI answers before torch is imported).
+PULID_MODES = ("fidelity", "extremely-style", "neutral")
 #: Every preset's files outside the model hub (`presets.LocalFile`), once each.
 LOCAL_FILES = tuple(dict.fromkeys(f for p in PRESETS.values() for f in p.local_files))
 
@@ -115,12 +117,10 @@ def _add_generation_options(parser: argparse.ArgumentParser, style: bool = True)
                         help="public weights picked by name, with their recommended settings: "
                              + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())
                              + ". FaceID and PuLID presets are non-commercial (their face recognisers)")
-    models.add_argument("--pulid-mode", choices=["fidelity", "extremely-style", "neutral"], metavar="MODE",
+    models.add_argument("--pulid-mode", choices=PULID_MODES, metavar="MODE",
                         help="PuLID presets: fidelity (default), extremely-style (more prompt, less likeness) or "
                              "neutral (PuLID's plain ID attention)")
-    for f in LOCAL_FILES:  # the presets' files outside the model hub, each with its option
-        models.add_argument(f.option, dest=f"{f.key}_model", metavar="FILE",
-                            help=f"{f.what}, for the presets that read it (default: ${f.env}, else {f.default})")
+    add_local_file_options(models)
     models.add_argument("--pulid-sizes", choices=["published", "tiny"], default="published",
                         help="tiny: PuLID's encoder at test widths, for tiny checkpoints (smoke tests only)")
     models.add_argument("--base-model", metavar="tiny|FOLDER|HUB_ID",
@@ -248,7 +248,7 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
         _find_faces(people)
         ensure_available(preset, download=args.download, accepted=set(args.accept_license),
                          base_model=args.base_model, with_style=style is not None, arcface_model=args.arcface_model,
-                         speed=args.speed or "none", speed_weights=args.speed_weights, local_files=_local_files(args))
+                         speed=args.speed or "none", speed_weights=args.speed_weights, local_files=local_files_of(args))
     quiet_libraries(args.debug)
     if args.device is not None:
         from ..models import choose_device
@@ -305,7 +305,14 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
     return EXIT_OK
 
 
-def _local_files(args) -> dict:
+def add_local_file_options(group) -> None:
+    """An option for each of the presets' files outside the model hub (`presets.LocalFile`)."""
+    for f in LOCAL_FILES:
+        group.add_argument(f.option, dest=f"{f.key}_model", metavar="FILE",
+                           help=f"{f.what}, for the presets that read it (default: ${f.env}, else {f.default})")
+
+
+def local_files_of(args) -> dict:
     """The model files the command line names, by `presets.LocalFile` key."""
     return {f.key: getattr(args, f"{f.key}_model") for f in LOCAL_FILES if getattr(args, f"{f.key}_model")}
 
@@ -529,7 +536,7 @@ def _load_models(args, people, adapter, style_adapter, analyzer, with_style: boo
                                     cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, with_style=with_style,
                                     arcface_model=args.arcface_model, speed=args.speed or "none",
                                     speed_weights=args.speed_weights, pulid_mode=args.pulid_mode,
-                                    local_files=_local_files(args), pulid_sizes=args.pulid_sizes, **memory)
+                                    local_files=local_files_of(args), pulid_sizes=args.pulid_sizes, **memory)
     else:
         pipe = load_generation_pipeline(
             args.base_model, adapter=(adapter[0] if adapter else TINY) if people else None,

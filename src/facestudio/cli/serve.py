@@ -48,6 +48,11 @@ def add_commands(commands) -> None:
                              "are non-commercial)")
     models.add_argument("--arcface-model", metavar="FILE",
                         help="insightface buffalo_l's w600k_r50.onnx, for the FaceID presets")
+    from .generate import PULID_MODES, add_local_file_options
+
+    add_local_file_options(models)
+    models.add_argument("--pulid-mode", choices=PULID_MODES, metavar="MODE",
+                        help="PuLID presets: fidelity (default), extremely-style or neutral, for every job")
     models.add_argument("--speed", metavar="NAME",
                         help="a few-step speed LoRA (see `facestudio speed-models`); its sampler, steps and guidance "
                              "become the server's defaults; 'none' turns a preset's off")
@@ -126,6 +131,13 @@ def run_serve(args) -> int:
         raise FaceStudioError("--token: use at least 16 characters")
     if args.base_model is None and args.preset is None:
         raise FaceStudioError("give --base-model (a folder, a hub id or 'tiny') or --preset")
+    from .generate import local_files_of
+
+    preset_options = {k: v for k, v in (("local_files", local_files_of(args)), ("pulid_mode", args.pulid_mode)) if v}
+    if preset_options and (args.preset is None or PRESETS[args.preset].projection not in ("pulid", "pulid-flux")):
+        raise FaceStudioError("--pulid-mode, --antelopev2-model and --bisenet-model are for the PuLID presets")
+    if args.pulid_mode and PRESETS[args.preset].flux:
+        raise FaceStudioError("--pulid-mode is for the PuLID SDXL presets (PuLID-FLUX has no modes)")
     if args.speed not in (None, "none"):
         from ..presets import check_speed_available
         from ..sampling.speed import get_speed_model
@@ -164,12 +176,13 @@ def run_serve(args) -> int:
 
         ensure_available(get_preset(args.preset), download=args.download, accepted=set(args.accept_license),
                          base_model=args.base_model, with_style=True, arcface_model=args.arcface_model,
-                         speed=args.speed, speed_weights=args.speed_weights)
+                         speed=args.speed, speed_weights=args.speed_weights,
+                         local_files=preset_options.get("local_files"))
     logger.info("loading models")
     pipe = load_generation_pipeline(args.base_model, adapter=args.adapter, style_adapter=args.style_adapter,
                                     preset=args.preset, device=args.device, cpu_offload=args.cpu_offload,
                                     vae_tiling=args.vae_tiling, arcface_model=args.arcface_model, speed=args.speed,
-                                    speed_weights=args.speed_weights)
+                                    speed_weights=args.speed_weights, **preset_options)
     if args.previews or args.decoder == "tiny" or args.tiny_decoder:
         from ..decoding import load_tiny_decoder
 
