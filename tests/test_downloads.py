@@ -176,8 +176,10 @@ def test_offline_one_message_with_the_one_command(env, faces_dir, tmp_path):
                      str(faces_dir / "obama.jpg"), "--output", str(tmp_path / "out"))
     assert run.returncode == 2 and run.stderr.count("error:") == 1 and "Traceback" not in run.stderr
     assert run.stderr.count("facestudio download") == 1 and "offline" in run.stderr
-    download = facestudio(offline, "download", PRESET)
-    assert download.returncode == 2 and f"run: facestudio download {PRESET}" in download.stderr
+    download = facestudio(offline, "download", PRESET, "--no-style")
+    assert download.returncode == 2 and download.stderr.count("error:") == 1
+    assert f"run: facestudio download {PRESET} --no-style --accept-license insightface-noncommercial" in download.stderr
+    assert "  - adapter: h94/IP-Adapter-FaceID/ip-adapter-faceid-plusv2_sd15.bin" in download.stderr
 
 
 def test_without_consent_generate_names_the_command(env, faces_dir, tmp_path):
@@ -227,6 +229,8 @@ def test_the_pulid_and_flux_presets_need_their_unet_encoder_files_and_antelopev2
     assert paths[("ByteDance/SDXL-Lightning", "sdxl_lightning_4step_unet.safetensors")] == "unet"
     assert paths[("QuanSun/EVA-CLIP", "EVA02_CLIP_L_336_psz14_s6B.pt")] == "EVA-CLIP image encoder"
     assert paths[("guozinan/PuLID", "pulid_v1.bin")] == "adapter" and [p.name for p in packs] == ["antelopev2", "bisenet"]
+    # a preset without a style adapter needs no style encoder, style image or not
+    assert not any("style" in n.what for n in downloads.needs_of(PRESETS["pulid-sdxl"], with_style=True)[0])
     flux = {(n.repo, n.kind) for n in downloads.needs_of(PRESETS["pulid-flux-schnell"])[0]}
     assert ("black-forest-labs/FLUX.1-schnell", "pipeline") in flux and ("QuanSun/EVA-CLIP", "file") in flux
     # a named antelopev2 file replaces the pack; a speed model asked for adds its file, its local file does not

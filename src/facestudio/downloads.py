@@ -14,7 +14,8 @@ without code here:
   address only once its non-commercial licence is accepted;
 * every `local_files` entry whose key names a release file of `PACKS` (antelopev2, facexlib's `bisenet`).
 
-Fields whose name starts with `style_` are only needed with a style image. Hub files go through
+Fields whose name starts with `style_` are only needed with a style image, and only when the preset has a
+style adapter. Hub files go through
 huggingface_hub (its cache, its per-file progress bar, `HF_ENDPOINT`, `HF_HUB_OFFLINE`); every file is checked
 against the hub's hash (sha256 for LFS files, the git blob sha1 otherwise) after download and when found in
 the cache.
@@ -162,6 +163,7 @@ def needs_of(preset, *, base_model: str | None = None, with_style: bool = True,
     speed = getattr(preset, "speed", "") if speed is None else speed
     if speed:
         sources += _speed_fields(speed)
+    with_style = with_style and getattr(preset, "style_adapter", None) is not None  # no style adapter: none
     for name, value in sources:
         if name.startswith("style_") and not with_style:
             continue

@@ -48,8 +48,11 @@ def run_download(args) -> int:
     if not _hub_reachable():
         missing = downloads.missing_offline(needs, packs)
         if missing:
-            raise ModelFileError("offline: cannot download " + "; ".join(missing)
-                                 + f". Where you have a connection, run: facestudio download {' '.join(args.names)}")
+            command = (f"facestudio download {' '.join(args.names)}" + (" --no-style" if args.no_style else "")
+                       + (f" --accept-license {downloads.INSIGHTFACE_LICENSE}"
+                          if any(p.licence and not p.present() for p in packs) else ""))
+            raise ModelFileError("offline, and these files are not here:\n  - " + "\n  - ".join(missing)
+                                 + f"\nwhere you have a connection, run: {command}")
         print("offline; everything is already here", file=sys.stderr)
         return EXIT_OK
     if not args.dry_run:
