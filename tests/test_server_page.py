@@ -38,12 +38,12 @@ def open_page(tmp_path, server):
     with sync_playwright() as playwright:
         contexts = []
 
-        def open_at(viewport):
+        def open_at(viewport, url=None):
             context = launch_chromium(playwright, tmp_path / f"profile-{len(contexts)}", viewport=viewport)
             contexts.append(context)
             page = new_page(context)
             page.on("dialog", lambda d: d.accept())  # the delete confirmations
-            page.goto(server.url + "/")
+            page.goto((url or server.url) + "/")
             page.wait_for_function(READY)
             return page
 
@@ -239,4 +239,40 @@ def test_results_full_view_delete_and_pages(open_page, server, tmp_path):
     page.wait_for_function("() => !document.querySelector('#gallery').textContent.includes('seed 106')")
     with httpx.Client(base_url=server.url, timeout=60) as client:
         assert client.get(f"/v1/generations/{ids[-1]}").json()["images"] == []
+    assert page.errors == []
+
+
+def _negative_prompt_used(page, url, tmp_path) -> tuple[object, object]:
+    """Generate from the page: the negative prompt the job was sent and the one its image records."""
+    from facestudio.imaging import read_png_metadata
+
+    with page.expect_response(lambda r: r.url.endswith("/v1/generations") and r.request.method == "POST") as sent:
+        page.click("#generate")
+    job = sent.value.json()
+    page.wait_for_function(DONE.format(state="done"))
+    with httpx.Client(base_url=url, timeout=60) as client:
+        image = client.get(client.get(f"/v1/generations/{job['id']}").json()["images"][0]["url"]).content
+    (tmp_path / "negative.png").write_bytes(image)
+    return job["request"]["negative_prompt"], read_png_metadata(tmp_path / "negative.png").get("negative_prompt")
+
+
+def test_the_negative_prompt_box_holds_what_the_job_uses(open_page, server, tmp_path):
+    """Without a preset the server has no default negative prompt and the box is empty; with one, the box shows
+    the preset's, and emptying it means no negative prompt (not the default again)."""
+    from facestudio.presets import PRESETS
+
+    page = open_page(LAPTOP)
+    assert page.input_value("#negative") == ""
+    page.fill("#negative", "rain")
+    assert _negative_prompt_used(page, server.url, tmp_path) == ("rain", "rain")
+    pipe = new_pipe()
+    pipe.default_side, pipe.preset = 64, PRESETS["plus-face-sd15"]  # as load_preset_pipeline marks it
+    with BackgroundServer(create_app(pipe, tmp_path / "preset-data", max_side=64, default_steps=1,
+                                     base_model="tiny")) as preset_server:
+        page = open_page(LAPTOP, preset_server.url)
+        assert page.input_value("#negative") == PRESETS["plus-face-sd15"].negative_prompt
+        page.fill("#negative", "")
+        assert _negative_prompt_used(page, preset_server.url, tmp_path) == ("", None)
+        page.click("#gallery figure button:text('Use these settings again')")
+        assert page.input_value("#negative") == ""
     assert page.errors == []

@@ -6,6 +6,7 @@ const $ = (selector, root = document) => root.querySelector(selector);
 const PAGE = 6;  // jobs per gallery page
 const state = { people: [], drawing: null, style: null, scene: null, job: null, abort: null, limits: null,
                 defaultSide: 512,  // the pipeline's default side, from /v1/models
+                defaultNegative: "",  // the negative prompt a job without one gets, from /v1/models
                 size: null,  // the output size the regions were drawn for (they follow when it changes)
                 offset: 0, galleryUrls: [],  // the gallery's page (jobs skipped) and its blob URLs
                 saved: null };  // the stored identities: one /v1/identities request for every person card
@@ -410,7 +411,8 @@ function request() {
   const placedBySource = $("#regions-source").value !== "auto";
   const body = {
     prompt: $("#prompt").value.trim(),
-    negative_prompt: $("#negative").value.trim() || null,
+    // what the box shows is what is used: empty is no negative prompt, not the server's default
+    negative_prompt: $("#negative").value.trim(),
     // Drawn regions only when they place the people: not with a scene image or a named source.
     identities: people.map((p) => ({ id: p.identity, region: state.scene || placedBySource ? null : p.region,
                                      strength: p.strength })),
@@ -596,7 +598,7 @@ function showFull(url, name, alt) {
 
 async function reuse(r, seed) {
   $("#prompt").value = r.prompt;
-  $("#negative").value = r.negative_prompt || "";
+  $("#negative").value = r.negative_prompt ?? state.defaultNegative;  // null: the job got the default
   $("#text-scale").value = r.text_guidance_scale;
   $("#ref-scale").value = r.reference_guidance_scale ?? r.text_guidance_scale;
   for (const id of ["width", "height"]) $("#" + id).value = r[id] || "";  // unset stays unset
@@ -685,7 +687,8 @@ function fewStepControls(info) {
       $("#" + id + "-out").textContent = "1";
     }
   }
-  if (info.negative_prompt != null) $("#negative").value = info.negative_prompt;
+  state.defaultNegative = info.negative_prompt || "";  // what a job without one gets
+  $("#negative").value = state.defaultNegative;
   $("#shortcut-scale").disabled = info.shortcut_scale == null;
   if (info.shortcut_scale != null) $("#shortcut-scale").placeholder = String(info.shortcut_scale);
 }
