@@ -20,7 +20,7 @@ trailing timesteps, text and reference guidance 1.2 (two UNet rows per step, wit
    few-step issue).
 
     python benchmarks/sdxl_identity.py --device cuda --dtype fp16      # GPU: 1024x1024
-    python benchmarks/sdxl_identity.py                                 # CPU: 512x512, 1 round (minutes, 16 GB)
+    python benchmarks/sdxl_identity.py                                 # CPU: 512x512, 1 round (5 min, 19 GB)
     python benchmarks/sdxl_identity.py --tiny                          # tiny SDXL and encoder: checks the script
 
 No GPU was available where this was written: the GPU numbers are still to be measured.
@@ -148,6 +148,7 @@ def main() -> int:
 
     dtype = prepare_torch(args)
     import numpy as np
+    import torch
 
     from facestudio import FaceAnalyzer, load_image
     from facestudio.evaluation.timing import stopwatch, timed_call
@@ -170,10 +171,13 @@ def main() -> int:
         encoder.to(args.device, dtype)
         analyzer = FaceAnalyzer()
         analyzer.detect(load_image(FACES / PHOTOS[0]))  # the detector loaded before timing
-    parameters = sum(p.numel() for p in pipe.unet.parameters() if p.dtype.is_floating_point) / 1e9
-    print(f"models: {'tiny SDXL' if args.tiny else 'SDXL-shaped'} random weights (UNet {parameters:.2f} B with "
-          f"PuLID v1's ID attention); {args.device} {args.dtype}, {size}x{size}, built in {built['seconds']:.1f} s "
-          f"(not counted)")
+    millions = lambda modules: sum(p.numel() for m in modules for p in m.parameters()) / 1e6  # noqa: E731
+    id_attention = [p for p in pipe.unet.attn_processors.values() if isinstance(p, torch.nn.Module)]
+    encoder_modules = [encoder.id_encoder, encoder.tower.model, encoder.parser.model]
+    print(f"models: {'tiny SDXL' if args.tiny else 'SDXL-shaped'} random weights: UNet "
+          f"{millions([pipe.unet]) - millions(id_attention + encoder_modules):,.1f} M parameters, PuLID's ID "
+          f"attention {millions(id_attention):,.1f} M, ID encoder {millions(encoder_modules):,.1f} M; {args.device} "
+          f"{args.dtype}, {size}x{size}, built in {built['seconds']:.1f} s (not counted)")
 
     preset = get_preset("pulid-sdxl")
     options = dict(seed=0, width=size, height=size, num_inference_steps=preset.steps, scheduler=preset.scheduler,
