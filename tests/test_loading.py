@@ -29,3 +29,17 @@ def test_bad_adapter_folders_are_named(tmp_path):
     with pytest.raises(ModelFileError, match="not a facestudio identity adapter"):
         load_generation_pipeline("tiny", adapter=tmp_path)
     assert style_beside(tmp_path) is None and style_beside("tiny") is None
+
+
+def test_importing_the_pipelines_prints_nothing():
+    """Without torchvision (facestudio needs none), importing diffusers makes transformers print a note per image
+    processor that it uses the PIL backend; facestudio drops that note and nothing else of transformers'."""
+    import subprocess
+    import sys
+
+    code = ("import facestudio.pipeline, facestudio.pipeline_xl, facestudio.pipeline_flux\n"
+            "from transformers.utils import logging\n"
+            "logging.get_logger('transformers.utils.import_utils').warning('another note')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "" and run.stderr.strip() == "[transformers] another note", run.stderr
