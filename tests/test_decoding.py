@@ -50,7 +50,7 @@ def test_tiny_without_a_tiny_decoder_is_refused():
         run(bare, preview=lambda *a: None)
     with pytest.raises(FaceStudioError, match="'full'.*'tiny'"):
         run(bare, decoder="small")
-    with pytest.raises(ModelFileError, match="hf download madebyollin/taesd"):
+    with pytest.raises(ModelFileError, match="facestudio download taesd"):
         load_tiny_decoder(bare, "/nonexistent/taesd")
 
 

@@ -87,6 +87,27 @@ def test_download_from_an_empty_cache_then_nothing_more(env, hub):
     assert offline.returncode == 0 and "everything is already here" in offline.stderr, offline.stderr
 
 
+def test_the_tiny_decoder_is_listed_fetched_alone_and_used_offline(env, hub, faces_dir, tmp_path):
+    """`--decoder tiny` adds TAESD to what a preset needs (its name in the one command); `facestudio download
+    taesd` fetches its config and safetensors only, and an offline run then decodes with it."""
+    offline = {**env, "HF_HUB_OFFLINE": "1"}
+    run = facestudio(offline, "generate", "--preset", PRESET, "--decoder", "tiny", "--prompt", "x", "--identity",
+                     str(faces_dir / "obama.jpg"), "--output", str(tmp_path / "out"))
+    assert run.returncode == 2 and "  - tiny decoder: madebyollin/taesd" in run.stderr
+    assert f"run: facestudio download {PRESET} taesd --no-style" in run.stderr
+    fetched = facestudio(env, "download", "taesd")
+    assert fetched.returncode == 0, fetched.stderr
+    snapshot = next((hub_cache(env) / "models--madebyollin--taesd" / "snapshots").iterdir())
+    assert sorted(p.name for p in snapshot.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    done = facestudio(offline, "generate", "--prompt", "x", "--base-model", "tiny", "--decoder", "tiny",
+                      "--tiny-decoder", "madebyollin/taesd", "--steps", "1", "--width", "64", "--height", "64",
+                      "--output", str(tmp_path / "tiny"))
+    assert done.returncode == 0, done.stderr
+    from facestudio.imaging import read_png_metadata
+
+    assert read_png_metadata(tmp_path / "tiny" / "000-seed0.png")["decoder"] == "tiny"
+
+
 @pytest.mark.slow
 def test_download_then_generate(env, hub, faces_dir, tmp_path):
     """The issue's route: `facestudio download PRESET --accept-license ...`, then `generate --preset` writes an
@@ -219,6 +240,12 @@ def test_needs_are_read_from_any_preset_fields():
     with_style = {(n.repo, n.path) for n in downloads.needs_of(preset)[0]}
     assert ("h94/IP-Adapter", "models/ip-adapter_sd15.safetensors") in with_style
     assert not downloads.needs_of(PRESETS["plus-face-sd15"])[1]  # no face recogniser, no insightface pack
+    # the tiny decoder of each base, none for FLUX (the CLI refuses --decoder tiny there)
+    for name, repo in (("faceid-sd15", "madebyollin/taesd"), ("pulid-sdxl", "madebyollin/taesdxl"),
+                       ("pulid-flux-schnell", None)):
+        tiny = {n.repo for n in downloads.needs_of(PRESETS[name], tiny_decoder=True)[0]} - \
+            {n.repo for n in downloads.needs_of(PRESETS[name])[0]}
+        assert tiny == ({repo} if repo else set()), name
 
 
 def test_the_pulid_and_flux_presets_need_their_unet_encoder_files_and_antelopev2():

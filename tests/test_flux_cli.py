@@ -97,6 +97,43 @@ def test_flux_options_are_checked_before_loading(capsys):
     assert "--start-step -1: must be at least 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command, options, message", [
+    ("generate", ["--decoder", "tiny"], "--decoder tiny is not for the FLUX presets: the tiny decoder (TAESD)"),
+    ("generate", ["--tiny-decoder", "madebyollin/taesd"], "--tiny-decoder is not for the FLUX presets"),
+    ("generate", ["--style", "style.jpg"], "--style is not for the FLUX presets: PuLID-FLUX has no style adapter"),
+    ("generate", ["--speed", "lcm-sd15"], "--speed is not for the FLUX presets"),
+    ("generate", ["--reference-start", "600"], "--reference-start is not for the FLUX presets"),
+    ("generate", ["--cpu-offload", "--sequential-offload"], "choose one of --cpu-offload and --sequential-offload"),
+    ("serve", ["--previews"], "--previews is not for the FLUX presets"),
+    ("serve", ["--decoder", "tiny"], "--decoder tiny is not for the FLUX presets"),
+])
+def test_what_flux_does_not_take_is_refused_before_any_file_is_needed(empty_hub, capsys, faces_dir, command, options,
+                                                                       message):
+    """Each refused with one line before the missing files are even listed (FLUX.1 is 12 B parameters: after
+    loading, such a mistake would cost minutes)."""
+    args = [command, "--preset", "pulid-flux-schnell", *options]
+    if command == "generate":
+        args += ["--prompt", "x", "--output", str(empty_hub.parent / "out")]
+        args = [str(faces_dir / "biden.jpg") if a == "style.jpg" else a for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and message in err and "offline" not in err, err
+
+
+def test_the_flux_pipeline_refuses_the_tiny_decoder():
+    from facestudio.decoding import load_tiny_decoder
+    from facestudio.errors import FaceStudioError, ModelFileError
+    from facestudio.models import tiny_autoencoder
+    from facestudio.pipeline_flux import FaceStudioFluxPipeline
+    from facestudio.request import GenerationSettings
+
+    pipe = FaceStudioFluxPipeline(**tiny_flux_components())
+    with pytest.raises(ModelFileError, match="decodes SD 1.5 and SDXL latents"):
+        load_tiny_decoder(pipe, tiny_autoencoder())
+    with pytest.raises(FaceStudioError, match="decoder 'tiny'"):
+        pipe(GenerationSettings("x", width=64, height=64, num_inference_steps=1, decoder="tiny"))
+
+
 def test_generate_two_people_with_the_schnell_preset_from_the_hub_cache(empty_hub, tmp_path, faces_dir):
     pytest.importorskip("onnxscript", reason="the tiny antelopev2 ONNX file is exported with onnxscript")
     files = fill_hub(empty_hub, tmp_path / "files")

@@ -20,6 +20,7 @@ import os
 
 import torch
 
+from .downloads import TINY_DECODERS
 from .errors import ModelFileError, first_line
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 #: The decoders a request may name: the base model's own VAE, or the tiny one.
 DECODERS = ("full", "tiny")
 #: The TAESD repositories (MIT licence), by base architecture.
-TINY_DECODER_REPOS = {"sd": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
+TINY_DECODER_REPOS = {"sd": TINY_DECODERS["taesd"], "sdxl": TINY_DECODERS["taesdxl"]}
 #: Longest side of a preview image (previews are small: they travel in every progress event).
 PREVIEW_SIDE = 256
 
@@ -46,6 +47,9 @@ def load_tiny_decoder(pipe, source: str | os.PathLike | None = None, **hub_kwarg
     """
     from diffusers import AutoencoderTiny
 
+    if getattr(pipe, "unet", None) is None:
+        raise ModelFileError(f"the tiny decoder (TAESD) decodes SD 1.5 and SDXL latents; {type(pipe).__name__} "
+                             "has no UNet whose latents it reads")
     if isinstance(source, AutoencoderTiny):
         decoder = source
     else:
@@ -53,8 +57,9 @@ def load_tiny_decoder(pipe, source: str | os.PathLike | None = None, **hub_kwarg
         try:
             decoder = AutoencoderTiny.from_pretrained(source, **hub_kwargs)
         except (OSError, ValueError) as error:
+            name = next(k for k, v in TINY_DECODERS.items() if v == tiny_decoder_repo(pipe))
             raise ModelFileError(f"tiny decoder {source}: {first_line(error)} (on a machine with a connection: "
-                                 f"hf download {tiny_decoder_repo(pipe)})") from error
+                                 f"facestudio download {name})") from error
     if decoder.config.latent_channels != pipe.unet.config.out_channels:
         raise ModelFileError(f"the tiny decoder reads {decoder.config.latent_channels} latent channels; this UNet "
                              f"makes {pipe.unet.config.out_channels}")

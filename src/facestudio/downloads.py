@@ -150,12 +150,14 @@ class Plan:
 
 
 def needs_of(preset, *, base_model: str | None = None, with_style: bool = True,
-             speed: str | None = None) -> tuple[list[Need], list[Pack]]:
+             speed: str | None = None, tiny_decoder: bool = False) -> tuple[list[Need], list[Pack]]:
     """The hub needs and the insightface packs of `preset`, read from its fields (see the module's doc);
-    `speed` replaces the preset's speed model ("" for none)."""
+    `speed` replaces the preset's speed model ("" for none); `tiny_decoder`: its TAESD too (`--decoder tiny`)."""
     from .presets import HubFile
 
     needs, packs = [], []
+    if tiny_decoder and not getattr(preset, "flux", False):
+        needs.append(tiny_decoder_need("taesdxl" if getattr(preset, "sdxl", False) else "taesd"))
     base = base_model or preset.base_model
     if base and _is_hub_id(base):
         needs.append(Need(base, "pipeline", "", "base model"))
@@ -192,6 +194,8 @@ def needs_of_name(name: str, *, with_style: bool = True) -> tuple[list[Need], li
         return needs_of(PRESETS[name], with_style=with_style)
     if name in PACKS:
         return [], [PACKS[name]]
+    if name in TINY_DECODERS:
+        return [tiny_decoder_need(name)], []
     fields = _speed_fields(name)
     if fields:
         from .presets import HubFile
@@ -202,15 +206,21 @@ def needs_of_name(name: str, *, with_style: bool = True) -> tuple[list[Need], li
         return [Need(name, "pipeline", "", "base model")], []
     speeds = ", ".join(_speed_names())
     raise FaceStudioError(f"download {name!r}: not a preset ({', '.join(PRESETS)}), an insightface pack "
-                          f"({', '.join(PACKS)})" + (f", a speed model ({speeds})" if speeds else "")
-                          + " or a model hub id (owner/name)")
+                          f"({', '.join(PACKS)}), a speed model ({speeds}), a tiny decoder "
+                          f"({', '.join(TINY_DECODERS)}) or a model hub id (owner/name)")
+
+
+#: The tiny decoders by download name (`decoding.TINY_DECODER_REPOS`' repositories: a diffusers model folder).
+TINY_DECODERS = {"taesd": "madebyollin/taesd", "taesdxl": "madebyollin/taesdxl"}
+
+
+def tiny_decoder_need(name: str) -> Need:
+    return Need(TINY_DECODERS[name], "folder", "", "tiny decoder")
 
 
 def _speed_fields(name: str) -> list[tuple[str, object]]:
-    try:  # the speed catalogue (sampling/speed.py) may not exist in every build
-        from .sampling.speed import SPEED_MODELS
-    except ImportError:
-        return []
+    from .sampling.speed import SPEED_MODELS
+
     model = SPEED_MODELS.get(name)
     if model is None:
         return []
@@ -218,10 +228,8 @@ def _speed_fields(name: str) -> list[tuple[str, object]]:
 
 
 def _speed_names() -> list[str]:
-    try:
-        from .sampling.speed import SPEED_MODELS
-    except ImportError:
-        return []
+    from .sampling.speed import SPEED_MODELS
+
     return list(SPEED_MODELS)
 
 

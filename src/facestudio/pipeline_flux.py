@@ -134,6 +134,9 @@ class FaceStudioFluxPipeline(FaceStudioMixin, FluxPipeline):
         if settings.speed:
             raise FaceStudioError(f"speed model {settings.speed}: the speed models are for SD 1.5 and SDXL; "
                                   "FLUX.1-schnell is FLUX's few-step model")
+        if settings.decoder != "full":
+            raise FaceStudioError(f"decoder {settings.decoder!r}: the tiny decoder (TAESD) decodes SD 1.5 and SDXL "
+                                  "latents; FLUX decodes with its own VAE ('full')")
         if settings.reference_guidance_start is not None:
             raise FaceStudioError("late reference guidance (reference_guidance_start) is not supported on FLUX; "
                                   "PuLID-FLUX's start_step delays the identities instead")

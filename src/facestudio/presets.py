@@ -272,7 +272,8 @@ def arcface_model_path(given: str | os.PathLike | None = None) -> Path:
 
 def preset_needs(preset: Preset, *, base_model: str | None = None, with_style: bool = False,
                  arcface_model: str | os.PathLike | None = None, speed: str | None = None,
-                 speed_weights: str | os.PathLike | None = None, local_files: dict | None = None):
+                 speed_weights: str | os.PathLike | None = None, local_files: dict | None = None,
+                 tiny_decoder: bool = False):
     """`(hub needs, insightface packs)` of a run of `preset` (`downloads.needs_of`, arguments as `missing_files`'s);
     a face model file named by the user (`arcface_model`, `$FACESTUDIO_ARCFACE_MODEL`, or the pack's
     `LocalFile`) replaces the pack, and a speed model's local file its hub file."""
@@ -280,7 +281,7 @@ def preset_needs(preset: Preset, *, base_model: str | None = None, with_style: b
 
     speed = preset.speed if speed is None else "" if speed == "none" else speed
     needs, packs = needs_of(preset, base_model=base_model, with_style=with_style,
-                            speed="" if speed_weights is not None else speed)
+                            speed="" if speed_weights is not None else speed, tiny_decoder=tiny_decoder)
     named = {f.key for f in preset.local_files if _user_path(f, local_files)}
     if preset.recognizer == "arcface" and (arcface_model or os.environ.get(ARCFACE_ENV)):
         named.add(preset.face_pack)
@@ -289,11 +290,12 @@ def preset_needs(preset: Preset, *, base_model: str | None = None, with_style: b
 
 def missing_files(preset: Preset, *, base_model: str | None = None, with_style: bool = False,
                   arcface_model: str | os.PathLike | None = None, speed: str | None = None,
-                  speed_weights: str | os.PathLike | None = None, local_files: dict | None = None) -> list[str]:
+                  speed_weights: str | os.PathLike | None = None, local_files: dict | None = None,
+                  tiny_decoder: bool = False) -> list[str]:
     """What the preset needs that is not on this machine (judged from the caches, without the network), each
     with what it is. `speed`: the speed model asked for (None: the preset's own, "" or "none": none);
-    `speed_weights`: its local file instead of the hub's. `local_files` gives the paths of the preset's
-    `LocalFile`s by key (else their environment variables or defaults); one that `facestudio download` fetches
+    `speed_weights`: its local file instead of the hub's; `tiny_decoder`: TAESD too (`--decoder tiny`).
+    `local_files` gives the paths of the preset's `LocalFile`s by key (else their environment variables or defaults); one that `facestudio download` fetches
     (`downloads.PACKS`) is looked for where it puts it, unless the user names it."""
     from .downloads import PACKS, missing_offline
 
@@ -311,7 +313,8 @@ def missing_files(preset: Preset, *, base_model: str | None = None, with_style: 
                            f"buffalo_l --accept-license insightface-noncommercial` puts it in "
                            f"{DEFAULT_ARCFACE_MODEL})")
     needs, packs = preset_needs(preset, base_model=base_model, with_style=with_style, arcface_model=arcface_model,
-                                speed=speed, speed_weights=speed_weights, local_files=local_files)
+                                speed=speed, speed_weights=speed_weights, local_files=local_files,
+                                tiny_decoder=tiny_decoder)
     return missing + missing_offline(needs, packs)
 
 
@@ -330,6 +333,8 @@ def download_command(preset: Preset, *, base_model: str | None = None, with_styl
     speed = kwargs.get("speed")
     if speed not in (None, "", "none", preset.speed) and kwargs.get("speed_weights") is None:
         names.append(speed)
+    if kwargs.get("tiny_decoder") and not preset.flux:
+        names.append("taesdxl" if preset.sdxl else "taesd")
     return (f"facestudio download {' '.join(names)}" + ("" if with_style else " --no-style")
             + (f" --accept-license {INSIGHTFACE_LICENSE}" if any(p.licence for p in packs) else ""))
 

@@ -417,6 +417,19 @@ def ip_adapter_repos(work: Path) -> tuple[HubRepo, HubRepo]:
     return HubRepo("h94/IP-Adapter", adapter, "apache-2.0"), HubRepo("h94/IP-Adapter-FaceID", faceid, None)
 
 
+def taesd_repo(work: Path) -> HubRepo:
+    """madebyollin/taesd as published (a diffusers AutoencoderTiny folder at the root beside the original
+    .pth files), with the tiny TAESD-shaped decoder of the tests; only config and safetensors are fetched."""
+    from facestudio.models import tiny_autoencoder
+
+    tiny_autoencoder().save_pretrained(work / "taesd")
+    files = _folder_files(work / "taesd")
+    for decoy in ("diffusion_pytorch_model.bin", "taesd_decoder.pth", "taesd_encoder.pth"):
+        files[decoy] = _decoy(decoy)
+    files["README.md"] = b"---\nlicense: mit\n---\n# tiny stand-in\n"
+    return HubRepo("madebyollin/taesd", files, "mit")
+
+
 def buffalo_l_zip(work: Path) -> bytes:
     """insightface's buffalo_l.zip with its five files at the top (as published); w600k_r50.onnx is a tiny
     network with ArcFace's input and output names, the others small stand-ins facestudio does not read."""
@@ -440,13 +453,14 @@ def buffalo_l_zip(work: Path) -> bytes:
 
 
 def facestudio_hub(work: Path) -> HubServer:
-    """A (not yet started) hub with the SD 1.5 presets' repositories and the insightface buffalo_l zip;
+    """A (not yet started) hub with the SD 1.5 presets' repositories, TAESD and the insightface buffalo_l zip;
     `work` is a scratch folder for building them. Start it, then `register_insightface(hub)`."""
     work.mkdir(parents=True, exist_ok=True)
     hub = HubServer()
     hub.add(sd15_base_repo(work))
     for repo in ip_adapter_repos(work):
         hub.add(repo)
+    hub.add(taesd_repo(work))
     hub.static[f"{INSIGHTFACE_RELEASE_PATH}/buffalo_l.zip"] = buffalo_l_zip(work)
     hub.static[f"{FACEXLIB_RELEASE_PATH}/parsing_bisenet.pth"] = bisenet_file()
     return hub

@@ -248,7 +248,8 @@ def _run_generation(args, mix: list[float] | None, command: str) -> int:
         _find_faces(people)
         ensure_available(preset, download=args.download, accepted=set(args.accept_license),
                          base_model=args.base_model, with_style=style is not None, arcface_model=args.arcface_model,
-                         speed=args.speed or "none", speed_weights=args.speed_weights, local_files=local_files_of(args))
+                         speed=args.speed or "none", speed_weights=args.speed_weights, local_files=local_files_of(args),
+                         tiny_decoder=args.decoder == "tiny" and args.tiny_decoder is None)
     quiet_libraries(args.debug)
     if args.device is not None:
         from ..models import choose_device
@@ -402,6 +403,7 @@ def _check_settings(args, mix) -> GenerationSettings:
     if getattr(args, "pulid_mode", None) and not (args.preset and PRESETS[args.preset].projection == "pulid"):
         raise FaceStudioError("--pulid-mode is for the PuLID presets: "
                               + ", ".join(p.name for p in PRESETS.values() if p.projection == "pulid"))
+    refuse_flux_options(args)
     flux = args.preset is not None and PRESETS[args.preset].flux
     for option, given in (("--sequential-offload", args.sequential_offload), ("--quantize", args.quantize),
                           ("--distilled-guidance", args.distilled_guidance is not None),
@@ -429,6 +431,27 @@ def _check_settings(args, mix) -> GenerationSettings:
         scheduler=args.scheduler, speed=args.speed or "",
         reference_guidance_start=args.reference_start, distilled_guidance_scale=args.distilled_guidance,
         start_step=args.start_step, shortcut_scale=args.shortcut_scale, decoder=args.decoder).validate("cli")
+
+
+def refuse_flux_options(args) -> None:
+    """With a FLUX preset, what FLUX does not take (generate's and serve's options), refused before any file is
+    fetched or model loaded (FLUX.1 is 12 B parameters: finding out after loading costs minutes)."""
+    if args.preset is None or not PRESETS[args.preset].flux:
+        return
+    tiny = "the tiny decoder (TAESD) decodes SD 1.5 and SDXL latents; FLUX decodes with its own VAE"
+    for option, given, why in (
+            ("--decoder tiny", getattr(args, "decoder", "full") == "tiny", tiny),
+            ("--tiny-decoder", getattr(args, "tiny_decoder", None) is not None, tiny),
+            ("--previews", getattr(args, "previews", False), tiny + " (previews need it)"),
+            ("--speed", getattr(args, "speed", None) not in (None, "none"),
+             "the speed models are for SD 1.5 and SDXL; pulid-flux-schnell is FLUX's few-step preset"),
+            ("--style", getattr(args, "style", None) is not None, "PuLID-FLUX has no style adapter"),
+            ("--reference-start", getattr(args, "reference_start", None) is not None,
+             "PuLID-FLUX's --start-step delays the identities instead")):
+        if given:
+            raise FaceStudioError(f"{option} is not for the FLUX presets: {why}")
+    if args.cpu_offload and getattr(args, "sequential_offload", False):
+        raise FaceStudioError("choose one of --cpu-offload and --sequential-offload")
 
 
 def _default_side(args) -> int:

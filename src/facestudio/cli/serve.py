@@ -131,7 +131,9 @@ def run_serve(args) -> int:
         raise FaceStudioError("--token: use at least 16 characters")
     if args.base_model is None and args.preset is None:
         raise FaceStudioError("give --base-model (a folder, a hub id or 'tiny') or --preset")
-    from .generate import local_files_of
+    from .generate import local_files_of, refuse_flux_options
+
+    refuse_flux_options(args)
 
     preset_options = {k: v for k, v in (("local_files", local_files_of(args)), ("pulid_mode", args.pulid_mode)) if v}
     if preset_options and (args.preset is None or PRESETS[args.preset].projection not in ("pulid", "pulid-flux")):
@@ -177,7 +179,8 @@ def run_serve(args) -> int:
         ensure_available(get_preset(args.preset), download=args.download, accepted=set(args.accept_license),
                          base_model=args.base_model, with_style=True, arcface_model=args.arcface_model,
                          speed=args.speed, speed_weights=args.speed_weights,
-                         local_files=preset_options.get("local_files"))
+                         local_files=preset_options.get("local_files"),
+                         tiny_decoder=(args.previews or args.decoder == "tiny") and args.tiny_decoder is None)
     logger.info("loading models")
     pipe = load_generation_pipeline(args.base_model, adapter=args.adapter, style_adapter=args.style_adapter,
                                     preset=args.preset, device=args.device, cpu_offload=args.cpu_offload,
