@@ -184,7 +184,7 @@ def main() -> int:
                    text_guidance_scale=preset.text_guidance_scale,
                    reference_guidance_scale=preset.reference_guidance_scale)
     pipe.scheduler = make_scheduler(preset.scheduler, pipe.scheduler, timestep_spacing=preset.timestep_spacing)
-    people, encoding = encode_people(analyzer, encoder, args.device)  # once untimed: first-call costs
+    people, _ = encode_people(analyzer, encoder, args.device)  # once untimed: first-call costs
     half = size // 2
     calls = {"none": GenerationSettings("two people in a park", **options),
              "two": GenerationSettings("two people in a park", **options, identities=(

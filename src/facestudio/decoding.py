@@ -20,21 +20,20 @@ import os
 
 import torch
 
-from .downloads import TINY_DECODERS
+from .downloads import TINY_DECODERS, tiny_decoder_name
 from .errors import ModelFileError, first_line
 
 logger = logging.getLogger(__name__)
 
 #: The decoders a request may name: the base model's own VAE, or the tiny one.
 DECODERS = ("full", "tiny")
-#: The TAESD repositories (MIT licence), by base architecture.
-TINY_DECODER_REPOS = {"sd": TINY_DECODERS["taesd"], "sdxl": TINY_DECODERS["taesdxl"]}
 #: Longest side of a preview image (previews are small: they travel in every progress event).
 PREVIEW_SIDE = 256
 
 
-def tiny_decoder_repo(pipe) -> str:
-    return TINY_DECODER_REPOS["sdxl" if hasattr(pipe, "text_encoder_2") else "sd"]
+def tiny_decoder_of(pipe) -> str:
+    """The `downloads.TINY_DECODERS` name of the pipeline's tiny decoder (TAESDXL for SDXL, else TAESD)."""
+    return tiny_decoder_name(sdxl=hasattr(pipe, "text_encoder_2"))
 
 
 def load_tiny_decoder(pipe, source: str | os.PathLike | None = None, **hub_kwargs):
@@ -42,7 +41,7 @@ def load_tiny_decoder(pipe, source: str | os.PathLike | None = None, **hub_kwarg
 
     Args:
         source (`str` or `os.PathLike`, *optional*): a folder or hub id of an `AutoencoderTiny`; default the
-            TAESD repository of the pipeline's architecture (`TINY_DECODER_REPOS`), or an `AutoencoderTiny`.
+            TAESD repository of the pipeline's architecture (`tiny_decoder_of`), or an `AutoencoderTiny`.
         hub_kwargs: for `from_pretrained` (`local_files_only`, `cache_dir`, ...).
     """
     from diffusers import AutoencoderTiny
@@ -53,13 +52,12 @@ def load_tiny_decoder(pipe, source: str | os.PathLike | None = None, **hub_kwarg
     if isinstance(source, AutoencoderTiny):
         decoder = source
     else:
-        source = os.fspath(source) if source is not None else tiny_decoder_repo(pipe)
+        source = os.fspath(source) if source is not None else TINY_DECODERS[tiny_decoder_of(pipe)]
         try:
             decoder = AutoencoderTiny.from_pretrained(source, **hub_kwargs)
         except (OSError, ValueError) as error:
-            name = next(k for k, v in TINY_DECODERS.items() if v == tiny_decoder_repo(pipe))
             raise ModelFileError(f"tiny decoder {source}: {first_line(error)} (on a machine with a connection: "
-                                 f"facestudio download {name})") from error
+                                 f"facestudio download {tiny_decoder_of(pipe)})") from error
     if decoder.config.latent_channels != pipe.unet.config.out_channels:
         raise ModelFileError(f"the tiny decoder reads {decoder.config.latent_channels} latent channels; this UNet "
                              f"makes {pipe.unet.config.out_channels}")

@@ -157,7 +157,7 @@ def needs_of(preset, *, base_model: str | None = None, with_style: bool = True,
 
     needs, packs = [], []
     if tiny_decoder and not getattr(preset, "flux", False):
-        needs.append(tiny_decoder_need("taesdxl" if getattr(preset, "sdxl", False) else "taesd"))
+        needs.append(tiny_decoder_need(tiny_decoder_name(sdxl=getattr(preset, "sdxl", False))))
     base = base_model or preset.base_model
     if base and _is_hub_id(base):
         needs.append(Need(base, "pipeline", "", "base model"))
@@ -210,8 +210,13 @@ def needs_of_name(name: str, *, with_style: bool = True) -> tuple[list[Need], li
                           f"({', '.join(TINY_DECODERS)}) or a model hub id (owner/name)")
 
 
-#: The tiny decoders by download name (`decoding.TINY_DECODER_REPOS`' repositories: a diffusers model folder).
+#: The tiny decoders (TAESD for SD 1.x/2.x, TAESDXL for SDXL; MIT) by download name: diffusers model folders.
 TINY_DECODERS = {"taesd": "madebyollin/taesd", "taesdxl": "madebyollin/taesdxl"}
+
+
+def tiny_decoder_name(sdxl: bool) -> str:
+    """The `TINY_DECODERS` name of the tiny decoder for an SD (False) or SDXL (True) base."""
+    return "taesdxl" if sdxl else "taesd"
 
 
 def tiny_decoder_need(name: str) -> Need:

@@ -334,7 +334,9 @@ def download_command(preset: Preset, *, base_model: str | None = None, with_styl
     if speed not in (None, "", "none", preset.speed) and kwargs.get("speed_weights") is None:
         names.append(speed)
     if kwargs.get("tiny_decoder") and not preset.flux:
-        names.append("taesdxl" if preset.sdxl else "taesd")
+        from .downloads import tiny_decoder_name
+
+        names.append(tiny_decoder_name(preset.sdxl))
     return (f"facestudio download {' '.join(names)}" + ("" if with_style else " --no-style")
             + (f" --accept-license {INSIGHTFACE_LICENSE}" if any(p.licence for p in packs) else ""))
 
